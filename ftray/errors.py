@@ -1,0 +1,8 @@
+"""The one error type that means "the user's input is wrong" (exit status 2, no traceback)."""
+
+
+class FtrayInputError(ValueError):
+    """Bad user input: a sweep field, a data file or row, a model name, a resource request.
+
+    The message must name what is wrong (the field, file or row) and what would be accepted.
+    """

@@ -1,0 +1,42 @@
+"""What every task provides: examples as prompt/completion pairs, and a scorer for generated text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+    # Columns a sweep may filter on (e.g. ViGGO's dialogue act); values are strings.
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+class Task:
+    """A task: where the data comes from, how a row becomes an Example, how an answer is scored.
+
+    Subclasses are small picklable dataclasses: they travel from the driver to every Train worker.
+    """
+
+    name: str = "task"
+    # Metric names that `score` returns. By convention every one of them is "higher is better"
+    # except names ending in "_rate" (e.g. parse_failure_rate).
+    metric_names: tuple[str, ...] = ()
+
+    def examples(self, split: str) -> list[Example]:
+        """All examples of a split ("train", "valid" or "test"), in a fixed order."""
+        raise NotImplementedError
+
+    def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+        """Score generated completions against the examples' reference completions."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Load the train and valid splits so that bad data fails before any Ray work."""
+        for split in ("train", "valid"):
+            if not self.examples(split):
+                from ftray.errors import FtrayInputError
+
+                raise FtrayInputError(f"task {self.name!r}: the {split!r} split has no examples")
