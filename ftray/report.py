@@ -1,0 +1,186 @@
+"""Read a run folder back (Tune's own files, no Ray needed) and present it: table and JSON."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Any
+
+from ftray.errors import FtrayInputError
+from ftray.frontier import trial_front
+
+RUN_FILE = "ftray_run.json"
+
+
+def load_run(run_dir: str) -> dict:
+    """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier."""
+    run_dir = os.path.abspath(run_dir)
+    run_file = os.path.join(run_dir, RUN_FILE)
+    if not os.path.isfile(run_file):
+        raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE}); "
+                              "pass the folder that `ftray run` printed")
+    with open(run_file) as f:
+        run = json.load(f)
+    objective = run["objective"]
+    trials = [_trial_record(state, meta, run_dir, objective, run.get("model_params", {}))
+              for state, meta in _tune_trials(run_dir)]
+    trials.sort(key=lambda t: t["id"])
+    return {
+        "run_dir": run_dir,
+        "objective": objective,
+        "trials": trials,
+        "frontier": trial_front(trials, objective["mode"]),
+    }
+
+
+def _tune_trials(run_dir: str):
+    """(trial state, runtime metadata) pairs from Tune's latest experiment state file."""
+    states = sorted(glob.glob(os.path.join(run_dir, "experiment_state-*.json")))
+    if not states:
+        return []
+    with open(states[-1]) as f:
+        data = json.load(f)
+    out = []
+    for state, meta in data["trial_data"]:
+        state = json.loads(state) if isinstance(state, str) else state
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        out.append((state, meta))
+    return out
+
+
+def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, model_params: dict) -> dict:
+    trial_dir = os.path.join(run_dir, state["relative_logdir"])
+    config = _read_json(os.path.join(trial_dir, "params.json")) or {}
+    history = _read_jsonl(os.path.join(trial_dir, "result.json"))
+    last = history[-1] if history else (meta.get("last_result") or {})
+    metric_names = [k for k in last if k == "eval_loss" or k in _task_metric_keys(last)]
+    reason = None
+    if last.get("diverged"):
+        reason = "diverged: the training loss became NaN or infinite"
+    elif state["status"] == "ERROR":
+        reason = _error_reason(meta, trial_dir)
+    value = last.get(objective["metric"]) if not reason else None
+    model = config.get("model")
+    return {
+        "id": state["trial_id"],
+        "status": state["status"],
+        "reason": reason,
+        "model": model,
+        "params": int(last.get("params") or config.get("model_params") or model_params.get(model) or 0),
+        "trainable_params": int(last.get("trainable_params") or 0),
+        "lora_rank": config.get("lora_rank", last.get("lora_rank")),
+        "lora_alpha": config.get("lora_alpha"),
+        "data_fraction": config.get("data_fraction", 1.0),
+        "lr": config.get("lr"),
+        "config": {k: v for k, v in config.items() if not k.startswith("_") and "/" not in k},
+        "objective": _finite(value),
+        "metrics": {k: _finite(last.get(k)) for k in metric_names},
+        "steps": last.get("step"),
+        "train_loss": _finite(last.get("train_loss")),
+        "first_train_loss": _finite(history[0].get("train_loss")) if history else None,
+        "tokens": last.get("tokens"),
+        "train_tokens_per_s": _finite(last.get("train_tokens_per_s")),
+        "restarts": int(meta.get("num_failures", 0)) + int(last.get("restarts", 0)),
+        "wall_s": _finite(last.get("time_total_s")),
+        "checkpoint": last.get("checkpoint_path"),
+        "trial_dir": trial_dir,
+    }
+
+
+# Keys every report carries that are not task metrics.
+_BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s",
+                "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss"}
+
+
+def _task_metric_keys(result: dict) -> list[str]:
+    from ftray.tracking import NOT_LOGGED
+
+    tune_keys = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
+                 "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore"}
+    return [k for k, v in result.items()
+            if k not in _BOOKKEEPING and k not in NOT_LOGGED and k not in tune_keys and isinstance(v, (int, float))]
+
+
+def _error_reason(meta: dict, trial_dir: str) -> str:
+    for name in ("error.txt",):
+        path = os.path.join(trial_dir, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                lines = [ln for ln in f.read().strip().splitlines() if ln.strip()]
+            return "error: " + (lines[-1][:300] if lines else "unknown") + f" (traceback: {path})"
+    return "error (no error file found)"
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a line cut short by a crash: the ones before it still count
+    except OSError:
+        pass
+    return rows
+
+
+def _finite(v):
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+# ---- presentation ----------------------------------------------------------------------------
+def to_json(run: dict) -> dict:
+    keys = ("id", "status", "reason", "model", "params", "trainable_params", "lora_rank", "data_fraction",
+            "objective", "metrics", "wall_s", "restarts", "config", "steps", "checkpoint")
+    return {
+        "run_dir": run["run_dir"],
+        "objective": run["objective"],
+        "trials": [{k: t[k] for k in keys} for t in run["trials"]],
+        "frontier": run["frontier"],
+    }
+
+
+def format_table(run: dict) -> str:
+    obj = run["objective"]
+    front = set(run["frontier"])
+    head = ["trial", "status", "model", "params", "rank", "data", "lr", obj["metric"], "wall s", "front"]
+    rows = []
+    order = sorted(run["trials"], key=lambda t: (t["params"], -(t["objective"] or 0) if obj["mode"] == "max" else (t["objective"] or 0)))
+    for t in order:
+        rows.append([
+            t["id"], t["status"] if not t["reason"] else t["reason"].split(":")[0].upper(), t["model"] or "?",
+            _human(t["params"]), str(t["lora_rank"]), f"{t['data_fraction']:g}",
+            f"{t['lr']:.2e}" if isinstance(t["lr"], (int, float)) else "-",
+            f"{t['objective']:.4f}" if t["objective"] is not None else "-",
+            f"{t['wall_s']:.0f}" if t["wall_s"] is not None else "-", "*" if t["id"] in front else "",
+        ])
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    better = "higher" if obj["mode"] == "max" else "lower"
+    lines.append(f"\n{len(rows)} trials; objective {obj['metric']} ({better} is better); "
+                 f"* = on the frontier of {obj['metric']} vs parameters")
+    for t in order:
+        if t["reason"]:
+            lines.append(f"  {t['id']}: {t['reason']}")
+    return "\n".join(lines)
+
+
+def _human(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)

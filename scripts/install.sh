@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install ftray into the current Python environment with the right PyTorch build:
+# a CUDA build where an NVIDIA GPU is present, the CPU build everywhere else (a plain
+# `pip install torch` on Linux pulls several GB of CUDA libraries a CPU machine never uses).
+#   bash scripts/install.sh            # ftray + test tools
+#   FTRAY_TORCH=cuda bash scripts/install.sh   # force a build: cpu | cuda
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+TORCH_VERSION=${FTRAY_TORCH_VERSION:-2.13.0}
+
+want=${FTRAY_TORCH:-}
+if [ -z "$want" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then want=cuda; else want=cpu; fi
+fi
+
+if $PY -c "import torch" >/dev/null 2>&1; then
+  echo "install: torch $($PY -c 'import torch; print(torch.__version__)') already installed; keeping it"
+elif [ "$want" = cuda ]; then
+  echo "install: NVIDIA GPU found: installing the CUDA build of torch"
+  $PY -m pip install "torch==${TORCH_VERSION}"
+else
+  echo "install: no NVIDIA GPU: installing the CPU build of torch"
+  # A local wheel folder or mirror that carries the +cpu build is used first; else PyTorch's CPU index.
+  $PY -m pip install "torch==${TORCH_VERSION}+cpu" 2>/dev/null \
+    || $PY -m pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+fi
+
+# torch is installed now, so the project's `torch>=2.4` is satisfied and pulls nothing more.
+$PY -m pip install -e ".[dev]"
