@@ -24,10 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="where run folders go (default: the sweep's `storage`)")
     p.add_argument("--name", help="the run folder's name (default: the sweep's `name`)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--new-run", action="store_true",
+                   help="when the run folder holds a different sweep, start a fresh one (NAME-2, ...) instead of refusing")
 
     p = sub.add_parser("resume", help="go on with an interrupted sweep run")
     p.add_argument("run_dir")
     p.add_argument("--address")
+    p.add_argument("--resume-errored", action="store_true", help="go on with errored trials from their checkpoints")
+    p.add_argument("--restart-errored", action="store_true", help="run errored trials again from the start")
 
     p = sub.add_parser("validate", help="check a sweep file, its data and models without training")
     p.add_argument("sweep_file")
@@ -52,14 +56,16 @@ def cmd_run(args) -> int:
     from ftray.sweep import load_sweep
 
     sweep = load_sweep(args.sweep_file)
-    run_dir = run(sweep, storage=args.storage, name=args.name, ray_address=args.address, sweep_file=args.sweep_file)
+    run_dir = run(sweep, storage=args.storage, name=args.name, new_run=args.new_run, ray_address=args.address,
+                  sweep_file=args.sweep_file)
     return _finish(run_dir)
 
 
 def cmd_resume(args) -> int:
     from ftray.search import resume
 
-    run_dir = resume(args.run_dir, ray_address=args.address)
+    run_dir = resume(args.run_dir, ray_address=args.address, resume_errored=args.resume_errored,
+                     restart_errored=args.restart_errored)
     return _finish(run_dir)
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
-import os
 from typing import Any
 
+from ftray import storage as st
 from ftray.errors import FtrayInputError
 from ftray.frontier import trial_front
 
@@ -15,33 +14,34 @@ RUN_FILE = "ftray_run.json"
 
 
 def load_run(run_dir: str) -> dict:
-    """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier."""
-    run_dir = os.path.abspath(run_dir)
-    run_file = os.path.join(run_dir, RUN_FILE)
-    if not os.path.isfile(run_file):
+    """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier.
+
+    `run_dir` is a local folder or a storage URI (s3://, gs://, file://, ...).
+    """
+    run_dir = st.normalize(run_dir)
+    run_file = st.join(run_dir, RUN_FILE)
+    if not st.is_file(run_file):
         raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE}); "
                               "pass the folder that `ftray run` printed")
-    with open(run_file) as f:
-        run = json.load(f)
+    run = json.loads(st.read_text(run_file))
     objective = run["objective"]
-    trials = [_trial_record(state, meta, run_dir, objective, run.get("model_params", {}))
-              for state, meta in _tune_trials(run_dir)]
+    trials = [_trial_record(state, meta, run_dir, objective, run) for state, meta in _tune_trials(run_dir)]
     trials.sort(key=lambda t: t["id"])
     return {
         "run_dir": run_dir,
         "objective": objective,
         "trials": trials,
         "frontier": trial_front(trials, objective["mode"]),
+        "record": run,
     }
 
 
 def _tune_trials(run_dir: str):
     """(trial state, runtime metadata) pairs from Tune's latest experiment state file."""
-    states = sorted(glob.glob(os.path.join(run_dir, "experiment_state-*.json")))
+    states = [n for n in st.list_names(run_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
     if not states:
         return []
-    with open(states[-1]) as f:
-        data = json.load(f)
+    data = json.loads(st.read_text(st.join(run_dir, max(states))))
     out = []
     for state, meta in data["trial_data"]:
         state = json.loads(state) if isinstance(state, str) else state
@@ -50,25 +50,29 @@ def _tune_trials(run_dir: str):
     return out
 
 
-def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, model_params: dict) -> dict:
-    trial_dir = os.path.join(run_dir, state["relative_logdir"])
-    config = _read_json(os.path.join(trial_dir, "params.json")) or {}
-    history = _read_jsonl(os.path.join(trial_dir, "result.json"))
+def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: dict) -> dict:
+    trial_dir = st.join(run_dir, state["relative_logdir"])
+    config = _read_json(st.join(trial_dir, "params.json")) or {}
+    history = _read_jsonl(st.join(trial_dir, "result.json"))
     last = history[-1] if history else (meta.get("last_result") or {})
     metric_names = [k for k in last if k == "eval_loss" or k in _task_metric_keys(last)]
     reason = None
     if last.get("diverged"):
         reason = "diverged: the training loss became NaN or infinite"
+    elif last.get("did_not_fit"):
+        reason = f"did-not-fit: {last.get('did_not_fit_reason', 'out of memory')}"
     elif state["status"] == "ERROR":
         reason = _error_reason(meta, trial_dir)
     value = last.get(objective["metric"]) if not reason else None
     model = config.get("model")
+    workers = (run.get("workers") or {}).get(model, last.get("world_size", 1))
+    gpus = (run.get("gpus_per_worker") or {}).get(model, 0)
     return {
         "id": state["trial_id"],
         "status": state["status"],
         "reason": reason,
         "model": model,
-        "params": int(last.get("params") or config.get("model_params") or model_params.get(model) or 0),
+        "params": int(last.get("params") or config.get("model_params") or run.get("model_params", {}).get(model) or 0),
         "trainable_params": int(last.get("trainable_params") or 0),
         "lora_rank": config.get("lora_rank", last.get("lora_rank")),
         "lora_alpha": config.get("lora_alpha"),
@@ -76,6 +80,7 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, model_
         "lr": config.get("lr"),
         "config": {k: v for k, v in config.items() if not k.startswith("_") and "/" not in k},
         "objective": _finite(value),
+        "base_objective": _finite(last.get(f"base_{objective['metric']}")),
         "metrics": {k: _finite(last.get(k)) for k in metric_names},
         "steps": last.get("step"),
         "train_loss": _finite(last.get("train_loss")),
@@ -84,6 +89,8 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, model_
         "train_tokens_per_s": _finite(last.get("train_tokens_per_s")),
         "restarts": int(meta.get("num_failures", 0)) + int(last.get("restarts", 0)),
         "wall_s": _finite(last.get("time_total_s")),
+        # What the trial held: GPUs where it had them, else its CPU workers.
+        "accelerators": workers * gpus if gpus else workers,
         "checkpoint": last.get("checkpoint_path"),
         "trial_dir": trial_dir,
     }
@@ -91,7 +98,8 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, model_
 
 # Keys every report carries that are not task metrics.
 _BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s",
-                "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss"}
+                "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss", "eval_s",
+                "world_size", "did_not_fit"}
 
 
 def _task_metric_keys(result: dict) -> list[str]:
@@ -104,36 +112,36 @@ def _task_metric_keys(result: dict) -> list[str]:
 
 
 def _error_reason(meta: dict, trial_dir: str) -> str:
-    for name in ("error.txt",):
-        path = os.path.join(trial_dir, name)
-        if os.path.isfile(path):
-            with open(path) as f:
-                lines = [ln for ln in f.read().strip().splitlines() if ln.strip()]
-            return "error: " + (lines[-1][:300] if lines else "unknown") + f" (traceback: {path})"
+    path = st.join(trial_dir, "error.txt")
+    if st.is_file(path):
+        lines = [ln for ln in st.read_text(path).strip().splitlines() if ln.strip()]
+        text = "\n".join(lines)
+        if "OutOfMemoryError" in text or "out of memory" in text.lower():
+            return f"did-not-fit: out of memory (traceback: {path})"
+        return "error: " + (lines[-1][:300] if lines else "unknown") + f" (traceback: {path})"
     return "error (no error file found)"
 
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+        return json.loads(st.read_text(path))
+    except (OSError, FileNotFoundError, json.JSONDecodeError):
         return None
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    rows = []
     try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass  # a line cut short by a crash: the ones before it still count
-    except OSError:
-        pass
+        text = st.read_text(path)
+    except (OSError, FileNotFoundError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut short by a crash: the ones before it still count
     return rows
 
 

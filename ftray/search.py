@@ -11,19 +11,28 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ftray import storage as st
 from ftray.errors import FtrayInputError
-from ftray.sweep import Sweep
+from ftray.report import RUN_FILE
+from ftray.sweep import Sweep, diff_descriptions
 
 # The idle trial driver (it only waits on its Train workers) counts as this many CPUs, so a
 # 2-worker trial fits on 2 cores instead of needing 3 and hanging.
 TRIAL_DRIVER_CPU = 0.01
-from ftray.report import RUN_FILE
+
+
+def _did_not_fit_errors():
+    import torch
+
+    from ftray.train import DidNotFitError
+
+    return (DidNotFitError, torch.OutOfMemoryError, MemoryError)
 
 SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothing else
 TOKENIZER_FILE = "tokenizer.json"
@@ -153,31 +162,88 @@ def run_trial(config: dict, sweep: Sweep, run_dir: str, tokenizer_json: str | No
         weight_decay=float(resolved["weight_decay"]), warmup_ratio=float(resolved["warmup_ratio"]),
         data_fraction=float(resolved["data_fraction"]), data_filters=filters, seed=sweep.seed,
         eval_every=sweep.eval_every, eval_samples=sweep.eval_samples, max_new_tokens=sweep.max_new_tokens,
-        objective=sweep.objective, tokenizer_json=tokenizer_json if rung.is_preset else None,
-        threads=max(1, int(cpus_per_worker)), extra=config.get("_extra", {}),
+        objective=sweep.objective, eval_base=sweep.eval_base, tokenizer_json=tokenizer_json if rung.is_preset else None,
+        threads=max(1, int(cpus_per_worker)), extra=_injected_faults(resolved["model"]),
     )
     per_worker = {"CPU": cpus_per_worker}
     if gpus:
         per_worker["GPU"] = gpus
     trial_id = tune.get_context().get_trial_id()
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"spec": spec},
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name=trial_id,
-            storage_path=_join(run_dir, "checkpoints"),
-            callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=sweep.keep_checkpoints,
-                checkpoint_score_attribute=sweep.objective,
-                checkpoint_score_order=sweep.mode,
+
+    def trainer(restarts: int) -> TorchTrainer:
+        # The same run name and storage each time: Train finds the trial's checkpoints and the
+        # workers go on from the latest one.
+        return TorchTrainer(
+            train_loop,
+            train_loop_config={"spec": spec, "restarts": restarts},
+            torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
+                                                   resources_per_worker=per_worker),
+            run_config=ray.train.RunConfig(
+                name=trial_id,
+                storage_path=st.join(run_dir, "checkpoints"),
+                callbacks=[TuneReportCallback()],
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=sweep.keep_checkpoints,
+                    checkpoint_score_attribute=sweep.objective,
+                    checkpoint_score_order=sweep.mode,
+                ),
+                # ftray decides about retries itself (below): a lost worker is worth a restart, a bug
+                # or an out-of-memory is not.
+                failure_config=ray.train.FailureConfig(max_failures=0),
             ),
-            failure_config=ray.train.FailureConfig(max_failures=2),
-        ),
-    )
-    trainer.fit()
+        )
+
+    for restarts in range(sweep.max_restarts + 1):
+        try:
+            trainer(restarts).fit()
+            return
+        except ray.train.TrainingFailedError as e:
+            kind, message = classify_failure(e)
+            if kind == "did-not-fit":
+                # Not an error of the sweep: this model and batch do not fit this hardware. Say so
+                # in the results (the report lists it) and let the sweep go on.
+                tune.report({"did_not_fit": 1, "did_not_fit_reason": message[:500], "step": 0,
+                             "restarts": restarts})
+                return
+            if kind != "lost-worker" or restarts == sweep.max_restarts:
+                raise
+            print(f"ftray: trial {trial_id}: {message}; restarting its workers from the latest checkpoint "
+                  f"({restarts + 1}/{sweep.max_restarts})", flush=True)
+
+
+def _injected_faults(model_id: str) -> dict:
+    """Fault injection for ftray's own tests: FTRAY_INJECT='{"nan_at_step": 3, "model": "tiny-s"}'."""
+    raw = os.environ.get("FTRAY_INJECT")
+    if not raw:
+        return {}
+    faults = json.loads(raw)
+    return faults if faults.get("model", model_id) == model_id else {}
+
+
+def classify_failure(error: Exception) -> tuple[str, str]:
+    """("lost-worker" | "did-not-fit" | "error", message) for a failed Train run.
+
+    When one worker dies the others fail too, with collateral collective errors; one dead actor
+    among the failures makes it a lost worker, which a restart from the checkpoint can fix.
+    """
+    from ray.exceptions import RayActorError
+
+    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
+    text = "\n".join(str(f) for f in failures)
+    if any(isinstance(f, _did_not_fit_errors()) or "OutOfMemoryError" in type(f).__name__ for f in failures) \
+            or "CUDA out of memory" in text or "DidNotFitError" in text:
+        return "did-not-fit", _last_line(text)
+    if any(isinstance(f, RayActorError) for f in failures):
+        return "lost-worker", "a Train worker was lost"
+    if "ActorDiedError" in text or "actor died" in text.lower():
+        return "lost-worker", "a Train worker was lost"
+    return "error", _last_line(text)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def prepare(sweep: Sweep) -> tuple[dict[str, int], str | None]:
@@ -203,21 +269,33 @@ def prepare(sweep: Sweep) -> tuple[dict[str, int], str | None]:
 
 
 def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, resume: bool = False,
+        new_run: bool = False, resume_errored: bool = False, restart_errored: bool = False,
         ray_address: str | None = None, sweep_file: str | None = None) -> str:
-    """Run (or resume) a sweep; returns the run folder."""
-    storage = storage or sweep.storage
+    """Run a sweep, or go on with it when its run folder already holds the same sweep; returns the folder.
+
+    A run folder holding a *different* sweep definition is never mixed with this one: that is refused
+    with what changed, unless `new_run` asks for a fresh folder (name-2, name-3, ...).
+    """
+    storage = st.normalize(storage or sweep.storage)
     name = name or sweep.name
-    run_dir = _join(storage, name)
-    local = "://" not in storage
-    if local:
-        storage = os.path.abspath(storage)
-        run_dir = os.path.join(storage, name)
-        _check_writable(storage, field="storage")
-        if not resume and os.path.exists(os.path.join(run_dir, RUN_FILE)):
+    st.check_writable(storage, field="storage")
+    run_dir = st.join(storage, name)
+    previous = _read_run_file(run_dir)
+    if previous is not None:
+        changes = diff_descriptions(previous.get("sweep", {}), sweep.describe())
+        if changes and new_run:
+            name = _free_name(storage, name)
+            run_dir, previous = st.join(storage, name), None
+        elif changes:
             raise FtrayInputError(
-                f"a sweep run already exists at {run_dir}: resume it with `ftray resume {run_dir}`, "
-                "or choose another --name"
+                f"{run_dir} holds a run of a different sweep definition, so it cannot be resumed with this one. "
+                f"Changed: {'; '.join(changes[:8])}{' ...' if len(changes) > 8 else ''}. "
+                "Use --name for another run folder, or --new-run to get one"
             )
+        else:
+            resume = True
+    elif resume:
+        raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE})")
 
     model_params, tokenizer_json = prepare(sweep)
 
@@ -233,22 +311,27 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
         ray.shutdown()
         raise
     print(
-        f"ftray: {sweep.num_trials} trials, {resources.max_concurrent_trials} at a time; each trial "
-        f"{sweep.workers} Train workers x {resources.cpus_per_worker:g} CPU"
-        + (f" x {sweep.gpus_per_worker:g} GPU" if sweep.gpus_per_worker else "")
+        f"ftray: {'resuming' if resume else 'starting'} sweep {sweep.name!r} in {run_dir}: {sweep.num_trials} trials, "
+        f"{resources.max_concurrent_trials} at a time; each trial {sweep.workers} Train workers x "
+        f"{resources.cpus_per_worker:g} CPU" + (f" x {sweep.gpus_per_worker:g} GPU" if sweep.gpus_per_worker else "")
         + f"; cluster {_fmt_resources(resources.cluster)}",
         flush=True,
     )
-    if local:
-        os.makedirs(run_dir, exist_ok=True)
-        if sweep_file and not resume:
-            shutil.copyfile(sweep_file, os.path.join(run_dir, SWEEP_COPY))
-        _write_json(os.path.join(run_dir, RUN_FILE), {
-            "sweep": sweep.describe(), "objective": {"metric": sweep.objective, "mode": sweep.mode},
-            "model_params": model_params, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "resources": {"cpus_per_worker": resources.cpus_per_worker,
-                          "max_concurrent_trials": resources.max_concurrent_trials},
-        })
+    record = previous or {
+        "sweep": sweep.describe(), "objective": {"metric": sweep.objective, "mode": sweep.mode},
+        "model_params": model_params, "workers": {m.id: sweep.workers_for(m.id) for m in sweep.models},
+        "gpus_per_worker": {m.id: sweep.gpus_for(m.id) for m in sweep.models},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed": [],
+        "sweep_file": os.path.abspath(sweep_file) if sweep_file else None,
+    }
+    if previous is not None:
+        record.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    record["resources"] = {"cpus_per_worker": resources.cpus_per_worker,
+                           "max_concurrent_trials": resources.max_concurrent_trials}
+    st.write_text(st.join(run_dir, RUN_FILE), json.dumps(record, indent=2))
+    if sweep_file and previous is None:
+        with open(sweep_file) as f:
+            st.write_text(st.join(run_dir, SWEEP_COPY), f.read())
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep, run_dir=run_dir, tokenizer_json=tokenizer_json,
@@ -257,8 +340,11 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
     )
     callbacks = [WandbTracking(sweep.wandb, group=name, model_params=model_params)]
     run_config = tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks, verbose=1)
-    if resume:
-        tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=True)
+    if resume and tune.Tuner.can_restore(run_dir):
+        # Finished trials stay finished; unfinished ones go on from their latest checkpoints; the
+        # searcher and scheduler come back with the state they had.
+        tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=resume_errored,
+                                   restart_errored=restart_errored)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -270,8 +356,28 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
             ),
             run_config=run_config,
         )
+    # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
+    # Optuna is told it was pruned, and the report lists why.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tuner.fit()
     return run_dir
+
+
+def _read_run_file(run_dir: str) -> dict | None:
+    path = st.join(run_dir, RUN_FILE)
+    if not st.is_file(path):
+        return None
+    try:
+        return json.loads(st.read_text(path))
+    except json.JSONDecodeError:
+        raise FtrayInputError(f"{path} is not valid JSON: the run folder is damaged") from None
+
+
+def _free_name(storage: str, name: str) -> str:
+    i = 2
+    while st.exists(st.join(storage, f"{name}-{i}")):
+        i += 1
+    return f"{name}-{i}"
 
 
 def _searcher(sweep: Sweep, model_params):
@@ -318,39 +424,28 @@ def _init_ray(address: str | None) -> None:
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
 
 
-def _check_writable(path: str, field: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".ftray-write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise FtrayInputError(f"{field} {path!r} cannot be written: {e.strerror}") from None
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)  # a crash mid-write never leaves a half file
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
-
-
 def _fmt_resources(r: Mapping[str, float]) -> str:
     return ", ".join(f"{r[k]:g} {k}" for k in ("CPU", "GPU") if k in r) or "no resources"
 
 
-def resume(run_dir: str, ray_address: str | None = None) -> str:
+def resume(run_dir: str, ray_address: str | None = None, resume_errored: bool = False,
+           restart_errored: bool = False) -> str:
     """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""
     from ftray.sweep import load_sweep
 
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isfile(os.path.join(run_dir, RUN_FILE)):
+    run_dir = st.normalize(run_dir)
+    if not st.is_file(st.join(run_dir, RUN_FILE)):
         raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE})")
-    sweep = load_sweep(os.path.join(run_dir, SWEEP_COPY))
-    return run(sweep, storage=os.path.dirname(run_dir), name=os.path.basename(run_dir), resume=True,
-               ray_address=ray_address)
+    record = _read_run_file(run_dir)
+    original = record.get("sweep_file")
+    if original and os.path.isfile(original):
+        # The file itself, so paths it computes from its own location still hold.
+        sweep = load_sweep(original)
+    else:  # another machine: the copy kept in the run folder
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep_path = os.path.join(tmp, SWEEP_COPY)
+            with open(sweep_path, "w") as f:
+                f.write(st.read_text(st.join(run_dir, SWEEP_COPY)))
+            sweep = load_sweep(sweep_path)
+    return run(sweep, storage=st.dirname(run_dir), name=st.basename(run_dir), resume=True, sweep_file=original,
+               resume_errored=resume_errored, restart_errored=restart_errored, ray_address=ray_address)

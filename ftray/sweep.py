@@ -110,9 +110,11 @@ class Sweep:
     eval_every: int = 50
     eval_samples: int = 64
     max_new_tokens: int = 64
+    eval_base: bool = True  # also score each model before finetuning, to show what finetuning gains
     asha: ASHA | None = None
     search: str = "optuna"  # or "random" (Tune's random search, seeded)
     seed: int = 0
+    max_restarts: int = 2  # restarts of a trial's workers after a lost worker, from the latest checkpoint
     keep_checkpoints: int = 1  # adapter checkpoints kept per trial, best by the objective
     storage: str = "./ftray_runs"
     wandb: WandB = field(default_factory=WandB)
@@ -146,6 +148,8 @@ class Sweep:
             validate_model_id(m)
         _positive_int(self, "num_trials", "workers", "batch_size", "grad_accum", "max_length",
                       "eval_every", "eval_samples", "max_new_tokens", "keep_checkpoints")
+        if not isinstance(self.max_restarts, int) or isinstance(self.max_restarts, bool) or self.max_restarts < 0:
+            raise FtrayInputError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
         if not isinstance(self.seed, int):
             raise FtrayInputError(f"seed must be an int, got {self.seed!r}")
         if (self.steps is None) == (self.epochs is None):
@@ -240,7 +244,7 @@ class Sweep:
         d = {k: v for k, v in asdict(self).items() if k not in ("task", "space", "models")}
         d["task"] = {"type": type(self.task).__name__, **_jsonable(asdict(self.task))}
         d["models"] = [_jsonable(asdict(m)) for m in self.models]
-        d["space"] = {k: repr(v) for k, v in self.space.items()}
+        d["space"] = {k: describe_domain(v) for k, v in self.space.items()}
         return _jsonable(d)
 
     def resolve(self, config: Mapping[str, Any]) -> dict:
@@ -273,6 +277,31 @@ class Sweep:
     def gpus_for(self, model_id: str) -> float:
         g = self.model(model_id).gpus_per_worker
         return self.gpus_per_worker if g is None else g
+
+
+def describe_domain(value: Any) -> str:
+    """A stable text for a Tune primitive, e.g. "loguniform(0.001, 0.01)" (its repr holds an address)."""
+    if isinstance(value, Categorical):
+        return f"choice({list(value.categories)!r})"
+    if isinstance(value, (Float, Integer)):
+        sampler = value.sampler
+        q = getattr(sampler, "q", None)
+        kind = type(getattr(sampler, "sampler", sampler)).__name__.lstrip("_").lower()
+        base = "int" if isinstance(value, Integer) else "float"
+        return f"{base}-{kind}({value.lower!r}, {value.upper!r}" + (f", q={q!r})" if q is not None else ")")
+    return repr(value)
+
+
+def diff_descriptions(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    """What changed between two `Sweep.describe()` results, one "field: old -> new" line each."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += diff_descriptions(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def default_mode(metric: str) -> str:

@@ -25,6 +25,10 @@ from ftray.tasks.base import Task
 TRAINER_STATE = "trainer_state.pt"
 
 
+class DidNotFitError(RuntimeError):
+    """The model and batch do not fit in the accelerator's (or the host's) memory: retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """Everything a worker needs to train one trial: no Ray, no driver objects."""
@@ -47,6 +51,7 @@ class TrialSpec:
     eval_samples: int
     max_new_tokens: int
     objective: str
+    eval_base: bool = True  # score the model before finetuning too (the gain finetuning buys)
     tokenizer_json: str | None = None
     threads: int = 1
     extra: Mapping[str, Any] = field(default_factory=dict)  # test hooks (e.g. inject a NaN)
@@ -65,6 +70,18 @@ def lr_lambda(warmup: int, total: int):
 
 
 def train_loop(config: dict) -> None:
+    try:
+        _train(config)
+    except torch.OutOfMemoryError as e:
+        spec: TrialSpec = config["spec"]
+        raise DidNotFitError(
+            f"{spec.model.id} with batch {spec.batch_size} x up to {spec.max_length} tokens did not fit in memory "
+            f"({str(e).splitlines()[0][:200]}); lower batch_size (raise grad_accum), max_length, or turn on "
+            "gradient_checkpointing for this model"
+        ) from None
+
+
+def _train(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
@@ -102,6 +119,7 @@ def train_loop(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps))
 
     step = 0
+    base_metrics: dict = {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group goes on from the latest checkpoint
         with checkpoint.as_directory() as d:
@@ -113,7 +131,8 @@ def train_loop(config: dict) -> None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             step = state["step"]
-    restarts = int(checkpoint is not None)
+            base_metrics = state.get("base_metrics", {})
+    restarts = int(config.get("restarts", 0))
 
     def batch_stream():
         epoch = step * per_step // max(1, len(train_data))
@@ -125,6 +144,13 @@ def train_loop(config: dict) -> None:
     stream = batch_stream()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
     setup_s = time.time() - t_start
+    eval_s = 0.0
+    if spec.eval_base and step == 0:
+        # LoRA's B matrices start at zero, so this is the base model's own score.
+        t_eval = time.time()
+        base = evaluate(model, tokenizer, spec.task, valid_examples, valid_data, spec, device, rank, world, autocast)
+        base_metrics = {f"base_{k}": v for k, v in base.items()}
+        eval_s += time.time() - t_eval
     loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of token losses, tokens (since the last report)
     tokens_seen = 0
     t_train = time.time()
@@ -168,15 +194,21 @@ def train_loop(config: dict) -> None:
                 "trainable_params": trainable_params,
                 "train_examples": len(train_data),
                 "restarts": restarts,
+                "world_size": world,
                 "diverged": int(diverged),
+                **base_metrics,
             }
             if not diverged:
+                t_eval = time.time()
                 metrics.update(evaluate(model, tokenizer, spec.task, valid_examples, valid_data, spec, device, rank, world, autocast))
+                eval_s += time.time() - t_eval
+                metrics["eval_s"] = eval_s
             ckpt = None
             if rank == 0 and not diverged:
                 ckpt_dir = tempfile.mkdtemp(prefix="ftray-ckpt-")
                 model.save_pretrained(ckpt_dir)  # adapter (and trained embeddings) only, safetensors
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                            "base_metrics": base_metrics},
                            os.path.join(ckpt_dir, TRAINER_STATE))
                 ckpt = ray.train.Checkpoint.from_directory(ckpt_dir)
             ray.train.report(metrics, checkpoint=ckpt)

@@ -1,0 +1,166 @@
+"""End to end, with real components: `ftray run` on a local Ray cluster (3 trials x 2 Train workers,
+DDP over gloo), OptunaSearch, W&B offline; then the run folder read back three ways: `ftray report`,
+Ray Tune's own ExperimentAnalysis, and wandb's own reader of the offline run files.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+# Planted secrets: a sweep must never write them anywhere.
+FAKE_WANDB_KEY = "wandbkey" + "0123456789abcdef" * 2
+FAKE_HF_TOKEN = "hf_" + "PlantedTokenNeverWritten42"
+
+SWEEP = """
+from ray import tune
+from ftray import Sweep, SyntheticTask, WandB
+
+sweep = Sweep(
+    name="e2e",
+    task=SyntheticTask(n_train=600, n_valid=40, n_test=40, seed=1),
+    models=["tiny-xs", "tiny-s"],
+    space={
+        "lora_rank": tune.choice([2, 8]),
+        "data_fraction": tune.choice([0.5, 1.0]),
+        "lr": tune.loguniform(3e-3, 1e-2),
+    },
+    objective="slot_f1",
+    num_trials=3,
+    workers=2,
+    steps=24,
+    eval_every=12,
+    eval_samples=16,
+    max_new_tokens=40,
+    batch_size=8,
+    max_length=96,
+    wandb=WandB(project="ftray-e2e", mode="offline"),
+)
+"""
+
+
+def ftray(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def clean_env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_ADDRESS"))}
+    env.update(WANDB_API_KEY=FAKE_WANDB_KEY, HF_TOKEN=FAKE_HF_TOKEN, HOME=str(tmp / "home"), WANDB_DIR=str(tmp / "wandb-dir"))
+    return env
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "home").mkdir()
+    sweep_file = tmp / "e2e_sweep.py"
+    sweep_file.write_text(textwrap.dedent(SWEEP))
+    proc = ftray("run", str(sweep_file), "--storage", str(tmp / "runs"), env=clean_env(tmp))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return tmp / "runs" / "e2e", log, tmp
+
+
+def report_json(run_dir):
+    proc = ftray("report", str(run_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_all_trials_finish_and_report_agrees_with_tune(sweep_run):
+    from ray.tune import ExperimentAnalysis
+
+    run_dir, log, _ = sweep_run
+    report = report_json(run_dir)
+    assert report["objective"] == {"metric": "slot_f1", "mode": "max"}
+    assert len(report["trials"]) == 3
+    analysis = ExperimentAnalysis(str(run_dir))
+    tune_trials = {t.trial_id: t for t in analysis.trials}
+    assert set(tune_trials) == {t["id"] for t in report["trials"]}
+    for t in report["trials"]:
+        tt = tune_trials[t["id"]]
+        assert t["status"] == "TERMINATED" == tt.status
+        assert t["model"] == tt.config["model"]
+        assert t["lora_rank"] == tt.config["lora_rank"]
+        assert t["data_fraction"] == tt.config["data_fraction"]
+        assert t["objective"] == pytest.approx(tt.last_result["slot_f1"])
+        assert t["metrics"]["eval_loss"] == pytest.approx(tt.last_result["eval_loss"])
+        assert t["steps"] == 24
+        assert 0 < t["trainable_params"] < t["params"]
+        assert t["wall_s"] > 0
+    # The frontier: scored trials not dominated in (objective, params).
+    scored = [t for t in report["trials"] if t["objective"] is not None]
+    for t in scored:
+        dominated = any(o["objective"] >= t["objective"] and o["params"] <= t["params"]
+                        and (o["objective"] > t["objective"] or o["params"] < t["params"]) for o in scored)
+        assert (t["id"] in report["frontier"]) == (not dominated)
+
+
+def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run):
+    run_dir, log, _ = sweep_run
+    report = report_json(run_dir)
+    for t in report["trials"]:
+        history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
+        losses = [h["train_loss"] for h in history]
+        assert losses[-1] < losses[0], losses
+        # tokens are summed over both workers: each worker sees its own shard of batches
+        assert history[-1]["world_size"] == 2
+
+
+def test_checkpoints_are_adapter_only_safetensors(sweep_run):
+    run_dir, _, _ = sweep_run
+    report = report_json(run_dir)
+    for t in report["trials"]:
+        ckpt = Path(t["checkpoint"])
+        assert (ckpt / "adapter_model.safetensors").is_file()
+        assert not list(ckpt.glob("model*.safetensors")) and not list(ckpt.glob("pytorch_model*"))
+
+
+def _wandb_records(run_file: str) -> list[dict]:
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", run_file], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
+
+
+def test_wandb_offline_runs_hold_config_and_history(sweep_run):
+    run_dir, log, _ = sweep_run
+    assert "offline" in log  # said once, at the start
+    report = report_json(run_dir)
+    files = glob.glob(str(run_dir / "**" / "run-*.wandb"), recursive=True)
+    assert len(files) == 3, files  # one run per trial, not one per worker
+    by_trial = {}
+    for f in files:
+        records = _wandb_records(f)
+        text = json.dumps(records)
+        trial = next(t for t in report["trials"] if t["id"] in text)
+        by_trial[trial["id"]] = (trial, records, text)
+    assert set(by_trial) == {t["id"] for t in report["trials"]}
+    for trial, records, text in by_trial.values():
+        for key in ("model", "model_params", "lora_rank", "data_fraction", "lr"):
+            assert f'"{key}"' in text, key
+        history = [r for r in records if r.get("type") == "history" or "history" in r]
+        assert len(history) >= 2, "expected a history row per evaluation"
+        assert "train_loss" in text and "eval_loss" in text and "slot_f1" in text
+
+
+def test_no_secret_is_written_anywhere(sweep_run):
+    run_dir, log, tmp = sweep_run
+    assert FAKE_WANDB_KEY not in log and FAKE_HF_TOKEN not in log
+    leaks = []
+    for root in (tmp / "runs", tmp / "wandb-dir", tmp / "home"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                if FAKE_WANDB_KEY.encode() in data or FAKE_HF_TOKEN.encode() in data:
+                    leaks.append(str(path))
+    assert not leaks
