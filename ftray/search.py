@@ -389,7 +389,7 @@ def _searcher(sweep: Sweep, model_params):
     from ray.tune.search.optuna import OptunaSearch
 
     sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=min(10, max(2, sweep.num_trials // 3)))
-    return OptunaSearch(space=DefineByRun(sweep, model_params), sampler=sampler)
+    return OptunaSearch(space=DefineByRun(sweep, model_params), metric=sweep.objective, mode=sweep.mode, sampler=sampler)
 
 
 def _random_space(sweep: Sweep, model_params) -> dict:

@@ -20,15 +20,15 @@ sweep = Sweep(
         "model": tune.choice(["tiny-xs", "tiny-s", "tiny-m"]),
         "lora_rank": tune.choice([4, 16]),
         "data_fraction": tune.choice([0.25, 1.0]),
-        "lr": tune.loguniform(1e-3, 1e-2),  # searched per model size
+        "lr": tune.loguniform(2e-3, 2e-2),  # searched per model size
     },
     objective="slot_f1",  # scored on greedily generated text for held-out validation rows
     num_trials=9,
     workers=2,
-    steps=200,
+    steps=300,
     batch_size=16,
     max_length=128,
-    eval_every=100,
+    eval_every=150,
     eval_samples=64,
     max_new_tokens=48,
 )
