@@ -151,8 +151,9 @@ def _finite(v):
 
 # ---- presentation ----------------------------------------------------------------------------
 def to_json(run: dict) -> dict:
-    keys = ("id", "status", "reason", "model", "params", "trainable_params", "lora_rank", "data_fraction",
-            "objective", "metrics", "wall_s", "restarts", "config", "steps", "checkpoint")
+    keys = ("id", "status", "reason", "model", "params", "trainable_params", "lora_rank", "data_fraction", "lr",
+            "objective", "base_objective", "metrics", "wall_s", "accelerators", "tokens", "train_loss",
+            "first_train_loss", "restarts", "steps", "config", "checkpoint", "trial_dir")
     return {
         "run_dir": run["run_dir"],
         "objective": run["objective"],

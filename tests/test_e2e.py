@@ -136,7 +136,7 @@ def test_wandb_offline_runs_hold_config_and_history(sweep_run):
     run_dir, log, _ = sweep_run
     assert "offline" in log  # said once, at the start
     report = report_json(run_dir)
-    files = glob.glob(str(run_dir / "**" / "run-*.wandb"), recursive=True)
+    files = glob.glob(str(run_dir / "*" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 3, files  # one run per trial, not one per worker
     by_trial = {}
     for f in files:

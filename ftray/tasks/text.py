@@ -96,19 +96,21 @@ class TextTask(Task):
 @functools.lru_cache(maxsize=16)
 def _examples(task: TextTask, split: str) -> tuple[Example, ...]:
     if task.hf_dataset is not None:
-        rows, where = _hf_rows(task, split)
-    else:
-        path = {"train": task.train, "valid": task.valid, "test": task.test}[split]
-        if path is None and split == "test":
-            return ()
-        if path is None:  # hold out a seeded share of the training rows
-            rows, where = read_rows(task.train), task.train
-            order = list(range(len(rows)))
-            random.Random(0).shuffle(order)
-            held = set(order[: max(1, int(len(rows) * task.valid_fraction))])
-            rows = [r for i, r in enumerate(rows) if (i in held) == (split == "valid")]
-        else:
-            rows, where = read_rows(path), path
+        return _to_examples(task, *_hf_rows(task, split))
+    holdout = split in ("train", "valid") and task.valid is None
+    path = task.train if holdout else {"train": task.train, "valid": task.valid, "test": task.test}[split]
+    if path is None:
+        return ()
+    examples = _to_examples(task, read_rows(path), path)  # every row checked, held out or not
+    if not holdout:
+        return examples
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    held = set(order[: max(1, int(len(examples) * task.valid_fraction))])
+    return tuple(e for i, e in enumerate(examples) if (i in held) == (split == "valid"))
+
+
+def _to_examples(task: TextTask, rows: list[dict], where: str) -> tuple[Example, ...]:
     out = []
     for i, row in enumerate(rows, 1):
         try:
