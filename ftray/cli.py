@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="show a run's trials and frontier")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--target", type=float, help="the objective value the business needs: which is the smallest model that reaches it?")
+    p.add_argument("--no-files", action="store_true", help="only print; do not write frontier.csv, report.json and PNGs")
 
     args = parser.parse_args(argv)
     try:
@@ -70,15 +72,20 @@ def cmd_resume(args) -> int:
 
 
 def _finish(run_dir: str) -> int:
-    from ftray.report import format_table, load_run
+    """The report at the end of a run: printed, written to the run folder, and sent to W&B."""
+    from ftray.report import build_report, format_report, load_run, write_report_files
+    from ftray.tracking import log_sweep_summary
 
-    result = load_run(run_dir)
+    run = load_run(run_dir)
+    report = build_report(run)
+    written = write_report_files(run, report)
+    log_sweep_summary(run, report, written)
     print()
-    print(format_table(result))
+    print(format_report(run, report))
     print(f"\nrun folder: {run_dir}")
-    print(f"report:     ftray report {run_dir}")
-    failed = [t for t in result["trials"] if t["status"] == "ERROR"]
-    return 1 if result["trials"] and len(failed) == len(result["trials"]) else 0
+    print(f"report:     ftray report {run_dir}   (files: frontier.csv, report.json, *.png)")
+    failed = [t for t in run["trials"] if t["status"] == "ERROR"]
+    return 1 if run["trials"] and len(failed) == len(run["trials"]) else 0
 
 
 def cmd_validate(args) -> int:
@@ -94,13 +101,17 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ftray.report import format_table, load_run, to_json
+    from ftray.report import build_report, format_report, load_run, write_report_files
 
-    result = load_run(args.run_dir)
+    run = load_run(args.run_dir)
+    report = build_report(run, target=args.target)
+    written = [] if args.no_files else write_report_files(run, report)
     if args.json:
-        print(json.dumps(to_json(result)))
+        print(json.dumps(report))
     else:
-        print(format_table(result))
+        print(format_report(run, report))
+        if written:
+            print("\nwritten: " + ", ".join(written))
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ftray import storage as st
 from ftray.errors import FtrayInputError
-from ftray.frontier import trial_front
+from ftray.frontier import analyse, trial_front
 
 RUN_FILE = "ftray_run.json"
 
@@ -193,3 +193,86 @@ def _human(n: int) -> str:
         if n >= div:
             return f"{n / div:.1f}{unit}"
     return str(n)
+
+
+# ---- the frontier report ---------------------------------------------------------------------------
+CSV_COLUMNS = ("id", "status", "model", "params", "trainable_params", "lora_rank", "data_fraction", "lr", "objective",
+               "base_objective", "wall_s", "accelerators", "tokens", "on_front", "reason")
+
+
+def build_report(run: dict, target: float | None = None) -> dict:
+    """The run's JSON (as `to_json`) with the frontier analysis under "analysis"."""
+    obj = run["objective"]
+    out = to_json(run)
+    space = run.get("record", {}).get("sweep", {}).get("space", {})
+    continuous = {k for k, v in space.items() if not str(v).startswith("choice(")}
+    out["analysis"] = analyse(run["trials"], obj["metric"], obj["mode"], target=target, continuous=continuous)
+    return out
+
+
+def frontier_csv(run: dict) -> str:
+    import csv
+    import io
+
+    front = set(run["frontier"])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for t in sorted(run["trials"], key=lambda t: (t["params"], t["id"])):
+        row = dict(t, on_front=int(t["id"] in front))
+        w.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def write_report_files(run: dict, report: dict) -> list[str]:
+    """frontier.csv, report.json and the PNGs, into the run folder (local or a storage URI)."""
+    import tempfile
+
+    from ftray.plots import write_plots
+
+    run_dir = run["run_dir"]
+    written = []
+    for name, text in (("frontier.csv", frontier_csv(run)), ("report.json", json.dumps(report, indent=2))):
+        st.write_text(st.join(run_dir, name), text)
+        written.append(st.join(run_dir, name))
+    obj = run["objective"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in write_plots(run["trials"], obj["metric"], obj["mode"], tmp):
+            dest = st.join(run_dir, path.rsplit("/", 1)[-1])
+            with open(path, "rb") as f:
+                st.write_bytes(dest, f.read())
+            written.append(dest)
+    return written
+
+
+def format_report(run: dict, report: dict) -> str:
+    """The terminal report: the trial table, then the answers."""
+    a = report["analysis"]
+    metric = run["objective"]["metric"]
+    lines = [format_table(run), "", "What the sweep says"]
+    lines += [f"  - {v}" for v in a["verdicts"]]
+    gains = a["finetune_gain"]
+    if gains:
+        lines += ["", "Finetuning gain per model size (base model before finetuning -> best trial)"]
+        for model, g in gains.items():
+            base = "?" if g["base"] is None else f"{g['base']:.4f}"
+            gain = "" if g["gain"] is None else f"  ({g['gain']:+.4f})"
+            lines.append(f"  {model:<24} {_human(g['params']):>7}  {metric}: {base} -> {g['best']:.4f}{gain}")
+    lev = a["leverage"]
+    if lev["model"]:
+        lines += ["", "Each step up the model ladder (best trial at the same data fraction)"]
+        for step in lev["model"]["steps"]:
+            lines.append(f"  data {step['data_fraction']:g}: {step['from']} -> {step['to']}: {step['gain']:+.4f} "
+                         f"at {step['params_ratio']:.1f}x params ({step['n_trials']} trials)")
+    if lev["data"]:
+        lines += ["", "Each doubling of the data (slope of the best trial per fraction, per model)"]
+        for model, d in lev["data"]["per_model"].items():
+            lines.append(f"  {model}: {d['gain_per_doubling']:+.4f} per doubling over fractions "
+                         f"{', '.join(f'{f:g}' for f in d['fractions'])} ({d['n_trials']} trials)")
+    hv = a["hypervolume"]
+    lines += ["", f"Hypervolume of the front: {hv['value']:.4g} (reference {metric}={hv['reference'][0]:.4g}, "
+                  f"params={_human(int(hv['reference'][1]))}; size axis {hv['size_axis']})"]
+    if a["failed"]:
+        lines += ["", "Trials kept out of the front"]
+        lines += [f"  {f['id']}: {f['reason']}" for f in a["failed"]]
+    return "\n".join(lines)

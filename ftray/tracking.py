@@ -109,3 +109,44 @@ class WandbTracking(tune.Callback):
 
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
+    """A summary run in the sweep's W&B group: the frontier as a Table, the plots, and the verdicts.
+
+    Returns the W&B run id, or None when W&B is disabled for the sweep.
+    """
+    settings = WandB(**(run.get("record", {}).get("sweep", {}).get("wandb") or {}))
+    mode = wandb_mode(settings)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    from ftray import storage as st
+
+    group = st.basename(run["run_dir"])
+    local_dir = run["run_dir"] if not st.is_uri(run["run_dir"]) else None
+    front = set(report["frontier"])
+    columns = ["trial", "model", "params", "lora_rank", "data_fraction", "lr", "objective", "base_objective",
+               "wall_s", "on_front", "status"]
+    table = wandb.Table(columns=columns)
+    for t in report["trials"]:
+        table.add_data(t["id"], t["model"], t["params"], t["lora_rank"], t["data_fraction"], t["lr"], t["objective"],
+                       t["base_objective"], t["wall_s"], t["id"] in front, t["reason"] or t["status"])
+    analysis = report["analysis"]
+    wb = wandb.init(
+        project=settings.project, entity=settings.entity, group=group, job_type="frontier-summary",
+        id=f"{group}-summary", name=f"{group}-frontier", dir=local_dir, mode=mode, resume="allow",
+        reinit="create_new", config={"sweep_run": group, "objective": run["objective"]},
+        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+    )
+    row = {"frontier": table}
+    for path in files:
+        if path.endswith(".png") and not st.is_uri(path):
+            row[f"plots/{path.rsplit('/', 1)[-1][:-4]}"] = wandb.Image(path)
+    wb.log(row)
+    wb.summary["verdicts"] = "\n".join(analysis["verdicts"])
+    wb.summary["hypervolume"] = analysis["hypervolume"]["value"]
+    wb.summary["frontier_trials"] = ", ".join(report["frontier"])
+    wb.finish()
+    return wb.id

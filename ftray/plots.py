@@ -1,0 +1,108 @@
+"""The report's PNGs: the frontier, quality against data, quality against LoRA rank."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+from ftray.frontier import is_scored, trial_front
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _step_front(ax, trials, mode, **kwargs):
+    front = sorted((t for t in trials if t["id"] in set(trial_front(trials, mode))), key=lambda t: t["params"])
+    if front:
+        xs, ys = [], []
+        for t in front:
+            if xs:  # a step: the best value so far holds until the next larger model beats it
+                xs.append(t["params"])
+                ys.append(ys[-1])
+            xs.append(t["params"])
+            ys.append(t["objective"])
+        ax.plot(xs, ys, drawstyle="default", **kwargs)
+
+
+def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str) -> list[str]:
+    """frontier.png, data_fraction.png, lora_rank.png in out_dir; none when no trial was scored."""
+    scored = [t for t in trials if is_scored(t)]
+    if not scored:
+        return []
+    plt = _plt()
+    paths = []
+    better = "higher is better" if mode == "max" else "lower is better"
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sc = ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored],
+                    c=[t["data_fraction"] for t in scored], cmap="viridis", s=45, edgecolors="k", linewidths=0.5,
+                    vmin=0, vmax=1)
+    _step_front(ax, scored, mode, color="crimson", lw=1.5, label="frontier")
+    for t in scored:
+        if t["id"] in set(trial_front(scored, mode)):
+            ax.annotate(t["model"], (t["params"], t["objective"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fig.colorbar(sc, ax=ax, label="data fraction")
+    ax.set_xscale("log")
+    ax.set_xlabel("model parameters")
+    ax.set_ylabel(f"{metric} ({better})")
+    ax.set_title(f"{metric} against model size: the frontier")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    paths.append(_save(fig, out_dir, "frontier.png"))
+
+    for key, name, label, log in (("data_fraction", "data_fraction.png", "data fraction", True),
+                                  ("lora_rank", "lora_rank.png", "LoRA rank", True)):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for model in sorted({t["model"] for t in scored}, key=lambda m: min(t["params"] for t in scored if t["model"] == m)):
+            best: dict = {}
+            for t in scored:
+                x = t.get(key)
+                if t["model"] == model and x is not None:
+                    if x not in best or (t["objective"] > best[x] if mode == "max" else t["objective"] < best[x]):
+                        best[x] = t["objective"]
+            xs = sorted(best)
+            ax.plot(xs, [best[x] for x in xs], marker="o", label=model)
+        if log:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"best {metric} ({better})")
+        ax.set_title(f"{metric} against {label}, one line per model size")
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+        paths.append(_save(fig, out_dir, name))
+    return paths
+
+
+def compare_plot(runs: Sequence[tuple[str, Sequence[Mapping]]], metric: str, mode: str, path: str) -> str:
+    """The fronts of several runs on one plot."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, trials) in enumerate(runs):
+        scored = [t for t in trials if is_scored(t)]
+        color = f"C{i}"
+        ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored], color=color, alpha=0.35, s=25)
+        _step_front(ax, scored, mode, color=color, lw=1.8, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("model parameters")
+    ax.set_ylabel(metric)
+    ax.set_title(f"fronts of {len(runs)} sweep runs")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, os.path.dirname(path) or ".", os.path.basename(path))
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,116 @@
+"""Frontier analysis on hand-built result sets whose answers are worked out here."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ftray.frontier import (analyse, cost_front, front_hypervolume, hypervolume_2d, iteration_time, leverage,
+                            setting_effects, smallest_meeting_target, trial_front)
+
+
+def trial(id, model, params, objective, data=1.0, rank=8, lr=1e-3, status="TERMINATED", reason=None, wall=10.0,
+          acc=2, tokens=1000, base=None):
+    return {"id": id, "model": model, "params": params, "objective": objective, "data_fraction": data,
+            "lora_rank": rank, "lr": lr, "status": status, "reason": reason, "wall_s": wall, "accelerators": acc,
+            "tokens": tokens, "base_objective": base,
+            "config": {"model": model, "lora_rank": rank, "lr": lr, "data_fraction": data}}
+
+
+def test_front_ties_and_domination():
+    trials = [trial("a", "s", 100, 0.5), trial("b", "s", 100, 0.5),  # exact tie: both stay
+              trial("c", "m", 200, 0.5),  # as good as a and b, but bigger: dominated
+              trial("d", "l", 400, 0.9), trial("e", "l", 400, 0.8),  # e is dominated by d
+              trial("f", "xl", 800, None, status="ERROR", reason="error: boom")]  # never on the front
+    assert trial_front(trials, "max") == ["a", "b", "d"]
+    # Minimising (a loss): a and b (0.5 at size 100) are at least as good as every other trial and
+    # smaller, so they alone are the front.
+    assert trial_front(trials, "min") == ["a", "b"]
+    trials.append(trial("g", "xs", 50, 0.9))  # the smallest model, worst loss: on the front too
+    assert trial_front(trials, "min") == ["g", "a", "b"]
+
+
+def test_single_and_all_errored():
+    assert trial_front([trial("a", "s", 1, 0.1)], "max") == ["a"]
+    errored = [trial("a", "s", 1, None, status="ERROR", reason="error: x"), trial("b", "m", 2, 0.3, reason="diverged: nan")]
+    a = analyse(errored, "slot_f1", "max", target=0.5)
+    assert a["frontier_params"] == [] and a["target"]["result"] is None and "none does" in a["target"]["text"]
+    assert {f["id"] for f in a["failed"]} == {"a", "b"}
+    assert a["verdicts"][0].startswith("no trial finished")
+    assert analyse([], "slot_f1", "max")["frontier_params"] == []
+
+
+def test_smallest_model_meeting_a_target():
+    trials = [trial("a", "s", 100, 0.60), trial("b", "s", 100, 0.79), trial("c", "m", 300, 0.80),
+              trial("d", "l", 900, 0.95)]
+    hit = smallest_meeting_target(trials, 0.8, "max")  # b misses by 0.01; c meets it exactly
+    assert (hit["model"], hit["trial"], hit["margin"]) == ("m", "c", pytest.approx(0.0))
+    hit = smallest_meeting_target(trials, 0.7, "max")  # s's best trial (b) is past it by 0.09
+    assert (hit["model"], hit["trial"], hit["margin"]) == ("s", "b", pytest.approx(0.09))
+    assert smallest_meeting_target(trials, 0.99, "max") is None
+    losses = [trial("a", "s", 100, 2.0), trial("b", "m", 300, 1.2)]
+    assert smallest_meeting_target(losses, 1.5, "min")["margin"] == pytest.approx(0.3)
+
+
+def test_hypervolume_by_hand():
+    # Minimising both: points (1, 3) and (2, 1) against (4, 4):
+    # (4-1)*(4-3) = 3 for the first, then (4-2)*(3-1) = 4 for the second: 7.
+    assert hypervolume_2d([(1, 3), (2, 1)], (4, 4)) == pytest.approx(7)
+    assert hypervolume_2d([(1, 3), (2, 1), (3, 3.5)], (4, 4)) == pytest.approx(7)  # dominated point adds 0
+    assert hypervolume_2d([(5, 1)], (4, 4)) == 0.0
+    # In (objective max, params): objectives 0.5 @ 10 and 0.8 @ 1000 against (0.0, 10000), log10 size:
+    # minimised points (-0.5, 1) and (-0.8, 3), reference (0, 4): 0.8*1 + 0.5*(4-1-... ) worked below.
+    trials = [trial("a", "s", 10, 0.5), trial("b", "l", 1000, 0.8)]
+    # sorted by x: (-0.8, 3): (0+0.8)*(4-3) = 0.8; then (-0.5, 1): (0+0.5)*(3-1) = 1.0; total 1.8
+    assert front_hypervolume(trials, "max", (0.0, 10000)) == pytest.approx(1.8)
+
+
+def test_hypervolume_equals_optunas():
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 20, 60):
+        for _ in range(4):
+            pts = rng.random((n, 2))
+            ref = np.array([1.1, 1.1])
+            assert hypervolume_2d([tuple(p) for p in pts], tuple(ref)) == pytest.approx(compute_hypervolume(pts, ref))
+
+
+def test_leverage_recovers_known_slopes():
+    # objective = 0.05 * log2(fraction) + 0.1 * ladder_step + 0.5, exactly, on a grid
+    ladder = [("s", 100), ("m", 400), ("l", 1600)]
+    trials = [trial(f"{m}{f}", m, p, 0.05 * math.log2(f) + 0.1 * i + 0.5, data=f)
+              for i, (m, p) in enumerate(ladder) for f in (0.125, 0.25, 0.5, 1.0)]
+    lev = leverage(trials, "max", "score")
+    assert lev["data"]["gain_per_doubling"] == pytest.approx(0.05)
+    assert lev["model"]["gain_per_step"] == pytest.approx(0.1)
+    assert lev["model"]["params_ratio"] == pytest.approx(4.0)
+    assert lev["data"]["n_trials"] == 12
+    assert "bigger model is the stronger lever" in lev["verdict"]
+    # Make data the stronger lever: 0.3 per doubling
+    trials = [trial(f"{m}{f}", m, p, 0.3 * math.log2(f) + 0.1 * i + 0.5, data=f)
+              for i, (m, p) in enumerate(ladder) for f in (0.25, 1.0)]
+    assert "more data is the cheaper lever" in leverage(trials, "max", "score")["verdict"]
+    # One model, one fraction: nothing to compare
+    assert "not enough trials" in leverage([trial("a", "s", 1, 0.5)], "max")["verdict"]
+
+
+def test_setting_effects_rank_what_matters():
+    trials = [trial("a", "m", 10, 0.2, rank=4, lr=1e-3), trial("b", "m", 10, 0.6, rank=16, lr=1e-3),
+              trial("c", "m", 10, 0.25, rank=4, lr=2e-3), trial("d", "m", 10, 0.65, rank=16, lr=2e-3)]
+    eff = setting_effects(trials, "max", continuous={"lr"})["m"]
+    # rank: means 0.225 (4) vs 0.625 (16): effect 0.4. lr: 0.4 (low) vs 0.45 (high): 0.05
+    assert eff["settings"]["lora_rank"]["effect"] == pytest.approx(0.4)
+    assert eff["settings"]["lora_rank"]["best"] == "16"
+    assert eff["settings"]["lr"]["effect"] == pytest.approx(0.05)
+    assert eff["lines"][0].startswith("m: lora_rank matters most")
+
+
+def test_iteration_time_and_cost_front():
+    trials = [trial("a", "s", 10, 0.5, wall=10, acc=2), trial("b", "s", 10, 0.6, wall=30, acc=2),
+              trial("c", "m", 50, 0.7, wall=100, acc=4), trial("d", "m", 50, None, status="ERROR", reason="error", wall=5)]
+    it = iteration_time(trials)
+    assert it["per_model"]["s"]["median_s"] == 20 and it["per_model"]["m"]["median_s"] == 52.5
+    assert it["total_accelerator_s"] == 10 * 2 + 30 * 2 + 100 * 4 + 5 * 2
+    assert cost_front(trials, "max") == ["a", "b", "c"]  # 20, 60, 400 accelerator-seconds, each better
+    assert cost_front(trials, "max", "tokens") == ["c"]  # same tokens: only the best remains
