@@ -25,6 +25,8 @@ from ftray.sweep import Sweep, diff_descriptions
 # The idle trial driver (it only waits on its Train workers) counts as this many CPUs, so a
 # 2-worker trial fits on 2 cores instead of needing 3 and hanging.
 TRIAL_DRIVER_CPU = 0.01
+# Below this a worker shares its core with too many others to be worth starting.
+MIN_CPUS_PER_WORKER = 0.25
 
 
 def _did_not_fit_errors():
@@ -52,6 +54,11 @@ def plan_resources(sweep: Sweep, cluster: Mapping[str, float]) -> Resources:
     biggest = max(sweep.workers_for(m) for m in model_ids)
     # One CPU per worker when the cluster has them, else share: a 2-worker trial on a 1-core laptop.
     cpw = sweep.cpus_per_worker or min(1.0, (cpus - TRIAL_DRIVER_CPU) / biggest)
+    if cpw < MIN_CPUS_PER_WORKER:
+        raise FtrayInputError(
+            f"workers: a trial of {biggest} workers needs at least {biggest * MIN_CPUS_PER_WORKER:g} CPUs "
+            f"({MIN_CPUS_PER_WORKER} per worker), but the cluster has {cpus:g}: lower `workers`"
+        )
     per_trial_cpu = []
     per_trial_gpu = []
     for m in model_ids:
@@ -77,6 +84,17 @@ def plan_resources(sweep: Sweep, cluster: Mapping[str, float]) -> Resources:
     if sweep.max_concurrent_trials:
         concurrent = min(concurrent, sweep.max_concurrent_trials)
     return Resources(cpw, concurrent, dict(cluster))
+
+
+def local_resources() -> dict[str, float]:
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # a broken CUDA install still runs on CPU
+        pass
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
 
 
 def _models_in_space(sweep: Sweep) -> list[str]:
@@ -218,7 +236,10 @@ def _injected_faults(model_id: str) -> dict:
     if not raw:
         return {}
     faults = json.loads(raw)
-    return faults if faults.get("model", model_id) == model_id else {}
+    for f in faults if isinstance(faults, list) else [faults]:
+        if f.get("model", model_id) == model_id:
+            return f
+    return {}
 
 
 def classify_failure(error: Exception) -> tuple[str, str]:
@@ -298,6 +319,10 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
         raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE})")
 
     model_params, tokenizer_json = prepare(sweep)
+    if not (ray_address or os.environ.get("RAY_ADDRESS")):
+        # A local Ray gets this machine's CPUs and GPUs: a trial that cannot fit fails here, before
+        # anything starts. (On a cluster the check runs once connected, against its resources.)
+        plan_resources(sweep, local_resources())
 
     import ray
     from ray import tune

@@ -328,6 +328,11 @@ def load_sweep(path: str | Path) -> Sweep:
         spec.loader.exec_module(module)
     except FtrayInputError as e:
         raise FtrayInputError(f"{path}: {e}") from None
+    # Classes a sweep file defines (a custom Task) travel to Ray workers by value: the workers cannot
+    # import the sweep file as a module.
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
     sweep = getattr(module, "sweep", None)
     if sweep is None:
         raise FtrayInputError(f"sweep file {str(path)!r} does not define a module-level `sweep = Sweep(...)`")

@@ -175,12 +175,15 @@ def _train(config: dict) -> None:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        # Every worker must agree to stop: a NaN on one rank alone would leave the others waiting.
+        bad = _all_reduce(torch.tensor([float(not math.isfinite(loss.item()))], dtype=torch.float64), world)
+        nan_now = bad.item() > 0
 
-        if step % spec.eval_every == 0 or step == total_steps or not math.isfinite(loss.item()):
+        if step % spec.eval_every == 0 or step == total_steps or nan_now:
             train_time += time.time() - t_train
             totals = _all_reduce(torch.cat([loss_sum, torch.tensor([tokens_seen], dtype=torch.float64)]), world)
             train_loss = totals[0].item() / max(1.0, totals[1].item())
-            diverged = not math.isfinite(train_loss)
+            diverged = nan_now or not math.isfinite(train_loss)
             metrics = {
                 "step": step,
                 "total_steps": total_steps,
