@@ -93,10 +93,12 @@ def cmd_validate(args) -> int:
     from ftray.sweep import load_sweep
 
     sweep = load_sweep(args.sweep_file)
-    model_params, _ = prepare(sweep)
-    sizes = ", ".join(f"{m}: {n:,} params" for m, n in model_params.items())
+    model_params, _, notes = prepare(sweep, hub_optional=True)
+    sizes = ", ".join(f"{m}: {n:,} params" if n else f"{m}: ? params" for m, n in model_params.items())
     print(f"{args.sweep_file}: ok: sweep {sweep.name!r}, {sweep.num_trials} trials, task {sweep.task.name!r}, "
           f"objective {sweep.objective} ({sweep.mode}); models {sizes}")
+    for note in notes:
+        print(f"  note: {note}")
     return 0
 
 

@@ -6,3 +6,7 @@ class FtrayInputError(ValueError):
 
     The message must name what is wrong (the field, file or row) and what would be accepted.
     """
+
+
+class HubUnavailable(FtrayInputError):
+    """A model or dataset lives on the Hugging Face hub and the hub cannot be reached from here."""

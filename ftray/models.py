@@ -13,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-from ftray.errors import FtrayInputError
+from ftray.errors import FtrayInputError, HubUnavailable
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -264,7 +264,7 @@ def param_counts(spec: ModelSpec, vocab_size: int | None, lora: LoraSettings | N
                 config = AutoConfig.from_pretrained(spec.id, revision=spec.revision,
                                                     trust_remote_code=spec.trust_remote_code)
             except OSError as e:
-                raise FtrayInputError(f"model {spec.id!r}: cannot read its config ({str(e).splitlines()[0]})") from None
+                raise HubUnavailable(f"model {spec.id!r}: cannot read its config ({str(e).splitlines()[0][:200]})") from None
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
         if lora is None:
             total = sum(p.numel() for p in model.parameters())

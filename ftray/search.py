@@ -267,26 +267,41 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def prepare(sweep: Sweep) -> tuple[dict[str, int], str | None]:
+def prepare(sweep: Sweep, hub_optional: bool = False) -> tuple[dict[str, int | None], str | None, list[str]]:
     """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer.
 
-    Returns total parameters per model and the tokenizer JSON for the offline presets.
+    Returns total parameters per model, the tokenizer JSON for the offline presets, and notes on what
+    could only be checked for form because the hub is out of reach (only with `hub_optional`).
     """
+    from ftray.errors import HubUnavailable
     from ftray.models import build_tokenizer, param_counts, tokenizer_to_json
 
-    sweep.task.check()
+    notes: list[str] = []
+    try:
+        sweep.task.check()
+        data_ok = True
+    except HubUnavailable as e:
+        if not hub_optional:
+            raise
+        notes.append(f"data not checked: {e}")
+        data_ok = False
     tokenizer_json, vocab = None, None
-    if any(m.is_preset for m in sweep.models):
+    if data_ok and any(m.is_preset for m in sweep.models):
         # One tokenizer for the whole ladder, trained on the task's text, shipped to every worker.
         tokenizer = build_tokenizer(t for e in sweep.task.examples("train") for t in (e.prompt, e.completion))
         tokenizer_json, vocab = tokenizer_to_json(tokenizer), len(tokenizer)
-    model_params = {}
+    model_params: dict[str, int | None] = {}
     for m in sweep.models:
         resolved = sweep.resolve({"model": m.id})
-        # Counting with LoRA also checks that its targets match this model's layers.
-        total, _ = param_counts(m, vocab if m.is_preset else None, sweep.lora(resolved))
-        model_params[m.id] = total
-    return model_params, tokenizer_json
+        try:
+            # Counting with LoRA also checks that its targets match this model's layers.
+            model_params[m.id] = param_counts(m, vocab if m.is_preset else None, sweep.lora(resolved))[0]
+        except HubUnavailable as e:
+            if not hub_optional:
+                raise
+            notes.append(f"{m.id}: id checked for form only (no hub here)")
+            model_params[m.id] = None
+    return model_params, tokenizer_json, notes
 
 
 def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, resume: bool = False,
@@ -318,7 +333,7 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
     elif resume:
         raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE})")
 
-    model_params, tokenizer_json = prepare(sweep)
+    model_params, tokenizer_json, _ = prepare(sweep)
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         # A local Ray gets this machine's CPUs and GPUs: a trial that cannot fit fails here, before
         # anything starts. (On a cluster the check runs once connected, against its resources.)
@@ -376,7 +391,7 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
             param_space=None if sweep.search == "optuna" else _random_space(sweep, model_params),
             tune_config=tune.TuneConfig(
                 metric=sweep.objective, mode=sweep.mode, num_samples=sweep.num_trials,
-                search_alg=_searcher(sweep, model_params), scheduler=_scheduler(sweep),
+                search_alg=_searcher(sweep, model_params, resources.max_concurrent_trials), scheduler=_scheduler(sweep),
                 max_concurrent_trials=resources.max_concurrent_trials,
             ),
             run_config=run_config,
@@ -405,11 +420,12 @@ def _free_name(storage: str, name: str) -> str:
     return f"{name}-{i}"
 
 
-def _searcher(sweep: Sweep, model_params):
+def _searcher(sweep: Sweep, model_params, max_concurrent: int):
     if sweep.search != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=sweep.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: set it here.
+        return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=max_concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -447,6 +463,10 @@ def _init_ray(address: str | None) -> None:
     # local Ray sized to this machine.
     kwargs: dict[str, Any] = {"address": address} if address else {}
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
+    if address:
+        print(f"ftray: joined the Ray cluster at {address}", flush=True)
+    else:
+        print("ftray: started a local Ray (set RAY_ADDRESS or --address to use a cluster)", flush=True)
 
 
 def _fmt_resources(r: Mapping[str, float]) -> str:

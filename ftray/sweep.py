@@ -88,7 +88,7 @@ class Sweep:
     cpus_per_worker: float | None = None  # default: 1, or less when the cluster is smaller
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources fit
     # Training budget: optimizer steps, or epochs over the (subset of the) training data.
-    steps: int | None = 200
+    steps: int | None = None  # default: 200 when epochs is not set either
     epochs: float | None = None
     batch_size: int = 16
     grad_accum: int = 1
@@ -152,7 +152,9 @@ class Sweep:
             raise FtrayInputError(f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
         if not isinstance(self.seed, int):
             raise FtrayInputError(f"seed must be an int, got {self.seed!r}")
-        if (self.steps is None) == (self.epochs is None):
+        if self.steps is None and self.epochs is None:
+            self.steps = 200
+        if self.steps is not None and self.epochs is not None:
             raise FtrayInputError(f"set exactly one of steps and epochs, got steps={self.steps!r}, epochs={self.epochs!r}")
         if self.steps is not None:
             _positive_int(self, "steps")

@@ -31,7 +31,7 @@ def test_defaults_sweep_the_whole_ladder_and_choose_the_mode():
         (dict(models=["tiny-xs", "tiny-xs"]), "twice"),
         (dict(num_trials=0), "num_trials"),
         (dict(workers=-1), "workers"),
-        (dict(steps=None), "steps"),
+        (dict(steps=0), "steps"),
         (dict(steps=10, epochs=1.0), "epochs"),
         (dict(gpus_per_worker=-1), "gpus_per_worker"),
         (dict(objective="bleu"), "objective"),

@@ -9,7 +9,7 @@ import string
 from dataclasses import dataclass
 from typing import Sequence
 
-from ftray.errors import FtrayInputError
+from ftray.errors import FtrayInputError, HubUnavailable
 from ftray.metrics import exact_match, mr_metrics, rouge_l
 from ftray.tasks._files import read_rows
 from ftray.tasks.base import Example, Task
@@ -136,6 +136,6 @@ def _hf_rows(task: TextTask, split: str):
 
         ds = datasets.load_dataset(task.hf_dataset, split=name)
     except Exception as e:
-        raise FtrayInputError(f"TextTask: cannot load {task.hf_dataset!r} split {name!r} "
+        raise HubUnavailable(f"TextTask: cannot load {task.hf_dataset!r} split {name!r} "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     return [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds], f"{task.hf_dataset}[{name}]"

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-from ftray.errors import FtrayInputError
+from ftray.errors import FtrayInputError, HubUnavailable
 from ftray.metrics import mr_metrics, parse_mr, rouge_l, exact_match
 from ftray.tasks._files import read_rows
 from ftray.tasks.base import Example, Task
@@ -75,7 +75,7 @@ def _load(path: str | None, hf_dataset: str, split: str) -> tuple[tuple[str, str
 
             ds = datasets.load_dataset(hf_dataset, split=HF_SPLITS[split])
         except Exception as e:  # no hub, no such dataset: say which and why
-            raise FtrayInputError(
+            raise HubUnavailable(
                 f"ViggoTask: cannot load {hf_dataset!r} split {HF_SPLITS[split]!r} from the Hugging Face hub "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass path= a local folder instead"
             ) from None
