@@ -87,7 +87,9 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
         "first_train_loss": _finite(history[0].get("train_loss")) if history else None,
         "tokens": last.get("tokens"),
         "train_tokens_per_s": _finite(last.get("train_tokens_per_s")),
-        "restarts": int(meta.get("num_failures", 0)) + int(last.get("restarts", 0)),
+        # Restarts of the trial's workers after a lost worker (Tune's own failure count also counts
+        # the final error of a trial that was never retried).
+        "restarts": int(last.get("restarts", 0)),
         "wall_s": _finite(last.get("time_total_s")),
         # What the trial held: GPUs where it had them, else its CPU workers.
         "accelerators": workers * gpus if gpus else workers,

@@ -156,6 +156,53 @@ def _train(config: dict) -> None:
     t_train = time.time()
     train_time = 0.0
 
+    def report(nan_now: bool) -> bool:
+        """Evaluate, save an adapter checkpoint (rank 0) and report; True when training must stop."""
+        nonlocal eval_s, tokens_seen, t_train, train_time
+        train_time += time.time() - t_train
+        totals = _all_reduce(torch.cat([loss_sum, torch.tensor([tokens_seen], dtype=torch.float64)]), world)
+        train_loss = totals[0].item() / totals[1].item() if totals[1].item() > 0 else None
+        diverged = nan_now or (train_loss is not None and not math.isfinite(train_loss))
+        metrics = {
+            "step": step,
+            "total_steps": total_steps,
+            **({"train_loss": train_loss} if train_loss is not None else {}),
+            "lr": scheduler.get_last_lr()[0],
+            "tokens": totals[2].item(),  # all workers, prompt and completion, no padding
+            "train_tokens_per_s": totals[2].item() / max(train_time, 1e-9),
+            "train_s": train_time,
+            "setup_s": setup_s,
+            "params": total_params,
+            "trainable_params": trainable_params,
+            "train_examples": len(train_data),
+            "restarts": restarts,
+            "world_size": world,
+            "diverged": int(diverged),
+            **base_metrics,
+        }
+        if not diverged:
+            t_eval = time.time()
+            metrics.update(evaluate(model, tokenizer, spec.task, valid_examples, valid_data, spec, device, rank, world, autocast))
+            eval_s += time.time() - t_eval
+            metrics["eval_s"] = eval_s
+        ckpt = None
+        if rank == 0 and not diverged:
+            ckpt_dir = tempfile.mkdtemp(prefix="ftray-ckpt-")
+            model.save_pretrained(ckpt_dir)  # adapter (and trained embeddings) only, safetensors
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "base_metrics": base_metrics},
+                       os.path.join(ckpt_dir, TRAINER_STATE))
+            ckpt = ray.train.Checkpoint.from_directory(ckpt_dir)
+        ray.train.report(metrics, checkpoint=ckpt)
+        if diverged:
+            return True  # a NaN loss cannot recover: stop at once, the report marks the trial diverged
+        loss_sum.zero_()
+        tokens_seen = 0
+        t_train = time.time()
+        model.train()
+        return False
+
+    step_at_start = step
     # ---- the loop ----
     model.train()
     while step < total_steps:
@@ -180,47 +227,12 @@ def _train(config: dict) -> None:
         nan_now = bad.item() > 0
 
         if step % spec.eval_every == 0 or step == total_steps or nan_now:
-            train_time += time.time() - t_train
-            totals = _all_reduce(torch.cat([loss_sum, torch.tensor([tokens_seen], dtype=torch.float64)]), world)
-            train_loss = totals[0].item() / max(1.0, totals[1].item())
-            diverged = nan_now or not math.isfinite(train_loss)
-            metrics = {
-                "step": step,
-                "total_steps": total_steps,
-                "train_loss": train_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens": totals[2].item(),  # all workers, prompt and completion, no padding
-                "train_tokens_per_s": totals[2].item() / max(train_time, 1e-9),
-                "train_s": train_time,
-                "setup_s": setup_s,
-                "params": total_params,
-                "trainable_params": trainable_params,
-                "train_examples": len(train_data),
-                "restarts": restarts,
-                "world_size": world,
-                "diverged": int(diverged),
-                **base_metrics,
-            }
-            if not diverged:
-                t_eval = time.time()
-                metrics.update(evaluate(model, tokenizer, spec.task, valid_examples, valid_data, spec, device, rank, world, autocast))
-                eval_s += time.time() - t_eval
-                metrics["eval_s"] = eval_s
-            ckpt = None
-            if rank == 0 and not diverged:
-                ckpt_dir = tempfile.mkdtemp(prefix="ftray-ckpt-")
-                model.save_pretrained(ckpt_dir)  # adapter (and trained embeddings) only, safetensors
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                            "base_metrics": base_metrics},
-                           os.path.join(ckpt_dir, TRAINER_STATE))
-                ckpt = ray.train.Checkpoint.from_directory(ckpt_dir)
-            ray.train.report(metrics, checkpoint=ckpt)
-            if diverged:
-                return  # a NaN loss cannot recover: stop at once, the report marks the trial diverged
-            loss_sum.zero_()
-            tokens_seen = 0
-            t_train = time.time()
-            model.train()
+            if report(nan_now):
+                return
+    if step_at_start >= total_steps:
+        # Restored from the final checkpoint (the sweep's driver was lost after training ended):
+        # report the result again rather than train again.
+        report(False)
 
 
 def evaluate(model, tokenizer, task, examples, data, spec, device, rank, world, autocast) -> dict:

@@ -89,16 +89,18 @@ sweep = Sweep(name="resume", task=SyntheticTask(n_train=400, n_valid=16, n_test=
     run_dir = tmp_path / "runs" / "resume"
     proc = start("run", str(f), "--storage", str(tmp_path / "runs"))
 
+    def is_done(text):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return any(r.get("step") == r.get("total_steps") for r in rows)
+
     def finished():
-        return sum(1 for p in run_dir.glob("run_trial_*/result.json")
-                   if any(json.loads(line).get("done") for line in p.read_text().splitlines() if line.strip()))
+        return sum(1 for p in run_dir.glob("run_trial_*/result.json") if is_done(p.read_text()))
 
     wait_for(lambda: finished() >= 1, 400, proc, "one finished trial")
-    time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, without warning
     proc.wait()
     before = {p.parent.name: p.read_text() for p in run_dir.glob("run_trial_*/result.json")}
-    done_before = [name for name, text in before.items() if '"done": true' in text]
+    done_before = [name for name, text in before.items() if is_done(text)]
     assert done_before
 
     changed = sweep_file(tmp_path, open(f).read().replace("steps=30", "steps=40"), name="changed.py")
@@ -109,8 +111,12 @@ sweep = Sweep(name="resume", task=SyntheticTask(n_train=400, n_valid=16, n_test=
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     r = report(run_dir)
     assert len(r["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in r["trials"])
-    for name in done_before:  # finished trials were not run again
-        assert (run_dir / name / "result.json").read_text() == before[name]
+    for name in done_before:  # finished trials were not trained again
+        rows = [json.loads(line) for line in (run_dir / name / "result.json").read_text().splitlines() if line.strip()]
+        if rows != [json.loads(line) for line in before[name].splitlines() if line.strip()]:
+            # Training had ended but the driver died before Tune recorded it: the trial reports its
+            # final checkpoint again, without a single training step.
+            assert all(r["step"] == r["total_steps"] for r in rows) and "train_loss" not in rows[-1], rows
     # one W&B run per trial, resumed rather than duplicated: each id appears in one trial folder only
     ids = {}
     for d in run_dir.glob("run_trial_*/wandb/offline-run-*"):
