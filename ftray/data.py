@@ -16,18 +16,23 @@ import torch
 from ftray.errors import FtrayInputError
 from ftray.tasks.base import Example
 
-IGNORE = -100  # label value the loss skips
+IGNORE = -100  # the label value that the loss skips
+SORT_WINDOW_BATCHES = 50  # batches per window sorted by length: bigger pads less, but orders the data more
 
 
 def nested_subset(n: int, fraction: float, seed: int) -> list[int]:
-    """Indices of a `fraction` of range(n): a prefix of one seeded permutation, so subsets nest."""
+    """Indices (ascending) of `fraction` of range(n): a prefix of one seeded permutation, so subsets nest."""
+    if n <= 0:
+        return []
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    k = max(1, math.ceil(fraction * n)) if n else 0
+    # The epsilon keeps float noise (0.07 * 100 = 7.000000000000001) from taking one row too many.
+    k = min(n, max(1, math.ceil(fraction * n - 1e-9)))
     return sorted(order[:k])
 
 
 def filter_examples(examples: Sequence[Example], filters: Mapping[str, str] | None) -> list[Example]:
+    """The examples whose meta matches every column=value of `filters` (all of them when none)."""
     if not filters:
         return list(examples)
     return [e for e in examples if all(e.meta.get(k) == v for k, v in filters.items())]
@@ -37,81 +42,100 @@ def select(examples: Sequence[Example], fraction: float, seed: int,
            filters: Mapping[str, str] | None = None) -> list[Example]:
     """Filter on meta columns, then take the nested subset of what is left."""
     kept = filter_examples(examples, filters)
-    if not kept:
-        column, value = next(iter(filters.items()))
-        seen = sorted({e.meta.get(column, "<missing>") for e in examples})
-        raise FtrayInputError(f"data_filter {column}={value!r} keeps no training example; values seen: {', '.join(seen[:20])}")
+    if not kept and filters:
+        # Name the first filter that empties the set, with the values it could have taken there.
+        remaining = list(examples)
+        for column, value in filters.items():
+            narrowed = [e for e in remaining if e.meta.get(column) == value]
+            if not narrowed:
+                seen = sorted({str(e.meta.get(column, "<missing>")) for e in remaining})
+                shown = ", ".join(seen[:20]) + (f", ... ({len(seen)} in all)" if len(seen) > 20 else "")
+                raise FtrayInputError(f"data filter {column}={value!r} keeps no training example; "
+                                      f"values of {column!r} seen: {shown or '(no examples)'}")
+            remaining = narrowed
     return [kept[i] for i in nested_subset(len(kept), fraction, seed)]
 
 
 def tokenize_examples(examples: Sequence[Example], tokenizer, max_length: int) -> list[dict]:
-    """input_ids = prompt + completion + eos; labels mask the prompt (-100): loss on the completion only.
+    """Each example as {"input_ids": prompt + completion + eos, "labels": the same with the prompt -100}.
 
-    Too long: the prompt loses tokens from its start first (the end of a prompt says what to answer),
-    then the completion its end.
+    Loss falls on the completion (and eos) only. Too long: the prompt loses tokens from its start first
+    (a prompt's end says what to answer), then the completion its end. At least one prompt token stays
+    whenever the prompt has one, so the first completion token is still predicted from something.
     """
+    if not examples:
+        return []
     eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: completions could never be taught to stop")
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     answers = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
     out = []
-    for p, a in zip(prompts, answers):
-        a = a + [eos]
-        room = max_length - len(a)
-        if room < 1:  # keep at least one prompt token; cut the answer
-            p, a = p[-1:], a[: max_length - 1]
-        elif len(p) > room:
-            p = p[-room:]
-        out.append({"input_ids": p + a, "labels": [IGNORE] * len(p) + a})
+    for prompt, answer in zip(prompts, answers):
+        answer = answer + [eos]
+        if len(prompt) + len(answer) > max_length:
+            keep = max(min(len(prompt), 1), max_length - len(answer))
+            prompt = prompt[len(prompt) - keep :]
+            answer = answer[: max_length - len(prompt)]
+        out.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer})
     return out
 
 
 def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, rank: int, world_size: int,
             drop_last: bool = True) -> list[list[int]]:
-    """This rank's batches (lists of indices) for one epoch; every rank gets the same number.
+    """This rank's batches (lists of indices into `tokenized`) for one epoch.
 
-    Shuffle (seeded by seed and epoch), sort by length within windows of 50 batches, cut into batches,
-    shuffle the batches: random order, little padding.
+    Every rank computes the same grouping (seeded by seed and epoch) and takes every world_size-th
+    batch; all ranks get the same number of batches, since DDP steps in lockstep.
+    Shuffle, sort by length within windows, cut into batches, shuffle the batches: a random order
+    with little padding.
     """
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"bad batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")
     n = len(tokenized)
-    rng = random.Random(seed * 100_003 + epoch)
+    if n == 0:
+        raise ValueError("no examples to batch")
+    rng = random.Random(f"batches-{seed}-{epoch}")
     order = list(range(n))
     rng.shuffle(order)
     need = batch_size * world_size
-    if n < need:  # a tiny subset still gives every worker a full batch
-        order = (order * math.ceil(need / max(1, n)))[:need]
-    window = 50 * batch_size
-    grouped = []
+    if n < need:
+        # A tiny subset: repeat it so that every rank still gets one full batch. No length sorting
+        # here, which would put the copies of one example side by side.
+        order = (order * math.ceil(need / n))[:need]
+        return [order[rank * batch_size : (rank + 1) * batch_size]]
+    window = SORT_WINDOW_BATCHES * batch_size
+    grouped: list[list[int]] = []
     for start in range(0, len(order), window):
         chunk = sorted(order[start : start + window], key=lambda i: len(tokenized[i]["input_ids"]))
         grouped += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     if drop_last:
-        grouped = [b for b in grouped if len(b) == batch_size] or grouped[:1]
+        grouped = [b for b in grouped if len(b) == batch_size]
     rng.shuffle(grouped)
     per_rank = len(grouped) // world_size
-    if per_rank == 0:
-        return [grouped[0]]
     return grouped[rank : per_rank * world_size : world_size]
 
 
 def collate(samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample of this batch."""
+    """Right-pad to the longest sample of this batch: input_ids (pad_id), labels (-100), attention_mask."""
     width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
     for row, s in enumerate(samples):
         k = len(s["input_ids"])
-        ids[row, :k] = torch.tensor(s["input_ids"])
-        labels[row, :k] = torch.tensor(s["labels"])
-        mask[row, :k] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        input_ids[row, :k] = torch.tensor(s["input_ids"], dtype=torch.long)
+        labels[row, :k] = torch.tensor(s["labels"], dtype=torch.long)
+        attention_mask[row, :k] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def padding_efficiency(tokenized: Sequence[dict], index_batches: Sequence[Sequence[int]]) -> float:
-    """Non-padding tokens over all tokens the batches hold."""
+def padding_efficiency(batches_of_samples: Sequence[Sequence[dict]]) -> float:
+    """Real tokens over all tokens the padded batches hold (1.0: no padding at all)."""
     real = total = 0
-    for b in index_batches:
-        lengths = [len(tokenized[i]["input_ids"]) for i in b]
-        real += sum(lengths)
-        total += max(lengths) * len(lengths)
+    for batch in batches_of_samples:
+        lengths = [len(s["input_ids"]) for s in batch]
+        if lengths:
+            real += sum(lengths)
+            total += max(lengths) * len(lengths)
     return real / total if total else 1.0

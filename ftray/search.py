@@ -122,10 +122,14 @@ class DefineByRun:
         )
         self.model_params = dict(model_params)
         self.default_model = sweep.models[0].id
+        self.round_robin = sweep.model_sampling == "round-robin"
 
     def __call__(self, trial) -> dict:
         out: dict[str, Any] = {}
-        if "model" in self.distributions:
+        if "model" in self.distributions and self.round_robin:
+            choices = self.distributions["model"].choices
+            model = choices[trial.number % len(choices)]
+        elif "model" in self.distributions:
             model = self._suggest(trial, "model", self.distributions["model"])
         else:
             model = self.space.get("model", self.default_model)

@@ -105,6 +105,10 @@ class Sweep:
     data_filter_column: str | None = None  # e.g. "dialogue_act" for ViGGO
     # Searched separately for each model, so no size is favoured by a value that suits another.
     per_model: tuple[str, ...] = ("lr",)
+    # How trials pick their model: "round-robin" gives every rung of the ladder the same share of
+    # trials (a frontier needs the best of *each* size, not only of the best size); "search" lets
+    # Optuna choose the model like any other setting.
+    model_sampling: str = "round-robin"
     # Evaluation: eval loss on `eval_samples` validation rows, and the task's metrics on text
     # generated greedily for the same rows, every `eval_every` steps and at the end.
     eval_every: int = 50
@@ -166,6 +170,8 @@ class Sweep:
             raise FtrayInputError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         if self.max_concurrent_trials is not None:
             _positive_int(self, "max_concurrent_trials")
+        if self.model_sampling not in ("round-robin", "search"):
+            raise FtrayInputError(f"model_sampling must be 'round-robin' or 'search', got {self.model_sampling!r}")
         if self.search not in ("optuna", "random"):
             raise FtrayInputError(f"search must be 'optuna' or 'random', got {self.search!r}")
         if not isinstance(self.wandb, WandB):

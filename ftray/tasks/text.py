@@ -1,30 +1,33 @@
-"""Your own data: CSV or JSONL files (or a Hugging Face dataset), a prompt template, chosen metrics."""
+"""Your own data: CSV or JSONL files (or a Hugging Face dataset), prompt templates, chosen metrics."""
 
 from __future__ import annotations
 
 import functools
 import os
 import random
+import re
 import string
 from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.metrics import exact_match, mr_metrics, rouge_l
+from ftray.metrics import MR_METRIC_NAMES, exact_match, mr_metrics, rouge_l
 from ftray.tasks._files import read_rows
 from ftray.tasks.base import Example, Task
-from ftray.tasks.viggo import MR_METRICS
 
 KNOWN_METRICS = ("exact_match", "rouge_l", "mr")
+SPLITS = ("train", "valid", "test")
+HOLDOUT_SEED = 0  # fixed, not the trial's seed: every trial of a sweep must validate on the same rows
 
 
 @dataclass(frozen=True)
 class TextTask(Task):
     """Rows become prompt + completion through `str.format` templates over the row's columns.
 
-    `metrics`: "exact_match", "rouge_l", and "mr" (ViGGO-style meaning representations: exact match,
-    act accuracy, slot precision/recall/F1, parse failures). Without a `valid` file, a seeded
-    `valid_fraction` of the training rows is held out.
+    `metrics`: "exact_match", "rouge_l", and "mr" (ViGGO-style meaning representations: exact match of
+    the normalized MR, act accuracy, slot precision/recall/F1, parse failures). With both "mr" and
+    "exact_match", exact_match is the plain-text one. Without a `valid` file, a fixed
+    `valid_fraction` of the training rows is held out for validation.
     """
 
     train: str | None = None
@@ -33,109 +36,144 @@ class TextTask(Task):
     prompt: str = "{input}\n"
     completion: str = " {output}"
     metrics: tuple[str, ...] = ("exact_match", "rouge_l")
-    meta_columns: tuple[str, ...] = ()
+    meta_columns: tuple[str, ...] = ()  # copied into Example.meta, for data filters
     name: str = "text"
     hf_dataset: str | None = None
     hf_splits: tuple[str, str, str] = ("train", "validation", "test")
     valid_fraction: float = 0.1
 
     def __post_init__(self):
-        fix = object.__setattr__  # frozen: normalise the fields once, here
-        for key in ("train", "valid", "test"):
+        fix = functools.partial(object.__setattr__, self)  # frozen: normalize the fields once, here
+        for key in SPLITS:
             path = getattr(self, key)
             if path is not None:
-                fix(self, key, os.path.abspath(os.path.expanduser(str(path))))
-        fix(self, "metrics", (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics))
-        fix(self, "meta_columns", tuple(self.meta_columns))
-        fix(self, "hf_splits", tuple(self.hf_splits))
+                if not isinstance(path, (str, os.PathLike)):
+                    raise FtrayInputError(f"TextTask.{key} must be a .csv or .jsonl path, got {path!r}")
+                # Resolved on the driver: Ray workers may run in another working directory.
+                fix(key, os.path.abspath(os.path.expanduser(os.fspath(path))))
+        # A single string or a list (unhashable, which the example cache needs) both become tuples.
+        for key in ("metrics", "meta_columns", "hf_splits"):
+            value = getattr(self, key)
+            fix(key, (value,) if isinstance(value, str) else tuple(value))
         self._validate()
 
     def _validate(self):
         if (self.train is None) == (self.hf_dataset is None):
-            raise FtrayInputError("TextTask needs exactly one of train= (a .csv/.jsonl file) and hf_dataset=")
+            raise FtrayInputError("TextTask needs exactly one of train= (a .csv or .jsonl file) and hf_dataset=")
         unknown = [m for m in self.metrics if m not in KNOWN_METRICS]
         if unknown or not self.metrics:
-            raise FtrayInputError(f"TextTask.metrics: unknown {unknown or 'empty'}; choose from {', '.join(KNOWN_METRICS)}")
-        for field in ("prompt", "completion"):
-            template = getattr(self, field)
-            try:
-                cols = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-            except ValueError as e:
-                raise FtrayInputError(f"TextTask.{field} is not a valid template: {e}") from None
-            if not cols and field == "completion":
-                raise FtrayInputError(f"TextTask.completion must name a column, e.g. ' {{output}}'; got {template!r}")
-        if not (isinstance(self.valid_fraction, float) and 0 < self.valid_fraction < 1):
-            raise FtrayInputError(f"TextTask.valid_fraction must be in (0, 1), got {self.valid_fraction!r}")
+            what = f"unknown metric {unknown[0]!r}" if unknown else "no metric given"
+            raise FtrayInputError(f"TextTask.metrics: {what}; choose from {', '.join(KNOWN_METRICS)}")
+        for key in ("prompt", "completion"):
+            columns = _template_columns(getattr(self, key), f"TextTask.{key}")
+            if key == "completion" and not columns:
+                raise FtrayInputError(f"TextTask.completion must name a column, e.g. ' {{output}}'; "
+                                      f"got {self.completion!r}")
+        if not all(isinstance(c, str) and c for c in self.meta_columns):
+            raise FtrayInputError(f"TextTask.meta_columns must be column names, got {self.meta_columns!r}")
+        if len(self.hf_splits) != 3 or not all(isinstance(s, str) for s in self.hf_splits):
+            raise FtrayInputError(f"TextTask.hf_splits must be 3 split names (train, valid, test), "
+                                  f"got {self.hf_splits!r}")
+        fraction = self.valid_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise FtrayInputError(f"TextTask.valid_fraction must be a number in (0, 1), got {fraction!r}")
         if not isinstance(self.name, str) or not self.name:
-            raise FtrayInputError("TextTask.name must be a non-empty string")
+            raise FtrayInputError(f"TextTask.name must be a non-empty string, got {self.name!r}")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        out: list[str] = []
+        names: list[str] = []
         for m in self.metrics:
-            for k in (MR_METRICS if m == "mr" else (m,)):
-                if k not in out:
-                    out.append(k)
-        return tuple(out)
+            names += [k for k in (MR_METRIC_NAMES if m == "mr" else (m,)) if k not in names]
+        return tuple(names)
 
     def examples(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return list(_examples(self, split))
 
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         refs = [e.completion.strip() for e in examples]
-        out: dict[str, float] = {}
+        scores: dict[str, float] = {}
         if "mr" in self.metrics:
-            out.update(mr_metrics(predictions, refs))
+            scores.update(mr_metrics(predictions, refs))
         if "exact_match" in self.metrics:
-            out["exact_match"] = exact_match(predictions, refs)
+            scores["exact_match"] = exact_match(predictions, refs)
         if "rouge_l" in self.metrics:
-            out["rouge_l"] = rouge_l(predictions, refs)
-        return out
+            scores["rouge_l"] = rouge_l(predictions, refs)
+        return scores
+
+
+def _template_columns(template: str, where: str) -> list[str]:
+    """The columns a str.format template names ("{question}" -> question; "{row[x]}" -> row)."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except (ValueError, TypeError) as e:
+        raise FtrayInputError(f"{where} is not a valid template ({e}): {template!r}") from None
+    columns = []
+    for f in fields:
+        column = re.match(r"[^.\[]*", f).group(0)
+        if not column or column.isdigit():
+            raise FtrayInputError(f"{where} must name columns, e.g. '{{question}}', not use '{{{f}}}': {template!r}")
+        columns.append(column)
+    return columns
 
 
 @functools.lru_cache(maxsize=16)
 def _examples(task: TextTask, split: str) -> tuple[Example, ...]:
+    """A split's examples, cached per process (workers of one trial process read the files once)."""
     if task.hf_dataset is not None:
-        return _to_examples(task, *_hf_rows(task, split))
+        return _to_examples(task, *_hub_rows(task, split))
     holdout = split in ("train", "valid") and task.valid is None
-    path = task.train if holdout else {"train": task.train, "valid": task.valid, "test": task.test}[split]
+    path = task.train if holdout else getattr(task, split)
     if path is None:
         return ()
-    examples = _to_examples(task, read_rows(path), path)  # every row checked, held out or not
+    examples = _to_examples(task, read_rows(path), path)  # every row is checked, held out or not
     if not holdout:
         return examples
     order = list(range(len(examples)))
-    random.Random(0).shuffle(order)
+    random.Random(HOLDOUT_SEED).shuffle(order)
     held = set(order[: max(1, int(len(examples) * task.valid_fraction))])
     return tuple(e for i, e in enumerate(examples) if (i in held) == (split == "valid"))
 
 
-def _to_examples(task: TextTask, rows: list[dict], where: str) -> tuple[Example, ...]:
+def _to_examples(task: TextTask, rows: list[dict], source: str) -> tuple[Example, ...]:
+    """Rows (dicts of strings) to Examples; row numbers in errors count data rows from 1."""
     out = []
-    for i, row in enumerate(rows, 1):
+    for i, raw in enumerate(rows, 1):
+        # csv.DictReader puts surplus cells under the key None and leaves missing cells None.
+        row = {k: v for k, v in raw.items() if isinstance(k, str) and v is not None}
         try:
             prompt, completion = task.prompt.format(**row), task.completion.format(**row)
         except KeyError as e:
-            raise FtrayInputError(f"{where}: row {i} has no column {e.args[0]!r} that the template names; "
-                                  f"its columns are: {', '.join(row)}") from None
+            raise FtrayInputError(
+                f"{source}: row {i} has no column {e.args[0]!r}, which the templates name; "
+                f"its columns are: {', '.join(row) or '(none)'}"
+            ) from None
+        except (IndexError, AttributeError, ValueError) as e:
+            raise FtrayInputError(f"{source}: row {i}: the templates cannot format it ({e})") from None
         if not completion.strip():
-            raise FtrayInputError(f"{where}: row {i}: the completion is empty")
+            raise FtrayInputError(f"{source}: row {i}: the completion is empty")
         meta = {}
-        for col in task.meta_columns:
-            if col not in row:
-                raise FtrayInputError(f"{where}: row {i} has no meta column {col!r}")
-            meta[col] = str(row[col])
+        for column in task.meta_columns:
+            if column not in row:
+                raise FtrayInputError(f"{source}: row {i} has no column {column!r}, which meta_columns names")
+            meta[column] = row[column]
         out.append(Example(prompt, completion, meta))
     return tuple(out)
 
 
-def _hf_rows(task: TextTask, split: str):
-    name = dict(zip(("train", "valid", "test"), task.hf_splits))[split]
+def _hub_rows(task: TextTask, split: str) -> tuple[list[dict], str]:
+    hf_split = dict(zip(SPLITS, task.hf_splits))[split]
+    source = f"{task.hf_dataset}[{hf_split}]"
     try:
         import datasets
 
-        ds = datasets.load_dataset(task.hf_dataset, split=name)
-    except Exception as e:
-        raise HubUnavailable(f"TextTask: cannot load {task.hf_dataset!r} split {name!r} "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds], f"{task.hf_dataset}[{name}]"
+        ds = datasets.load_dataset(task.hf_dataset, split=hf_split)
+    except Exception as e:  # no hub, no such dataset, no such split: say which and why
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise HubUnavailable(f"TextTask: cannot load {source} ({type(e).__name__}: {first_line})") from None
+    rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in ds]
+    if not rows:
+        raise FtrayInputError(f"{source} is empty (no rows)")
+    return rows, source

@@ -1,7 +1,7 @@
 """ViGGO: video game sentences and their meaning representations (Juraska et al., INLG 2019).
 
 Read from a local folder of train.csv / valid.csv / test.csv (columns mr, ref) or from the Hugging
-Face dataset GEM/viggo on a cluster. The default direction is text -> meaning representation.
+Face dataset GEM/viggo. The default direction is text -> meaning representation.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.metrics import mr_metrics, parse_mr, rouge_l, exact_match
+from ftray.metrics import MR_METRIC_NAMES, exact_match, mr_metrics, parse_mr, rouge_l
 from ftray.tasks._files import read_rows
 from ftray.tasks.base import Example, Task
 
-MR_METRICS = ("exact_match", "act_accuracy", "slot_precision", "slot_recall", "slot_f1", "parse_failure_rate")
+DIRECTIONS = ("text_to_mr", "mr_to_text")
 SPLIT_FILES = {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"}
 HF_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+HF_COLUMNS = ("meaning_representation", "target")
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,17 @@ class ViggoTask(Task):
     direction: str = "text_to_mr"  # or "mr_to_text"
 
     def __post_init__(self):
-        if self.direction not in ("text_to_mr", "mr_to_text"):
-            raise FtrayInputError(f"ViggoTask.direction must be 'text_to_mr' or 'mr_to_text', got {self.direction!r}")
+        if self.direction not in DIRECTIONS:
+            raise FtrayInputError(f"ViggoTask.direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.path is not None:
-            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
+            if not isinstance(self.path, (str, os.PathLike)):
+                raise FtrayInputError(f"ViggoTask.path must be a folder path, got {self.path!r}")
+            # Pin a relative path to the driver's working directory now: Ray workers that load the
+            # data later may run in another directory (Tune's trial folders).
+            object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(os.fspath(self.path))))
             if not os.path.isdir(self.path):
-                raise FtrayInputError(f"ViggoTask.path {self.path!r} is not a folder")
+                raise FtrayInputError(f"ViggoTask.path {self.path!r} is not a folder "
+                                      f"(expected one with {', '.join(SPLIT_FILES.values())})")
 
     @property
     def name(self) -> str:
@@ -41,12 +47,11 @@ class ViggoTask(Task):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return MR_METRICS if self.direction == "text_to_mr" else ("exact_match", "rouge_l")
+        return MR_METRIC_NAMES if self.direction == "text_to_mr" else ("exact_match", "rouge_l")
 
     def examples(self, split: str) -> list[Example]:
-        pairs = _load(self.path, self.hf_dataset, split)
         out = []
-        for mr, ref, act in pairs:
+        for mr, ref, act in _load(self.path, self.hf_dataset, split):
             if self.direction == "text_to_mr":
                 out.append(Example(f"Sentence: {ref}\nMeaning representation:", " " + mr, {"dialogue_act": act}))
             else:
@@ -62,32 +67,46 @@ class ViggoTask(Task):
 
 @functools.lru_cache(maxsize=16)
 def _load(path: str | None, hf_dataset: str, split: str) -> tuple[tuple[str, str, str], ...]:
-    """(mr, ref, dialogue act) triples of a split, checked row by row."""
-    if split not in SPLIT_FILES:
-        raise ValueError(f"unknown split {split!r}")
-    if path is not None:
-        file = os.path.join(path, SPLIT_FILES[split])
-        rows = read_rows(file, required=("mr", "ref"))
-        raw = [(r["mr"], r["ref"]) for r in rows]
-    else:
-        try:
-            import datasets
+    """(mr, ref, dialogue act) triples of a split, every row checked.
 
-            ds = datasets.load_dataset(hf_dataset, split=HF_SPLITS[split])
-        except Exception as e:  # no hub, no such dataset: say which and why
-            raise HubUnavailable(
-                f"ViggoTask: cannot load {hf_dataset!r} split {HF_SPLITS[split]!r} from the Hugging Face hub "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass path= a local folder instead"
-            ) from None
-        file = f"{hf_dataset}[{HF_SPLITS[split]}]"
-        raw = list(zip(ds["meaning_representation"], ds["target"]))
+    Cached per process: a sweep's trials on one worker process share one read of the files.
+    Row numbers in errors count data rows from 1 (a CSV's header line is not a row).
+    """
+    if split not in SPLIT_FILES:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_FILES)}")
+    if path is not None:
+        source = os.path.join(path, SPLIT_FILES[split])
+        pairs = [(row["mr"], row["ref"]) for row in read_rows(source, required=("mr", "ref"))]
+    else:
+        source = f"{hf_dataset}[{HF_SPLITS[split]}]"
+        pairs = _hub_pairs(hf_dataset, split, source)
     out = []
-    for i, (mr, ref) in enumerate(raw, 1):
-        parsed = parse_mr(mr or "")
+    for i, (mr, ref) in enumerate(pairs, 1):
+        mr, ref = (mr or "").strip(), " ".join((ref or "").split())
+        parsed = parse_mr(mr)
         if parsed is None:
-            raise FtrayInputError(f"{file}: row {i}: the mr {(mr or '')[:80]!r} is not a meaning representation "
-                                  "like inform(name[...], ...)")
-        if not (ref or "").strip():
-            raise FtrayInputError(f"{file}: row {i}: the ref is empty")
-        out.append((mr.strip(), " ".join(ref.split()), parsed.act))
+            raise FtrayInputError(f"{source}: row {i}: the mr {mr[:80]!r} is not a meaning representation "
+                                  "like inform(name[...], genres[...])")
+        if not ref:
+            raise FtrayInputError(f"{source}: row {i}: the ref is empty")
+        out.append((mr, ref, parsed.act))
     return tuple(out)
+
+
+def _hub_pairs(hf_dataset: str, split: str, source: str) -> list[tuple[str, str]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hf_dataset, split=HF_SPLITS[split])
+    except Exception as e:  # no hub, no such dataset, no such split: say which and why
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise HubUnavailable(
+            f"ViggoTask: cannot load {source} from the Hugging Face hub ({type(e).__name__}: {first_line}); "
+            "pass path= a local folder with train.csv, valid.csv, test.csv instead"
+        ) from None
+    missing = [c for c in HF_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise FtrayInputError(f"{source} has no column {missing[0]!r}; its columns are: {', '.join(ds.column_names)}")
+    if len(ds) == 0:
+        raise FtrayInputError(f"{source} is empty (no rows)")
+    return list(zip(ds[HF_COLUMNS[0]], ds[HF_COLUMNS[1]]))

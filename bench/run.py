@@ -1,0 +1,371 @@
+"""ftray's benchmarks, side by side in one run: `python bench/run.py [--quick]`.
+
+Each ratio is measured A B A B ... (median of at least 3 repeats) on this machine with tiny models
+on CPU. The method of each is printed beside its number; the last stdout line is one JSON object.
+Results go to bench/results/<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ftray.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
+from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
+from ftray.tasks import SyntheticTask  # noqa: E402
+from ftray.train import evaluate, lr_lambda  # noqa: E402
+
+
+# ---- one trial as a bare PyTorch loop (no Ray): the baseline ---------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bare_worker(rank, world, port, cfg, queue):
+    t0 = time.time()
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    task = SyntheticTask(n_train=cfg["n_train"], n_valid=cfg["eval_samples"], n_test=8, seed=cfg["seed"])
+    tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
+    data = tokenize_examples(select(task.examples("train"), cfg["data_fraction"], 0), tok, cfg["max_length"])
+    valid_ex = task.examples("valid")
+    valid = tokenize_examples(valid_ex, tok, cfg["max_length"])
+    spec = ModelSpec(cfg["model"])
+    model = apply_lora(build_model(spec, tok, seed=0), spec, LoraSettings(cfg["rank"], 2 * cfg["rank"]))
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg["lr"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(0.05 * cfg["steps"]), cfg["steps"]))
+    setup_s = time.time() - t0
+
+    class S:  # what evaluate() reads from a TrialSpec
+        batch_size, max_length, max_new_tokens = cfg["batch_size"], cfg["max_length"], cfg["max_new_tokens"]
+
+    order = [b for epoch in range(1000) for b in batches(data, cfg["batch_size"], 0, epoch, rank, world)]
+    train_s = eval_s = 0.0
+    tokens = 0
+    curve = []
+    for step in range(1, cfg["steps"] + 1):
+        t = time.time()
+        batch = collate([data[i] for i in order[step - 1]], tok.pad_token_id)
+        loss = ddp(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        tokens += int(batch["attention_mask"].sum())
+        train_s += time.time() - t
+        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
+            t = time.time()
+            m = evaluate(model, tok, task, valid_ex, valid, S, torch.device("cpu"), rank, world, torch.no_grad()) \
+                if cfg["generate"] else {"eval_loss": _eval_loss(model, valid, tok)}
+            curve.append((step, m["eval_loss"]))
+            model.train()
+            eval_s += time.time() - t
+    if rank == 0:
+        queue.put({"setup_s": setup_s, "train_s": train_s, "eval_s": eval_s, "tokens": tokens * world,
+                   "curve": curve, "wall_s": time.time() - t0})
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _eval_loss(model, valid, tok) -> float:
+    model.eval()
+    total = n = 0.0
+    with torch.no_grad():
+        for i in range(0, len(valid), 16):
+            batch = collate(valid[i : i + 16], tok.pad_token_id)
+            k = int((batch["labels"][:, 1:] != -100).sum())
+            total += model(**batch).loss.item() * k
+            n += k
+    return total / max(n, 1)
+
+
+def bare_trial(cfg: dict, world: int) -> dict:
+    """One trial as plain torch.distributed DDP processes (spawned, gloo), timed from the outside."""
+    import torch.multiprocessing as mp
+
+    t = time.time()
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_bare_worker, args=(r, world, port, cfg, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out = queue.get()
+    for p in procs:
+        p.join()
+    out["outer_wall_s"] = time.time() - t
+    return out
+
+
+# ---- the same trials through ftray ---------------------------------------------------------------------
+SWEEP = """
+from ftray import Sweep, SyntheticTask, WandB
+sweep = Sweep(name="bench", task=SyntheticTask(n_train={n_train}, n_valid={eval_samples}, n_test=8, seed={seed}),
+              models=["{model}"], space={{"lora_rank": {rank}, "lr": {lr}, "data_fraction": {data_fraction}}},
+              num_trials={k}, workers={world}, steps={steps}, eval_every={eval_every}, eval_samples={eval_samples},
+              batch_size={batch_size}, max_length={max_length}, max_new_tokens={max_new_tokens}, eval_base=False,
+              warmup_ratio=0.05, wandb=WandB(mode="offline"))
+"""
+
+
+def ftray_sweep(cfg: dict, k: int, world: int, tmp: Path) -> dict:
+    sweep_file = tmp / f"bench_{time.time_ns()}.py"
+    sweep_file.write_text(textwrap.dedent(SWEEP.format(k=k, world=world, **cfg)))
+    storage = tmp / "runs"
+    name = sweep_file.stem
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ftray.cli", "run", str(sweep_file), "--storage", str(storage),
+                           "--name", name], capture_output=True, text=True)
+    wall = time.time() - t
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    rows = []
+    for result in (storage / name).glob("run_trial_*/result.json"):
+        rows.append([json.loads(line) for line in result.read_text().splitlines() if line.strip()][-1])
+    return {"wall_s": wall, "trials": rows}
+
+
+# ---- Hugging Face Trainer on the same model, data, batch and LoRA ----------------------------------------
+def hf_trainer_tokens_per_s(cfg: dict) -> float:
+    from transformers import Trainer, TrainingArguments
+
+    torch.set_num_threads(1)
+    task = SyntheticTask(n_train=cfg["n_train"], n_valid=8, n_test=8, seed=cfg["seed"])
+    tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
+    data = tokenize_examples(task.examples("train"), tok, cfg["max_length"])
+    spec = ModelSpec(cfg["model"])
+    model = apply_lora(build_model(spec, tok, seed=0), spec, LoraSettings(cfg["rank"], 2 * cfg["rank"]))
+    seen = []
+
+    def collator(samples):  # pads to the longest in the batch, as Trainer's own padding collators do
+        seen.append(sum(len(s["input_ids"]) for s in samples))
+        return collate(samples, tok.pad_token_id)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=cfg["batch_size"], max_steps=cfg["steps"],
+                                 learning_rate=cfg["lr"], warmup_steps=int(0.05 * cfg["steps"]), lr_scheduler_type="cosine",
+                                 max_grad_norm=1.0, report_to=[], save_strategy="no", logging_strategy="no",
+                                 use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0)
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+        t = time.time()
+        trainer.train()
+        elapsed = time.time() - t
+    return sum(seen[: cfg["steps"]]) / elapsed
+
+
+# ---- search efficiency: Optuna + ASHA against the full grid, replayed on cached curves ------------------
+def grid_curves(grid: list[dict], base: dict) -> list[dict]:
+    out = []
+    for g in grid:
+        cfg = dict(base, **g)
+        r = bare_trial(cfg, world=1)
+        out.append({"config": g, "curve": r["curve"], "params": _params(g["model"])})
+    return out
+
+
+_PARAMS: dict = {}
+
+
+def _params(model: str) -> int:
+    if model not in _PARAMS:
+        from ftray.models import param_counts
+
+        _PARAMS[model] = param_counts(ModelSpec(model), 512, None)[0]
+    return _PARAMS[model]
+
+
+def _hv(points, ref) -> float:
+    from ftray.frontier import front_hypervolume
+
+    trials = [{"id": str(i), "objective": v, "params": p, "status": "TERMINATED", "reason": None}
+              for i, (v, p) in enumerate(points)]
+    return front_hypervolume(trials, "min", ref)
+
+
+def replay(curves: list[dict], keys: list[str], seed: int, strategy: str, max_trials: int) -> float:
+    """Compute (training steps) until the searched front reaches 95% of the grid front's hypervolume."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    full = [(c["curve"][-1][1], c["params"]) for c in curves]
+    ref = (max(v for v, _ in full) * 1.05, 2 * max(p for _, p in full))
+    target = 0.95 * _hv(full, ref)
+    by_config = {tuple(c["config"][k] for k in keys): c for c in curves}
+    values = {k: sorted({c["config"][k] for c in curves}, key=str) for k in keys}
+    rng = random.Random(seed)
+    use_optuna = strategy.startswith("optuna")
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, max_trials // 3)))
+    study = optuna.create_study(direction="minimize", sampler=sampler) if use_optuna else None
+    rungs: dict[int, list[float]] = {}
+    spent = 0
+    found = []
+    models = values["model"]
+    for number in range(max_trials):
+        if study:
+            # As ftray's default search does: the model round-robin over the ladder, the learning rate
+            # searched per model, the other settings shared.
+            trial = study.ask()
+            model = models[number % len(models)]
+            key = tuple(model if k == "model" else
+                        trial.suggest_categorical(f"{k}/{model}" if k == "lr" else k, values[k]) for k in keys)
+        else:
+            key = tuple(rng.choice(values[k]) for k in keys)
+        c = by_config[key]
+        last = None
+        for step, value in c["curve"]:
+            last = (step, value)
+            if strategy.endswith("asha") and step < c["curve"][-1][0]:
+                # ASHA: go on past a rung only when in the best third of what reached it so far
+                seen = rungs.setdefault(step, [])
+                seen.append(value)
+                cutoff = sorted(seen)[max(0, math.ceil(len(seen) / 3) - 1)]
+                if value > cutoff:
+                    break
+        spent += last[0]
+        if study:
+            study.tell(trial, last[1])
+        found.append((last[1], c["params"]))
+        if _hv(found, ref) >= target:
+            return spent
+    return spent
+
+
+# ---- main -----------------------------------------------------------------------------------------------
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small K and few steps (CI)")
+    args = ap.parse_args()
+    quick = args.quick
+    reps = 3
+    k = 2 if quick else 3
+    cfg = dict(model="tiny-s" if quick else "tiny-m", rank=8, lr=5e-3, data_fraction=1.0, n_train=400 if quick else 2000,
+               steps=20 if quick else 300, eval_every=10 if quick else 100, eval_samples=16, batch_size=16,
+               max_length=96, max_new_tokens=40, seed=0, generate=True)
+    world = 2
+    results: dict = {"date": str(date.today()), "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}",
+                     "quick": quick}
+    tmp = Path(tempfile.mkdtemp(prefix="ftray-bench-"))
+
+    # A B A B: ftray sweep of K trials, then the same K trials as bare DDP loops, at the same concurrency
+    # (one trial at a time: on this machine a 2-worker trial fills the cores).
+    sweeps, bares = [], []
+    for _ in range(reps):
+        sweeps.append(ftray_sweep(cfg, k, world, tmp))
+        t = time.time()
+        trials = [bare_trial(cfg, world) for _ in range(k)]
+        bares.append({"wall_s": time.time() - t, "trials": trials})
+    sweep_wall = statistics.median(s["wall_s"] for s in sweeps)
+    bare_wall = statistics.median(b["wall_s"] for b in bares)
+    results["overhead_ratio"] = sweep_wall / bare_wall
+
+    mid = sorted(sweeps, key=lambda s: s["wall_s"])[len(sweeps) // 2]
+    tr = mid["trials"]
+    train = sum(t["train_s"] for t in tr)
+    evals = sum(t.get("eval_s", 0.0) for t in tr)
+    setup = sum(t["setup_s"] for t in tr)
+    in_trial = sum(t["time_total_s"] for t in tr)
+    results["per_trial_overhead_s"] = (mid["wall_s"] - train) / k
+    results["per_trial_overhead_split_s"] = {
+        "ray_start_tune_and_report": (mid["wall_s"] - in_trial) / k,
+        "worker_group_start": (in_trial - setup - train - evals) / k,
+        "model_and_data_setup": setup / k,
+        "evaluation": evals / k,
+    }
+    ftray_step = statistics.median(t["train_s"] / t["step"] for s in sweeps for t in s["trials"])
+    bare_step = statistics.median(t["train_s"] / cfg["steps"] for b in bares for t in b["trials"])
+    results["step_ratio_vs_bare"] = ftray_step / bare_step
+
+    # ftray's loop (one process, no evaluation) against Hugging Face Trainer, A B A B.
+    single = dict(cfg, eval_every=10**9, generate=False, steps=30 if quick else 200)
+    ours, theirs = [], []
+    for _ in range(reps):
+        r = bare_trial(single, world=1)
+        ours.append(r["tokens"] / r["train_s"])
+        theirs.append(hf_trainer_tokens_per_s(single))
+    results["tokens_per_s_ratio_vs_hf_trainer"] = statistics.median(ours) / statistics.median(theirs)
+
+    task = SyntheticTask(n_train=cfg["n_train"], seed=0)
+    tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
+    data = tokenize_examples(task.examples("train"), tok, cfg["max_length"])
+    epoch = batches(data, cfg["batch_size"], 0, 0, 0, world)
+    results["padding_efficiency"] = padding_efficiency([[data[i] for i in b] for b in epoch])
+
+    # Search: the full grid's learning curves, run once, then replayed under each strategy.
+    grid_models = ["tiny-xs", "tiny-s", "tiny-m"]
+    grid = [{"model": m, "rank": r, "lr": lr, "data_fraction": f}
+            for m in grid_models for r in (4, 16) for lr in (2e-3, 1e-2) for f in (0.25, 1.0)]
+    base = dict(cfg, steps=40 if quick else 120, eval_every=10 if quick else 30, generate=False)
+    curves = grid_curves(grid, base)
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / f"grid_curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves))
+    keys = ["model", "rank", "lr", "data_fraction"]
+    grid_compute = sum(c["curve"][-1][0] for c in curves)
+    seeds = range(5)
+    tpe = [replay(curves, keys, s, "optuna", 4 * len(grid)) / grid_compute for s in seeds]
+    tpe_asha = [replay(curves, keys, s, "optuna+asha", 4 * len(grid)) / grid_compute for s in seeds]
+    rnd = [replay(curves, keys, s, "random", 4 * len(grid)) / grid_compute for s in seeds]
+    results["search_compute_ratio"] = statistics.median(tpe)
+    results["search_compute_ratio_with_asha"] = statistics.median(tpe_asha)
+    results["search_compute_ratio_random"] = statistics.median(rnd)
+    results["search_compute_ratio_per_seed"] = tpe
+
+    methods = {
+        "overhead_ratio": f"wall of `ftray run` ({k} trials x {world} Train workers, Tune+Optuna, W&B offline, Ray start "
+                          f"included) / wall of the same {k} trials as bare torch.distributed DDP loops ({world} spawned "
+                          f"gloo processes each, same steps, data and evals), one trial at a time both; median of {reps}, A B A B",
+        "per_trial_overhead_s": "(sweep wall - training compute) / K, split by the trials' own timings",
+        "step_ratio_vs_bare": "median train seconds per step inside Ray Train DDP / the same in bare DDP (same runs)",
+        "tokens_per_s_ratio_vs_hf_trainer": "non-padding tokens/s, one process, same model/LoRA/batch/steps: ftray's loop "
+                                            f"(length-grouped batches) / transformers Trainer; median of {reps}, A B A B",
+        "padding_efficiency": "non-padding / all tokens in one epoch of ftray's batches (rank 0 of 2)",
+        "search_compute_ratio": f"training steps ftray's default search (Optuna TPE, models round-robin, lr per model) "
+                                f"spends until its front reaches 95% of the full {len(grid)}-config grid's hypervolume "
+                                "(eval_loss vs log10 params), / the grid's steps; replayed on the grid's cached curves, "
+                                "median of 5 seeds",
+    }
+    results["methods"] = methods
+    print(f"\nftray benchmarks ({results['machine']}, {results['date']}{', quick' if quick else ''})")
+    for key in ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
+                "padding_efficiency", "search_compute_ratio"):
+        print(f"  {key:34} {results[key]:8.3f}   {methods[key]}")
+    print(f"  {'search_compute_ratio_with_asha':34} {results['search_compute_ratio_with_asha']:8.3f}   the same with ASHA "
+          "(rungs shared by all models, best third goes on)")
+    print(f"  {'search_compute_ratio_random':34} {results['search_compute_ratio_random']:8.3f}   the same, random search without ASHA")
+    split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
+    print(f"  per-trial overhead split: {split}")
+    out = ROOT / "bench" / "results" / f"{results['date']}{'-quick' if quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
+                "padding_efficiency", "search_compute_ratio")
+    print(json.dumps({k: results[k] for k in keys_out}))
+
+
+if __name__ == "__main__":
+    main()
