@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -83,16 +84,20 @@ def test_ray_job_submit_runs_on_the_cluster(tmp_path):
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     port, dash = free_port(), free_port()
     address = f"http://127.0.0.1:{dash}"
+    temp_dir = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")  # socket paths must stay short
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--include-dashboard=true", f"--temp-dir={tmp_path / 'ray'}"],
+         f"--dashboard-port={dash}", "--include-dashboard=true", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
         capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
              "ftray", "run", "job_sweep.py", "--storage", str(tmp_path / "runs")],
-            capture_output=True, text=True, env=env, timeout=900)
+            # Ray 2.60's `ray start --head` turns on token auth when ~/.ray/auth_token exists, and the
+            # job CLI only sends the token when told to.
+            capture_output=True, text=True, env=dict(env, RAY_AUTH_MODE="token"), timeout=900)
         out = submit.stdout + submit.stderr
         assert submit.returncode == 0, out[-5000:]
         assert "succeeded" in out.lower()
