@@ -1,6 +1,7 @@
 """Nested subsets, filters, completion-only labels, truncation, batches and padding."""
 
 import pytest
+import torch
 
 from ftray.data import (batches, collate, filter_examples, nested_subset, padding_efficiency, select,
                         tokenize_examples)
@@ -110,5 +111,5 @@ def test_collate_pads_to_the_longest_in_the_batch():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert all(t.dtype == __import__("torch").long and t.shape == (2, 3) for t in batch.values())
+    assert all(t.dtype == torch.long and t.shape == (2, 3) for t in batch.values())
     assert padding_efficiency([[{"input_ids": [5, 6, 7]}, {"input_ids": [8]}]]) == pytest.approx(4 / 6)

@@ -1,10 +1,8 @@
 """A synthetic task of ViGGO's shape, generated in code: sentence -> meaning representation.
 
 Game and developer names are made up from syllables (thousands of them), and the names seen in
-validation and test never occur in training, so a model scores only by learning to copy names and to
-compose slots, not by memorising values. Every act has several sentence templates and a random set of
-optional slots, so the model has to read the sentence to know which slots the MR holds.
-Deterministic for a seed; needs no files and no hub.
+validation and test never occur in training, so a model scores only by learning to copy and to
+compose slots, not by memorising values. Deterministic for a seed; needs no files and no hub.
 """
 
 from __future__ import annotations
@@ -15,8 +13,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError
-from ftray.metrics import MR_METRIC_NAMES, mr_metrics
+from ftray.metrics import mr_metrics
 from ftray.tasks.base import Example, Task
+from ftray.metrics import MR_METRIC_NAMES as MR_METRICS
 
 SYLLABLES = ["ka", "lo", "mir", "zen", "tor", "vel", "qua", "rin", "bo", "sha", "dra", "ex", "pol", "ny", "gar",
              "fi", "lum", "os", "tek", "ra", "vox", "ji", "mo", "sel", "cor", "ul", "pha", "din", "wy", "ber"]
@@ -28,12 +27,65 @@ PLATFORMS = ["PC", "PlayStation", "Xbox", "Nintendo Switch", "Android", "iOS"]
 RATINGS = ["poor", "average", "good", "excellent"]
 PERSPECTIVES = ["first person", "third person", "side view", "bird view"]
 
-# MR slots always come in this order, as in ViGGO, so the target text has one right spelling. It is also
-# the order in which sentences mention them, so a model can mostly copy from left to right.
-SLOT_ORDER = ["name", "rating", "genres", "developer", "release_year", "player_perspective", "platforms"]
-CLAUSE_SLOTS = ["developer", "release_year", "player_perspective", "platforms"]  # stated after the noun
-HELD_OUT_SHARE = 0.2  # of the name pools, kept for valid and test only
-N_GAMES, N_STUDIOS = 6000, 1500
+
+def _word(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(n)).capitalize()
+
+
+def _names(seed: int, count: int, studio: bool) -> list[str]:
+    rng = random.Random(f"{seed}-{'studio' if studio else 'game'}")
+    seen: set[str] = set()
+    out = []
+    while len(out) < count:
+        base = _word(rng, rng.choice((2, 2, 3)))
+        extra = rng.choice(STUDIO_WORDS) if studio else rng.choice(TITLE_WORDS + [""] * 4)
+        name = f"{base} {extra}".strip()
+        if name not in seen:
+            seen.add(name)
+            out.append(name)
+    return out
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _mr(act: str, slots: list[tuple[str, list[str]]]) -> str:
+    return f"{act}(" + ", ".join(f"{k}[{', '.join(v)}]" for k, v in slots) + ")"
+
+
+def _example(rng: random.Random, names: list[str], studios: list[str]) -> tuple[str, str, str]:
+    name, studio = rng.choice(names), rng.choice(studios)
+    genres = rng.sample(GENRES, rng.choice((1, 1, 2, 3)))
+    platforms = rng.sample(PLATFORMS, rng.choice((1, 2)))
+    year, rating, view = str(rng.randint(1990, 2024)), rng.choice(RATINGS), rng.choice(PERSPECTIVES)
+    g, p = _join(genres), _join(platforms)
+    act = rng.choice(["inform", "inform", "confirm", "give_opinion", "suggest", "request"])
+    if act == "inform":
+        slots = [("name", [name]), ("release_year", [year]), ("genres", genres), ("platforms", platforms)]
+        text = rng.choice([
+            f"{name} is a {g} game from {year} for {p}.",
+            f"Released in {year}, {name} is a {g} game on {p}.",
+            f"{name} came out in {year}; it is a {g} game you can play on {p}.",
+        ])
+        if rng.random() < 0.5:
+            slots.append(("developer", [studio]))
+            text = text[:-1] + f", made by {studio}."
+    elif act == "confirm":
+        slots = [("name", [name]), ("developer", [studio])]
+        text = rng.choice([f"Was {name} made by {studio}?", f"Did {studio} develop {name}?"])
+    elif act == "give_opinion":
+        slots = [("name", [name]), ("rating", [rating]), ("genres", genres)]
+        text = rng.choice([f"I think {name} is a {rating} {g} game.", f"As {g} games go, {name} is {rating}."])
+    elif act == "suggest":
+        slots = [("name", [name]), ("platforms", platforms), ("player_perspective", [view])]
+        text = rng.choice([f"Have you tried {name}, a {view} game on {p}?",
+                           f"You might like {name}: it plays in {view} on {p}."])
+    else:
+        slots = [("genres", genres), ("release_year", [year])]
+        text = rng.choice([f"Is there a {g} game from {year} that you liked?",
+                           f"What {g} games from {year} do you enjoy?"])
+    return text, _mr(act, slots), act
 
 
 @dataclass(frozen=True)
@@ -44,11 +96,11 @@ class SyntheticTask(Task):
     seed: int = 0
 
     def __post_init__(self):
-        for field in ("n_train", "n_valid", "n_test"):
-            v = getattr(self, field)
+        for f in ("n_train", "n_valid", "n_test"):
+            v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise FtrayInputError(f"SyntheticTask.{field} must be an int > 0, got {v!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+                raise FtrayInputError(f"SyntheticTask.{f} must be an int >= 1, got {v!r}")
+        if not isinstance(self.seed, int):
             raise FtrayInputError(f"SyntheticTask.seed must be an int, got {self.seed!r}")
 
     @property
@@ -57,13 +109,10 @@ class SyntheticTask(Task):
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return MR_METRIC_NAMES
+        return MR_METRICS
 
     def examples(self, split: str) -> list[Example]:
-        splits = _generate(self.n_train, self.n_valid, self.n_test, self.seed)
-        if split not in splits:
-            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(splits)}")
-        return list(splits[split])
+        return list(_generate(self.n_train, self.n_valid, self.n_test, self.seed)[split])
 
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         return mr_metrics(predictions, [e.completion.strip() for e in examples])
@@ -71,124 +120,16 @@ class SyntheticTask(Task):
 
 @functools.lru_cache(maxsize=8)
 def _generate(n_train: int, n_valid: int, n_test: int, seed: int) -> dict[str, tuple[Example, ...]]:
-    games = _unique_names(random.Random(f"{seed}-games"), N_GAMES, _game_name)
-    studios = _unique_names(random.Random(f"{seed}-studios"), N_STUDIOS, _studio_name)
-    cut_g, cut_s = int(N_GAMES * (1 - HELD_OUT_SHARE)), int(N_STUDIOS * (1 - HELD_OUT_SHARE))
-    pools = {"train": (games[:cut_g], studios[:cut_s])}
-    pools["valid"] = pools["test"] = (games[cut_g:], studios[cut_s:])
+    games, studios = _names(seed, 6000, studio=False), _names(seed, 1500, studio=True)
+    # Names for held-out splits are never used in training: scoring rewards copying, not recall.
+    cut_g, cut_s = int(len(games) * 0.8), int(len(studios) * 0.8)
+    pools = {"train": (games[:cut_g], studios[:cut_s]), "valid": (games[cut_g:], studios[cut_s:]),
+             "test": (games[cut_g:], studios[cut_s:])}
     out = {}
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        # One generator per split: the first k training rows do not depend on n_valid or n_test.
         rng = random.Random(f"{seed}-{split}")
-        rows = []
-        for _ in range(n):
-            sentence, mr, act = _sample(rng, *pools[split])
-            rows.append(Example(f"Sentence: {sentence}\nMeaning representation:", " " + mr, {"dialogue_act": act}))
-        out[split] = tuple(rows)
+        names, st = pools[split]
+        rows = [_example(rng, names, st) for _ in range(n)]
+        out[split] = tuple(Example(f"Sentence: {t}\nMeaning representation:", " " + mr, {"dialogue_act": act})
+                           for t, mr, act in rows)
     return out
-
-
-# ---- names ---------------------------------------------------------------------------------------
-
-def _word(rng: random.Random) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(rng.choice((2, 2, 3)))).capitalize()
-
-
-def _game_name(rng: random.Random) -> str:
-    word = _word(rng)
-    return f"{word} {rng.choice(TITLE_WORDS)}" if rng.random() < 0.6 else word
-
-
-def _studio_name(rng: random.Random) -> str:
-    return f"{_word(rng)} {rng.choice(STUDIO_WORDS)}"
-
-
-def _unique_names(rng: random.Random, count: int, make) -> list[str]:
-    seen: dict[str, None] = {}  # a dict keeps first-seen order, so the pools are deterministic
-    while len(seen) < count:
-        seen.setdefault(make(rng), None)
-    return list(seen)
-
-
-# ---- sentences and MRs ---------------------------------------------------------------------------
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _a(word: str) -> str:
-    return ("an " if word[0] in "aeiou" else "a ") + word
-
-
-def _mr(act: str, slots: dict[str, list[str]]) -> str:
-    inner = ", ".join(f"{k}[{', '.join(slots[k])}]" for k in SLOT_ORDER if k in slots)
-    return f"{act}({inner})"
-
-
-def _values(rng: random.Random, name: str, studio: str) -> dict[str, list[str]]:
-    """One value for every slot; each act then keeps the ones it mentions."""
-    return {
-        "name": [name],
-        "developer": [studio],
-        "release_year": [str(rng.randint(1990, 2024))],
-        "rating": [rng.choice(RATINGS)],
-        "genres": rng.sample(GENRES, rng.choice((1, 1, 2, 3))),
-        "player_perspective": [rng.choice(PERSPECTIVES)],
-        "platforms": rng.sample(PLATFORMS, rng.choice((1, 1, 2, 3))),
-    }
-
-
-def _clause(rng: random.Random, slot: str, v: dict[str, list[str]]) -> str:
-    """A phrase that states one slot after the noun ("released in 2012", "on PC and Xbox")."""
-    value = _join(v[slot])
-    return rng.choice({
-        "developer": [f"made by {value}", f"developed by {value}"],
-        "release_year": [f"released in {value}", f"from {value}"],
-        "platforms": [f"on {value}", f"for {value}"],
-        "player_perspective": [f"with a {value} perspective"],
-    }[slot])
-
-
-def _noun(rng: random.Random, keep: list[str], v: dict[str, list[str]], article: bool = True) -> str:
-    """'an excellent racing and sport game made by X on PC': adjectives, the noun, then clauses."""
-    adjectives = [_join(v[s]) for s in ("rating", "genres") if s in keep]
-    words = " ".join(adjectives + ["game"])
-    clauses = [_clause(rng, s, v) for s in CLAUSE_SLOTS if s in keep]
-    return " ".join([_a(words) if article else words] + clauses)
-
-
-def _pick(rng: random.Random, optional: list[str], low: int, high: int) -> list[str]:
-    return rng.sample(optional, rng.randint(low, high))
-
-
-def _sample(rng: random.Random, names: list[str], studios: list[str]) -> tuple[str, str, str]:
-    """(sentence, MR, dialogue act) for one random game."""
-    v = _values(rng, rng.choice(names), rng.choice(studios))
-    name = v["name"][0]
-    act = rng.choice(["inform", "inform", "request", "confirm", "give_opinion", "suggest"])
-    if act == "inform":
-        keep = ["name", "genres", *_pick(rng, ["release_year", "developer", "platforms", "player_perspective"], 1, 3)]
-        noun = _noun(rng, keep, v)
-        sentence = rng.choice([f"{name} is {noun}.", f"Let me tell you about {name}: it is {noun}.",
-                               f"You may know {name}, {noun}."])
-    elif act == "request":
-        keep = _pick(rng, ["genres", "release_year", "platforms", "player_perspective"], 1, 2)
-        template = rng.choice(["Is there {} that you really liked?", "What is your favorite {}?",
-                               "Can you name {} that you enjoyed?"])
-        sentence = template.format(_noun(rng, keep, v, article="favorite" not in template))
-    elif act == "confirm":
-        keep = ["name", *_pick(rng, ["developer", "release_year", "platforms"], 1, 2)]
-        clauses = ", ".join(_clause(rng, s, v) for s in CLAUSE_SLOTS if s in keep)
-        sentence = rng.choice([f"Did you mean {name}, the game {clauses}?", f"Are you talking about {name}, {clauses}?",
-                               f"Just to check, is it {name}, the one {clauses}?"])
-    elif act == "give_opinion":
-        keep = ["name", "rating", *_pick(rng, ["genres", "platforms", "player_perspective"], 0, 2)]
-        noun = _noun(rng, keep, v)
-        sentence = rng.choice([f"I think {name} is {noun}.", f"If you ask me, {name} is {noun}.",
-                               f"In my opinion {name} is {noun}."])
-    else:  # suggest
-        keep = ["name", *_pick(rng, ["genres", "developer", "platforms", "player_perspective"], 1, 2)]
-        noun = _noun(rng, keep, v)
-        sentence = rng.choice([f"Have you tried {name}, {noun}?", f"You might like {name}, {noun}.",
-                               f"How about playing {name}? It is {noun}."])
-    return sentence, _mr(act, {k: v[k] for k in keep}), act

@@ -54,6 +54,8 @@ class TextTask(Task):
         # A single string or a list (unhashable, which the example cache needs) both become tuples.
         for key in ("metrics", "meta_columns", "hf_splits"):
             value = getattr(self, key)
+            if not isinstance(value, (str, list, tuple)):
+                raise FtrayInputError(f"TextTask.{key} must be a tuple or list of names, got {value!r}")
             fix(key, (value,) if isinstance(value, str) else tuple(value))
         self._validate()
 
