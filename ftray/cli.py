@@ -42,6 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, help="the objective value the business needs: which is the smallest model that reaches it?")
     p.add_argument("--no-files", action="store_true", help="only print; do not write frontier.csv, report.json and PNGs")
 
+    p = sub.add_parser("eval", help="score the frontier trials' saved adapters on new rows of the task")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True, help="a data file in the task's format (ViGGO: CSV mr,ref)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("compare", help="the fronts of several sweep runs on one plot and table")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", default="compare.png", help="where the plot goes (default: compare.png)")
+    p.add_argument("--json", action="store_true")
+
+    for name in ("run", "resume"):
+        sub.choices[name].add_argument("--keep-all-checkpoints", action="store_true",
+                                       help="keep every trial's checkpoints (default: only the frontier's)")
+
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -60,7 +74,7 @@ def cmd_run(args) -> int:
     sweep = load_sweep(args.sweep_file)
     run_dir = run(sweep, storage=args.storage, name=args.name, new_run=args.new_run, ray_address=args.address,
                   sweep_file=args.sweep_file)
-    return _finish(run_dir)
+    return _finish(run_dir, keep_all=args.keep_all_checkpoints)
 
 
 def cmd_resume(args) -> int:
@@ -68,15 +82,22 @@ def cmd_resume(args) -> int:
 
     run_dir = resume(args.run_dir, ray_address=args.address, resume_errored=args.resume_errored,
                      restart_errored=args.restart_errored)
-    return _finish(run_dir)
+    return _finish(run_dir, keep_all=args.keep_all_checkpoints)
 
 
-def _finish(run_dir: str) -> int:
+def _finish(run_dir: str, keep_all: bool = False) -> int:
     """The report at the end of a run: printed, written to the run folder, and sent to W&B."""
     from ftray.report import build_report, format_report, load_run, write_report_files
+    from ftray.search import prune_checkpoints
     from ftray.tracking import log_sweep_summary
 
     run = load_run(run_dir)
+    if not keep_all:
+        pruned = prune_checkpoints(run)
+        if pruned:
+            print(f"ftray: removed the checkpoints of {len(pruned)} trials off the frontier "
+                  "(--keep-all-checkpoints keeps them)", flush=True)
+            run = load_run(run_dir)
     report = build_report(run)
     written = write_report_files(run, report)
     log_sweep_summary(run, report, written)
@@ -117,7 +138,43 @@ def cmd_report(args) -> int:
     return 0
 
 
-_COMMANDS = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "report": cmd_report}
+def cmd_eval(args) -> int:
+    from ftray.rescore import format_rescore, rescore
+
+    result = rescore(args.run_dir, args.data)
+    print(json.dumps(result) if args.json else format_rescore(result))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ftray.frontier import default_reference, front_hypervolume
+    from ftray.plots import compare_plot
+    from ftray.report import load_run
+
+    runs = [load_run(d) for d in args.run_dirs]
+    objectives = {(r["objective"]["metric"], r["objective"]["mode"]) for r in runs}
+    if len(objectives) > 1:
+        raise FtrayInputError(f"the runs have different objectives ({sorted(objectives)}); compare runs of one objective")
+    metric, mode = objectives.pop()
+    ref = default_reference([r["trials"] for r in runs], mode)
+    rows = [{"run_dir": r["run_dir"], "trials": len(r["trials"]), "frontier": r["frontier"],
+             "hypervolume": front_hypervolume(r["trials"], mode, ref)} for r in runs]
+    plot = compare_plot([(os.path.basename(r["run_dir"]), r["trials"]) for r in runs], metric, mode, args.out)
+    if args.json:
+        print(json.dumps({"objective": {"metric": metric, "mode": mode}, "reference": list(ref), "runs": rows,
+                          "plot": plot}))
+        return 0
+    print(f"fronts of {metric} ({mode}) against parameters; hypervolume against the common reference "
+          f"({metric}={ref[0]:.4g}, params={ref[1]:,.0f}; size axis log10(params))")
+    for row in rows:
+        print(f"  {row['run_dir']}: hypervolume {row['hypervolume']:.4f}, {row['trials']} trials, "
+              f"front {', '.join(row['frontier']) or '-'}")
+    print(f"plot: {plot}")
+    return 0
+
+
+_COMMANDS = {"run": cmd_run, "resume": cmd_resume, "validate": cmd_validate, "report": cmd_report,
+             "eval": cmd_eval, "compare": cmd_compare}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -477,6 +477,36 @@ def _fmt_resources(r: Mapping[str, float]) -> str:
     return ", ".join(f"{r[k]:g} {k}" for k in ("CPU", "GPU") if k in r) or "no resources"
 
 
+def sweep_of_run(run_dir: str) -> Sweep:
+    """The sweep a run folder was made by: its file where it still is, else the copy in the folder."""
+    from ftray.sweep import load_sweep
+
+    record = _read_run_file(run_dir)
+    if record is None:
+        raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE})")
+    original = record.get("sweep_file")
+    if original and os.path.isfile(original):
+        return load_sweep(original)
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_path = os.path.join(tmp, SWEEP_COPY)
+        with open(sweep_path, "w") as f:
+            f.write(st.read_text(st.join(run_dir, SWEEP_COPY)))
+        return load_sweep(sweep_path)
+
+
+def prune_checkpoints(run: dict) -> list[str]:
+    """Delete the checkpoints of trials off the frontier (whole-sweep checkpoints fill disks)."""
+    keep = set(run["frontier"])
+    removed = []
+    for t in run["trials"]:
+        if t["id"] not in keep and t["status"] != "RUNNING":
+            path = st.join(run["run_dir"], "checkpoints", t["id"])
+            if st.exists(path):
+                st.remove_tree(path)
+                removed.append(t["id"])
+    return removed
+
+
 def resume(run_dir: str, ray_address: str | None = None, resume_errored: bool = False,
            restart_errored: bool = False) -> str:
     """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""

@@ -126,3 +126,17 @@ def local_copy(path: str, dest_dir: str) -> str:
     os.makedirs(dest_dir, exist_ok=True)
     pyarrow.fs.copy_files(p, dest_dir, source_filesystem=fs)
     return dest_dir
+
+
+def remove_tree(path: str) -> None:
+    """Delete a folder and everything in it (no error when it is already gone)."""
+    import shutil
+
+    if not is_uri(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, p = _fs(path)
+    try:
+        fs.delete_dir(p)
+    except FileNotFoundError:
+        pass

@@ -33,6 +33,12 @@ class Task:
         """Score generated completions against the examples' reference completions."""
         raise NotImplementedError
 
+    def examples_from_file(self, path: str) -> list[Example]:
+        """Examples from a data file in the task's own format (for scoring saved adapters on new rows)."""
+        from ftray.errors import FtrayInputError
+
+        raise FtrayInputError(f"task {self.name!r} reads no data files; `ftray eval --data` needs a ViggoTask or TextTask")
+
     def check(self) -> None:
         """Load the train and valid splits so that bad data fails before any Ray work."""
         for split in ("train", "valid"):

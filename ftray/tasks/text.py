@@ -94,6 +94,11 @@ class TextTask(Task):
             raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return list(_examples(self, split))
 
+    def examples_from_file(self, path: str) -> list[Example]:
+        """Examples from one more CSV/JSONL file in the task's format (new rows for `ftray eval`)."""
+        path = os.path.abspath(os.path.expanduser(path))
+        return list(_to_examples(self, read_rows(path), path))
+
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         refs = [e.completion.strip() for e in examples]
         scores: dict[str, float] = {}

@@ -50,8 +50,16 @@ class ViggoTask(Task):
         return MR_METRIC_NAMES if self.direction == "text_to_mr" else ("exact_match", "rouge_l")
 
     def examples(self, split: str) -> list[Example]:
+        return self._examples(_load(self.path, self.hf_dataset, split))
+
+    def examples_from_file(self, path: str) -> list[Example]:
+        """Examples from one more CSV file with columns mr, ref (new rows for `ftray eval`)."""
+        path = os.path.abspath(os.path.expanduser(path))
+        return self._examples(_checked([(r["mr"], r["ref"]) for r in read_rows(path, required=("mr", "ref"))], path))
+
+    def _examples(self, triples) -> list[Example]:
         out = []
-        for mr, ref, act in _load(self.path, self.hf_dataset, split):
+        for mr, ref, act in triples:
             if self.direction == "text_to_mr":
                 out.append(Example(f"Sentence: {ref}\nMeaning representation:", " " + mr, {"dialogue_act": act}))
             else:
@@ -80,6 +88,10 @@ def _load(path: str | None, hf_dataset: str, split: str) -> tuple[tuple[str, str
     else:
         source = f"{hf_dataset}[{HF_SPLITS[split]}]"
         pairs = _hub_pairs(hf_dataset, split, source)
+    return _checked(pairs, source)
+
+
+def _checked(pairs, source: str) -> tuple[tuple[str, str, str], ...]:
     out = []
     for i, (mr, ref) in enumerate(pairs, 1):
         mr, ref = (mr or "").strip(), " ".join((ref or "").split())
