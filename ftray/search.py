@@ -316,7 +316,14 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
     A run folder holding a *different* sweep definition is never mixed with this one: that is refused
     with what changed, unless `new_run` asks for a fresh folder (name-2, name-3, ...).
     """
-    storage = st.normalize(storage or sweep.storage)
+    raw_storage = storage or sweep.storage
+    if not st.is_uri(raw_storage) and not os.path.isabs(os.path.expanduser(raw_storage)) \
+            and "runtime_resources" in os.getcwd():
+        # Inside `ray job submit` the working directory is Ray's unpacked copy of --working-dir.
+        print(f"ftray: warning: storage {raw_storage!r} is relative, so results go into the job's copy of its "
+              f"working directory ({os.getcwd()}), which Ray may delete; pass --storage with an absolute path "
+              "on shared storage or a URI (s3://...)", flush=True)
+    storage = st.normalize(raw_storage)
     name = name or sweep.name
     st.check_writable(storage, field="storage")
     run_dir = st.join(storage, name)
