@@ -2,11 +2,18 @@
 # Install ftray into the current Python environment with the right PyTorch build:
 # a CUDA build where an NVIDIA GPU is present, the CPU build everywhere else (a plain
 # `pip install torch` on Linux pulls several GB of CUDA libraries a CPU machine never uses).
-#   bash scripts/install.sh            # ftray + test tools
+#   bash scripts/install.sh                    # ftray + test tools, into ./.venv
+#   PYTHON=python bash scripts/install.sh      # into the environment of that interpreter instead
 #   FTRAY_TORCH=cuda bash scripts/install.sh   # force a build: cpu | cuda
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+# Into ./.venv (made here when missing), unless PYTHON names the interpreter to install into.
+if [ -n "${PYTHON:-}" ]; then
+  PY=$PYTHON
+else
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  PY=.venv/bin/python
+fi
 TORCH_VERSION=${FTRAY_TORCH_VERSION:-2.13.0}
 
 want=${FTRAY_TORCH:-}
