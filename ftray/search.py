@@ -14,7 +14,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 from ftray import storage as st
@@ -27,17 +26,7 @@ from ftray.sweep import Sweep, diff_descriptions
 TRIAL_DRIVER_CPU = 0.01
 # Below this a worker shares its core with too many others to be worth starting.
 MIN_CPUS_PER_WORKER = 0.25
-
-
-def _did_not_fit_errors():
-    import torch
-
-    from ftray.train import DidNotFitError
-
-    return (DidNotFitError, torch.OutOfMemoryError, MemoryError)
-
 SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothing else
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -244,6 +233,14 @@ def _injected_faults(model_id: str) -> dict:
         if f.get("model", model_id) == model_id:
             return f
     return {}
+
+
+def _did_not_fit_errors():
+    import torch
+
+    from ftray.train import DidNotFitError
+
+    return (DidNotFitError, torch.OutOfMemoryError, MemoryError)
 
 
 def classify_failure(error: Exception) -> tuple[str, str]:
