@@ -93,7 +93,8 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
         "wall_s": _finite(last.get("time_total_s")),
         # What the trial held: GPUs where it had them, else its CPU workers.
         "accelerators": workers * gpus if gpus else workers,
-        "checkpoint": last.get("checkpoint_path"),
+        # None once removed (checkpoints off the frontier are pruned at the end of a sweep).
+        "checkpoint": _existing(last.get("checkpoint_path")),
         "trial_dir": trial_dir,
     }
 
@@ -111,6 +112,10 @@ def _task_metric_keys(result: dict) -> list[str]:
                  "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore"}
     return [k for k, v in result.items()
             if k not in _BOOKKEEPING and k not in NOT_LOGGED and k not in tune_keys and isinstance(v, (int, float))]
+
+
+def _existing(path: str | None) -> str | None:
+    return path if path and st.exists(path) else None
 
 
 def _error_reason(meta: dict, trial_dir: str) -> str:
