@@ -100,7 +100,7 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
 
 
 # Keys every report carries that are not task metrics.
-_BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s",
+_BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s", "worker_start_s",
                 "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss", "eval_s",
                 "world_size", "did_not_fit"}
 

@@ -151,7 +151,24 @@ def _is_domain(v) -> bool:
     return isinstance(v, Domain)
 
 
-def run_trial(config: dict, sweep: Sweep, run_dir: str, tokenizer_json: str | None, cpus_per_worker: float) -> None:
+def train_env(local: bool) -> dict[str, str]:
+    """Ray Train settings for the trials (Train passes them on from a trial's driver to its controller
+    and workers), where the user has not set them:
+
+    - the controller checks on its workers every 0.5 s instead of 2 s: a trial otherwise idles up to
+      2 s before its end is noticed, then again while its workers shut down;
+    - on a local Ray, no preemption watcher: one machine is never drained, and the watcher is one more
+      actor process to start per trial.
+    Measured on 2 CPUs: about 6 s less per trial (bench/README).
+    """
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    if local:
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
+def run_trial(config: dict, sweep: Sweep, run_dir: str, tokenizer_json: str | None, cpus_per_worker: float,
+              env: Mapping[str, str] | None = None) -> None:
     """One Tune trial: the driver of a Ray Train run for one sampled configuration."""
     import ray.train
     from ray import tune
@@ -180,13 +197,14 @@ def run_trial(config: dict, sweep: Sweep, run_dir: str, tokenizer_json: str | No
     if gpus:
         per_worker["GPU"] = gpus
     trial_id = tune.get_context().get_trial_id()
+    os.environ.update(env or {})
 
     def trainer(restarts: int) -> TorchTrainer:
         # The same run name and storage each time: Train finds the trial's checkpoints and the
         # workers go on from the latest one.
         return TorchTrainer(
             train_loop,
-            train_loop_config={"spec": spec, "restarts": restarts},
+            train_loop_config={"spec": spec, "restarts": restarts, "launched_at": time.time()},
             torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
                                                    resources_per_worker=per_worker),
@@ -383,7 +401,8 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep, run_dir=run_dir, tokenizer_json=tokenizer_json,
-                             cpus_per_worker=resources.cpus_per_worker),
+                             cpus_per_worker=resources.cpus_per_worker,
+                             env=train_env(local=not (ray_address or os.environ.get("RAY_ADDRESS")))),
         {"cpu": TRIAL_DRIVER_CPU},
     )
     callbacks = [WandbTracking(sweep.wandb, group=name, model_params=model_params)]
@@ -401,6 +420,9 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
                 metric=sweep.objective, mode=sweep.mode, num_samples=sweep.num_trials,
                 search_alg=_searcher(sweep, model_params, resources.max_concurrent_trials), scheduler=_scheduler(sweep),
                 max_concurrent_trials=resources.max_concurrent_trials,
+                # Trial drivers all ask for the same resources: one process serves trial after trial
+                # (measured: about 2.5 s less between trials on 2 CPUs).
+                reuse_actors=True,
             ),
             run_config=run_config,
         )

@@ -86,6 +86,10 @@ def _train(config: dict) -> None:
     import ray.train.torch
 
     t_start = time.time()
+    # From the trial driver's launch of the Train run to here: the Train controller and the worker
+    # processes starting, their imports, and the process group (one machine's clock locally; on a
+    # cluster the nodes' clocks may differ by a little).
+    worker_start_s = max(0.0, t_start - config.get("launched_at", t_start))
     spec: TrialSpec = config["spec"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -172,6 +176,7 @@ def _train(config: dict) -> None:
             "train_tokens_per_s": totals[2].item() / max(train_time, 1e-9),
             "train_s": train_time,
             "setup_s": setup_s,
+            "worker_start_s": worker_start_s,
             "params": total_params,
             "trainable_params": trainable_params,
             "train_examples": len(train_data),

@@ -96,6 +96,7 @@ def test_all_trials_finish_and_report_agrees_with_tune(sweep_run):
         assert t["steps"] == 24
         assert 0 < t["trainable_params"] < t["params"]
         assert t["wall_s"] > 0
+        assert 0 < tt.last_result["worker_start_s"] < t["wall_s"]
     # The frontier: scored trials not dominated in (objective, params).
     scored = [t for t in report["trials"] if t["objective"] is not None]
     for t in scored:
