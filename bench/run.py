@@ -291,11 +291,16 @@ def main() -> None:
     setup = sum(t["setup_s"] for t in tr)
     in_trial = sum(t["time_total_s"] for t in tr)
     results["per_trial_overhead_s"] = (mid["wall_s"] - train) / k
+    started = sum(t["worker_start_s"] for t in tr)
     results["per_trial_overhead_split_s"] = {
+        # Ray's start, Tune's scheduling between trials, the report and W&B summary at the end
         "ray_start_tune_and_report": (mid["wall_s"] - in_trial) / k,
-        "worker_group_start": (in_trial - setup - train - evals) / k,
+        # Train controller and worker processes starting, their imports, the process group
+        "worker_group_start": started / k,
         "model_and_data_setup": setup / k,
         "evaluation": evals / k,
+        # adapter checkpoints written and reported, Train shutting the workers down
+        "checkpoints_and_shutdown": (in_trial - started - setup - train - evals) / k,
     }
     ftray_step = statistics.median(t["train_s"] / t["step"] for s in sweeps for t in s["trials"])
     bare_step = statistics.median(t["train_s"] / cfg["steps"] for b in bares for t in b["trials"])

@@ -69,14 +69,19 @@ def front_hypervolume(trials: Iterable[Mapping], mode: str, ref: tuple[float, fl
     return hypervolume_2d(pts, ref_min)
 
 
-def default_reference(runs: Sequence[Sequence[Mapping]], mode: str, size_key: str = "params") -> tuple[float, float]:
-    """A reference point common to several runs: the worst objective seen and twice the largest size."""
+def default_reference(runs: Sequence[Sequence[Mapping]], mode: str, size_key: str = "params",
+                      margin: float = 0.1) -> tuple[float, float]:
+    """A reference point common to several runs: twice the largest size, and the worst objective seen
+    made worse by `margin` of the objectives' range (of the value itself when all are equal), so
+    that the worst trial on a front, or a front of one trial, still counts."""
     scored = [t for trials in runs for t in trials if is_scored(t) and t.get(size_key)]
     if not scored:
         return (0.0, 1.0)
     values = [t["objective"] for t in scored]
     worst = min(values) if mode == "max" else max(values)
-    return (worst, 2.0 * max(t[size_key] for t in scored))
+    span = (max(values) - min(values)) or abs(worst) or 1.0
+    return (worst - margin * span if mode == "max" else worst + margin * span,
+            2.0 * max(t[size_key] for t in scored))
 
 
 def cost_front(trials: Iterable[Mapping], mode: str, cost: str = "accelerator_s") -> list[str]:

@@ -114,3 +114,17 @@ def test_iteration_time_and_cost_front():
     assert it["total_accelerator_s"] == 10 * 2 + 30 * 2 + 100 * 4 + 5 * 2
     assert cost_front(trials, "max") == ["a", "b", "c"]  # 20, 60, 400 accelerator-seconds, each better
     assert cost_front(trials, "max", "tokens") == ["c"]  # same tokens: only the best remains
+
+
+def test_default_reference_lies_past_the_worst_trial():
+    from ftray.frontier import default_reference
+
+    done = {"status": "TERMINATED", "reason": None}
+    trials = [{"id": "a", "objective": 0.2, "params": 100, **done}, {"id": "b", "objective": 0.6, "params": 1000, **done}]
+    assert default_reference([trials], "max") == (pytest.approx(0.16), 2000)
+    assert default_reference([trials], "min") == (pytest.approx(0.64), 2000)
+    # One trial, or all equal: the front still has an area.
+    one = [{"id": "a", "objective": 3.0, "params": 100, **done}]
+    ref = default_reference([one], "min")
+    assert ref == (pytest.approx(3.3), 200)
+    assert front_hypervolume(one, "min", ref) > 0
