@@ -222,7 +222,7 @@ def replay(curves: list[dict], keys: list[str], seed: int, strategy: str, max_tr
     use_optuna = strategy.startswith("optuna")
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, max_trials // 3)))
     study = optuna.create_study(direction="minimize", sampler=sampler) if use_optuna else None
-    rungs: dict[int, list[float]] = {}
+    rungs: dict[tuple, list[float]] = {}
     spent = 0
     found = []
     models = values["model"]
@@ -240,9 +240,10 @@ def replay(curves: list[dict], keys: list[str], seed: int, strategy: str, max_tr
         last = None
         for step, value in c["curve"]:
             last = (step, value)
-            if strategy.endswith("asha") and step < c["curve"][-1][0]:
+            if "asha" in strategy and step < c["curve"][-1][0]:
                 # ASHA: go on past a rung only when in the best third of what reached it so far
-                seen = rungs.setdefault(step, [])
+                # (of all trials, or with "per-model" as ftray's ASHA does, of the same model's)
+                seen = rungs.setdefault((c["config"]["model"] if strategy.endswith("per-model") else None, step), [])
                 seen.append(value)
                 cutoff = sorted(seen)[max(0, math.ceil(len(seen) / 3) - 1)]
                 if value > cutoff:
@@ -334,9 +335,11 @@ def main() -> None:
     seeds = range(5)
     tpe = [replay(curves, keys, s, "optuna", 4 * len(grid)) / grid_compute for s in seeds]
     tpe_asha = [replay(curves, keys, s, "optuna+asha", 4 * len(grid)) / grid_compute for s in seeds]
+    tpe_asha_pm = [replay(curves, keys, s, "optuna+asha-per-model", 4 * len(grid)) / grid_compute for s in seeds]
     rnd = [replay(curves, keys, s, "random", 4 * len(grid)) / grid_compute for s in seeds]
     results["search_compute_ratio"] = statistics.median(tpe)
     results["search_compute_ratio_with_asha"] = statistics.median(tpe_asha)
+    results["search_compute_ratio_with_asha_per_model"] = statistics.median(tpe_asha_pm)
     results["search_compute_ratio_random"] = statistics.median(rnd)
     results["search_compute_ratio_per_seed"] = tpe
 
@@ -361,6 +364,8 @@ def main() -> None:
         print(f"  {key:34} {results[key]:8.3f}   {methods[key]}")
     print(f"  {'search_compute_ratio_with_asha':34} {results['search_compute_ratio_with_asha']:8.3f}   the same with ASHA "
           "(rungs shared by all models, best third goes on)")
+    print(f"  {'search_compute_ratio_with_asha_per_model':34} {results['search_compute_ratio_with_asha_per_model']:8.3f}   "
+          "the same with ftray's ASHA (rungs per model size)")
     print(f"  {'search_compute_ratio_random':34} {results['search_compute_ratio_random']:8.3f}   the same, random search without ASHA")
     split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
     print(f"  per-trial overhead split: {split}")

@@ -83,6 +83,9 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
         "base_objective": _finite(last.get(f"base_{objective['metric']}")),
         "metrics": {k: _finite(last.get(k)) for k in metric_names},
         "steps": last.get("step"),
+        # Stopped by ASHA before its budget: scored at the step it reached.
+        "stopped_early": bool(state["status"] == "TERMINATED" and not reason and last.get("total_steps")
+                              and (last.get("step") or 0) < last["total_steps"]),
         "train_loss": _finite(last.get("train_loss")),
         "first_train_loss": _finite(history[0].get("train_loss")) if history else None,
         "tokens": last.get("tokens"),
@@ -160,7 +163,7 @@ def _finite(v):
 def to_json(run: dict) -> dict:
     keys = ("id", "status", "reason", "model", "params", "trainable_params", "lora_rank", "data_fraction", "lr",
             "objective", "base_objective", "metrics", "wall_s", "accelerators", "tokens", "train_loss",
-            "first_train_loss", "restarts", "steps", "config", "checkpoint", "trial_dir")
+            "first_train_loss", "restarts", "steps", "stopped_early", "config", "checkpoint", "trial_dir")
     return {
         "run_dir": run["run_dir"],
         "objective": run["objective"],
@@ -258,6 +261,11 @@ def format_report(run: dict, report: dict) -> str:
     metric = run["objective"]["metric"]
     lines = [format_table(run), "", "What the sweep says"]
     lines += [f"  - {v}" for v in a["verdicts"]]
+    early = [t for t in run["trials"] if t.get("stopped_early")]
+    if early:
+        lines.append(f"  - {len(early)} of {len(run['trials'])} trials were stopped early by ASHA; each is scored at the "
+                     "step it reached: " + ", ".join(f"{t['id']} ({t['steps']})" for t in early[:8])
+                     + (" ..." if len(early) > 8 else ""))
     gains = a["finetune_gain"]
     if gains:
         lines += ["", "Finetuning gain per model size (base model before finetuning -> best trial)"]

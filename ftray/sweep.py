@@ -42,18 +42,23 @@ class ASHA:
     """Asynchronous successive halving: stop trials early where they cannot win.
 
     Trials are compared at evaluations, on `metric` (default: the sweep's objective), every
-    `grace_steps * reduction_factor**k` optimizer steps.
+    `grace_steps * reduction_factor**k` optimizer steps. With `per_model` (the default) a trial is
+    compared only with trials of its own model size: otherwise the small models, worse by design,
+    are stopped first and the small end of the frontier goes unmapped.
     """
 
     metric: str | None = None
     grace_steps: int = 50
     reduction_factor: float = 3.0
+    per_model: bool = True
 
     def __post_init__(self):
         if not isinstance(self.grace_steps, int) or self.grace_steps < 1:
             raise FtrayInputError(f"asha.grace_steps must be an int >= 1, got {self.grace_steps!r}")
         if not (isinstance(self.reduction_factor, (int, float)) and self.reduction_factor > 1):
             raise FtrayInputError(f"asha.reduction_factor must be > 1, got {self.reduction_factor!r}")
+        if not isinstance(self.per_model, bool):
+            raise FtrayInputError(f"asha.per_model must be True or False, got {self.per_model!r}")
 
 
 @dataclass(frozen=True)
