@@ -5,6 +5,7 @@ Ray Tune's own ExperimentAnalysis, and wandb's own reader of the offline run fil
 
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -170,3 +171,103 @@ def test_no_secret_is_written_anywhere(sweep_run):
                 if FAKE_WANDB_KEY.encode() in data or FAKE_HF_TOKEN.encode() in data:
                     leaks.append(str(path))
     assert not leaks
+
+
+ASHA_SWEEP = """
+from ray import tune
+from ftray import ASHA, Sweep, SyntheticTask, WandB
+
+sweep = Sweep(
+    name="asha",
+    task=SyntheticTask(n_train=300, n_valid=16, n_test=16, seed=2),
+    models=["tiny-xs"],
+    space={"lora_rank": 4, "data_fraction": 1.0, "lr": tune.choice([1e-6, 2e-2])},
+    objective="eval_loss",
+    num_trials=4,
+    workers=2,
+    steps=16,
+    eval_every=4,
+    eval_samples=8,
+    max_new_tokens=24,
+    batch_size=8,
+    max_length=96,
+    eval_base=False,
+    asha=ASHA(grace_steps=4, reduction_factor=2),
+    wandb=WandB(mode="offline"),
+)
+"""
+
+
+def test_asha_stops_trials_that_trail_their_model_size(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "asha_sweep.py").write_text(textwrap.dedent(ASHA_SWEEP))
+    proc = ftray("run", str(tmp_path / "asha_sweep.py"), "--storage", str(tmp_path / "runs"), env=clean_env(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    report = report_json(tmp_path / "runs" / "asha")
+    trials = report["trials"]
+    assert len(trials) == 4 and all(t["status"] == "TERMINATED" and not t["reason"] for t in trials)
+    early = [t for t in trials if t["stopped_early"]]
+    assert early and len(early) < 4, [(t["id"], t["steps"]) for t in trials]
+    assert "stopped early by ASHA" in proc.stdout
+    history = {t["id"]: [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")] for t in trials}
+    curves = {i: {h["step"]: h["eval_loss"] for h in rows} for i, rows in history.items()}
+    for t in early:
+        assert t["steps"] < 16
+        # Stopped at a rung where a trial that had reached it before did better.
+        assert any(o["id"] != t["id"] and curves[o["id"]].get(t["steps"], math.inf) < curves[t["id"]][t["steps"]]
+                   for o in trials), t["id"]
+    # A stopped trial lets go of its Train workers: a trial after it still ran (none waits forever).
+    stopped_at = min(history[t["id"]][-1]["timestamp"] for t in early)
+    assert any(rows[-1]["timestamp"] > stopped_at for rows in history.values())
+
+
+VIGGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "viggo"
+
+VIGGO_SWEEP = """
+from ray import tune
+from ftray import Sweep, ViggoTask, WandB
+
+sweep = Sweep(
+    name="viggo",
+    task=ViggoTask(path={path!r}),
+    models=["tiny-xs"],
+    space={{"lora_rank": 4, "lr": 5e-3, "data_fraction": tune.choice([0.5, 1.0]),
+            "data_filter": tune.choice(["inform", "request"])}},
+    data_filter_column="dialogue_act",
+    objective="slot_f1",
+    num_trials=2,
+    workers=2,
+    steps=10,
+    eval_every=10,
+    eval_samples=8,
+    max_new_tokens=48,
+    batch_size=8,
+    max_length=128,
+    eval_base=False,
+    wandb=WandB(mode="disabled"),
+)
+"""
+
+
+@pytest.mark.skipif(not VIGGO.is_dir(), reason="the real ViGGO files (../shared/data/viggo) are not on this machine")
+def test_short_sweep_on_the_real_viggo_files(tmp_path):
+    import csv
+
+    from ftray.data import nested_subset
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "viggo_sweep.py").write_text(textwrap.dedent(VIGGO_SWEEP.format(path=str(VIGGO))))
+    proc = ftray("run", str(tmp_path / "viggo_sweep.py"), "--storage", str(tmp_path / "runs"), env=clean_env(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    report = report_json(tmp_path / "runs" / "viggo")
+    with open(VIGGO / "train.csv", newline="") as f:
+        acts = [row["mr"].split("(", 1)[0] for row in csv.DictReader(f)]
+    for t in report["trials"]:
+        assert t["status"] == "TERMINATED" and t["steps"] == 10, t
+        # Scored on text generated for real validation rows: every ViGGO metric is there, in range.
+        for name in ("exact_match", "act_accuracy", "slot_f1", "parse_failure_rate"):
+            assert 0.0 <= t["metrics"][name] <= 1.0, name
+        # Trained on the nested subset of the rows of its dialogue act, and only those.
+        history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
+        act = t["config"]["data_filter"]
+        assert history[-1]["train_examples"] == len(nested_subset(acts.count(act), t["data_fraction"], 0))
