@@ -63,21 +63,11 @@ def read_text(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-    """Write a whole file; a crash mid-write never leaves a half file behind."""
-    if not is_uri(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        return
-    fs, p = _fs(path)  # object stores replace an object whole; no temporary needed
-    fs.create_dir(posixpath.dirname(p), recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode())
+    write_bytes(path, text.encode())
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file; a crash mid-write never leaves a half file behind."""
     if not is_uri(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
@@ -85,7 +75,7 @@ def write_bytes(path: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
         return
-    fs, p = _fs(path)
+    fs, p = _fs(path)  # object stores replace an object whole; no temporary needed
     fs.create_dir(posixpath.dirname(p), recursive=True)
     with fs.open_output_stream(p) as f:
         f.write(data)
