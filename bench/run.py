@@ -261,6 +261,7 @@ def replay(curves: list[dict], keys: list[str], seed: int, strategy: str, max_tr
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small K and few steps (CI)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON files go")
     args = ap.parse_args()
     quick = args.quick
     reps = 3
@@ -328,8 +329,8 @@ def main() -> None:
             for m in grid_models for r in (4, 16) for lr in (2e-3, 1e-2) for f in (0.25, 1.0)]
     base = dict(cfg, steps=40 if quick else 120, eval_every=10 if quick else 30, generate=False)
     curves = grid_curves(grid, base)
-    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "bench" / "results" / f"grid_curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"grid_curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves))
     keys = ["model", "rank", "lr", "data_fraction"]
     grid_compute = sum(c["curve"][-1][0] for c in curves)
     seeds = range(5)
@@ -369,8 +370,7 @@ def main() -> None:
     print(f"  {'search_compute_ratio_random':34} {results['search_compute_ratio_random']:8.3f}   the same, random search without ASHA")
     split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
     print(f"  per-trial overhead split: {split}")
-    out = ROOT / "bench" / "results" / f"{results['date']}{'-quick' if quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"{results['date']}{'-quick' if quick else ''}.json"
     out.write_text(json.dumps(results, indent=2))
     keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
                 "padding_efficiency", "search_compute_ratio")

@@ -14,14 +14,16 @@ KEYS = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_
 
 
 @pytest.mark.e2e
-def test_bench_quick_reports_every_key():
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick"], capture_output=True, text=True,
-                          timeout=1800)
+def test_bench_quick_reports_every_key(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in KEYS:
         assert isinstance(last[key], (int, float)) and math.isfinite(last[key]), key
     assert 0 < last["padding_efficiency"] <= 1
     assert 0 < last["search_compute_ratio"] <= 4
+    saved = json.loads(next(tmp_path.glob("*-quick.json")).read_text())
+    assert {k: saved[k] for k in KEYS} == last
     for key in KEYS:  # the method of each figure is printed beside it
         assert any(line.strip().startswith(key) for line in proc.stdout.splitlines()), key
