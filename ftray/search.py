@@ -159,7 +159,7 @@ def train_env(local: bool) -> dict[str, str]:
       2 s before its end is noticed, then again while its workers shut down;
     - on a local Ray, no preemption watcher: one machine is never drained, and the watcher is one more
       actor process to start per trial.
-    Measured on 2 CPUs: about 6 s less per trial (bench/README).
+    Measured on 2 CPUs (2026-11-24): about 6 s less per trial.
     """
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
     if local:
