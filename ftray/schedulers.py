@@ -28,14 +28,13 @@ class PerModelASHA(FIFOScheduler):
                           reduction_factor=reduction_factor, max_t=max_t)
         self._per_model = per_model
         self._by_group: dict = {}
-        self._group_of: dict[str, object] = {}
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         # The sweep named the metric and mode (which may differ from the objective's): ours stand.
         return True
 
     def _scheduler(self, trial) -> AsyncHyperBandScheduler:
-        group = self._group_of.setdefault(trial.trial_id, trial.config.get("model") if self._per_model else None)
+        group = trial.config.get("model") if self._per_model else None
         if group not in self._by_group:
             self._by_group[group] = AsyncHyperBandScheduler(**self._asha)
         return self._by_group[group]
@@ -53,7 +52,6 @@ class PerModelASHA(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict):
         self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
-        self._group_of.pop(trial.trial_id, None)
 
     def on_trial_error(self, tune_controller, trial):
         self.on_trial_remove(tune_controller, trial)
@@ -62,7 +60,6 @@ class PerModelASHA(FIFOScheduler):
         scheduler = self._scheduler(trial)
         if trial.trial_id in scheduler._trial_info:
             scheduler.on_trial_remove(tune_controller, trial)
-        self._group_of.pop(trial.trial_id, None)
 
     def debug_string(self) -> str:
         stopped = sum(s._num_stopped for s in self._by_group.values())
