@@ -1,4 +1,11 @@
+import csv
+import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,3 +33,101 @@ def tiny_tokenizer():
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+
+
+# --- One real sweep shared by tests/test_e2e.py and tests/test_report_e2e.py --------------------------
+# A sweep on a local Ray cluster takes about two minutes on 2 cores, so both files read the same run
+# folder instead of each running its own. The task is a TextTask over CSV files written here (your own
+# data) whose rows are SyntheticTask(n_train=600, n_valid=40, n_test=40, seed=1)'s, prompt and completion
+# alike (sentence -> meaning representation), scored with the "mr" metrics and ROUGE-L; the objective is slot_f1. The tests that use the folder only read it or
+# rewrite the report files (frontier.csv, report.json, PNGs) the same way `ftray run` wrote them, so
+# the order of the tests, within or across the two files, cannot change what another one sees.
+
+# Planted secrets: a sweep must never write them anywhere.
+FAKE_WANDB_KEY = "wandbkey" + "0123456789abcdef" * 2
+FAKE_HF_TOKEN = "hf_" + "PlantedTokenNeverWritten42"
+
+SHARED_SWEEP = """
+from ray import tune
+from ftray import Sweep, TextTask, WandB
+
+sweep = Sweep(
+    name="e2e",
+    task=TextTask(train={train!r}, valid={valid!r}, test={test!r},
+                  prompt="Sentence: {{sentence}}\\nMeaning representation:", completion=" {{mr}}",
+                  metrics=("mr", "rouge_l")),
+    models=["tiny-xs", "tiny-s"],
+    space={{
+        "lora_rank": tune.choice([2, 8]),
+        "data_fraction": tune.choice([0.5, 1.0]),
+        "lr": tune.loguniform(3e-3, 1e-2),
+    }},
+    objective="slot_f1",
+    num_trials=3,
+    workers=2,
+    steps=24,
+    eval_every=12,
+    eval_samples=16,
+    max_new_tokens=40,
+    batch_size=8,
+    max_length=96,
+    wandb=WandB(project="ftray-e2e", mode="offline"),
+)
+"""
+
+
+def ftray_cli(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def clean_env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_ADDRESS"))}
+    env.update(WANDB_API_KEY=FAKE_WANDB_KEY, HF_TOKEN=FAKE_HF_TOKEN, HOME=str(tmp / "home"), WANDB_DIR=str(tmp / "wandb-dir"))
+    return env
+
+
+def write_synthetic_csvs(folder: Path) -> dict:
+    """SyntheticTask's rows as the CSV files a user would bring: columns sentence, mr, dialogue_act."""
+    from ftray.tasks import SyntheticTask
+
+    folder.mkdir(parents=True, exist_ok=True)
+    task = SyntheticTask(n_train=600, n_valid=40, n_test=40, seed=1)
+    paths = {}
+    for split in ("train", "valid", "test"):
+        paths[split] = str(folder / f"{split}.csv")
+        with open(paths[split], "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sentence", "mr", "dialogue_act"])
+            for e in task.examples(split):
+                sentence = e.prompt.removeprefix("Sentence: ").removesuffix("\nMeaning representation:")
+                writer.writerow([sentence, e.completion.removeprefix(" "), e.meta["dialogue_act"]])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def shared_sweep(tmp_path_factory):
+    """`ftray run` of SHARED_SWEEP, with planted secrets in its environment and its own HOME and WANDB_DIR."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    (tmp / "home").mkdir()
+    data = write_synthetic_csvs(tmp / "data")
+    sweep_file = tmp / "e2e_sweep.py"
+    sweep_file.write_text(textwrap.dedent(SHARED_SWEEP.format(**data)))
+    proc = ftray_cli("run", str(sweep_file), "--storage", str(tmp / "runs"), env=clean_env(tmp))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return SimpleNamespace(run_dir=tmp / "runs" / "e2e", stdout=proc.stdout, log=log, tmp=tmp, data=data)
+
+
+@pytest.fixture(scope="session")
+def _shared_report_text(shared_sweep):
+    proc = ftray_cli("report", str(shared_sweep.run_dir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture
+def shared_report(_shared_report_text):
+    """`ftray report RUN --json` of the shared run. The CLI runs once (about 5 s): the report of a finished
+    run does not change. Each test gets its own copy of the dict."""
+    return json.loads(_shared_report_text)

@@ -10,6 +10,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -58,30 +59,18 @@ def test_every_shipped_sweep_validates(sweep):
     assert ": ok: sweep" in proc.stdout
 
 
-@pytest.mark.e2e
-def test_storage_uri_round_trip(tmp_path):
-    (tmp_path / "s.py").write_text(textwrap.dedent(SMALL.format(name="uri")))
-    uri = f"file://{tmp_path}/bucket/runs"
-    proc = ftray("run", str(tmp_path / "s.py"), "--storage", uri)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert (tmp_path / "bucket" / "runs" / "uri" / "ftray_run.json").is_file()
-    rep = ftray("report", f"{uri}/uri", "--json")
-    assert rep.returncode == 0, rep.stderr
-    report = json.loads(rep.stdout)
-    assert report["run_dir"] == f"{uri}/uri"
-    assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
-    assert (tmp_path / "bucket" / "runs" / "uri" / "frontier.png").is_file()
-    frontier = [t for t in report["trials"] if t["id"] in report["frontier"]]
-    assert frontier
-    for t in frontier:  # the kept checkpoints are in the storage too
-        assert t["checkpoint"].startswith(str(tmp_path / "bucket")) or t["checkpoint"].startswith("file://")
+@pytest.fixture(scope="module")
+def job_run(tmp_path_factory):
+    """One small sweep, sent with `ray job submit` to a real local cluster, its storage a file:// URI.
 
-
-@pytest.mark.e2e
-def test_ray_job_submit_runs_on_the_cluster(tmp_path):
+    Both tests below read it: the job test what ran and where, the storage test the run folder
+    behind the URI (one sweep instead of a second one, started by `ftray run` alone, for the URI).
+    """
+    tmp_path = tmp_path_factory.mktemp("cluster")
     work = tmp_path / "work"
     work.mkdir()
     (work / "job_sweep.py").write_text(textwrap.dedent(SMALL.format(name="job")))
+    uri = f"file://{tmp_path}/bucket/runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     port, dash = free_port(), free_port()
@@ -96,16 +85,40 @@ def test_ray_job_submit_runs_on_the_cluster(tmp_path):
     try:
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
-             "ftray", "run", "job_sweep.py", "--storage", str(tmp_path / "runs")],
+             "ftray", "run", "job_sweep.py", "--storage", uri],
             # Ray 2.60's `ray start --head` turns on token auth when ~/.ray/auth_token exists, and the
             # job CLI only sends the token when told to.
             capture_output=True, text=True, env=dict(env, RAY_AUTH_MODE="token"), timeout=900)
-        out = submit.stdout + submit.stderr
-        assert submit.returncode == 0, out[-5000:]
-        assert "succeeded" in out.lower()
-        assert f"joined the Ray cluster" in out  # not a second, local Ray
-        assert "trial" in out.lower()  # progress is in the job's logs
-        report = json.loads(ftray("report", str(tmp_path / "runs" / "job"), "--json").stdout)
-        assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+    return SimpleNamespace(submit=submit, uri=uri, tmp_path=tmp_path)
+
+
+@pytest.mark.e2e
+def test_storage_uri_round_trip(job_run):
+    tmp_path, uri = job_run.tmp_path, job_run.uri
+    proc = job_run.submit
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (tmp_path / "bucket" / "runs" / "job" / "ftray_run.json").is_file()
+    rep = ftray("report", f"{uri}/job", "--json")
+    assert rep.returncode == 0, rep.stderr
+    report = json.loads(rep.stdout)
+    assert report["run_dir"] == f"{uri}/job"
+    assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
+    assert (tmp_path / "bucket" / "runs" / "job" / "frontier.png").is_file()
+    frontier = [t for t in report["trials"] if t["id"] in report["frontier"]]
+    assert frontier
+    for t in frontier:  # the kept checkpoints are in the storage too
+        assert t["checkpoint"].startswith(str(tmp_path / "bucket")) or t["checkpoint"].startswith("file://")
+
+
+@pytest.mark.e2e
+def test_ray_job_submit_runs_on_the_cluster(job_run):
+    submit = job_run.submit
+    out = submit.stdout + submit.stderr
+    assert submit.returncode == 0, out[-5000:]
+    assert "succeeded" in out.lower()
+    assert f"joined the Ray cluster" in out  # not a second, local Ray
+    assert "trial" in out.lower()  # progress is in the job's logs
+    report = json.loads(ftray("report", str(job_run.tmp_path / "bucket" / "runs" / "job"), "--json").stdout)
+    assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])

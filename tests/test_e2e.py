@@ -1,12 +1,14 @@
 """End to end, with real components: `ftray run` on a local Ray cluster (3 trials x 2 Train workers,
 DDP over gloo), OptunaSearch, W&B offline; then the run folder read back three ways: `ftray report`,
 Ray Tune's own ExperimentAnalysis, and wandb's own reader of the offline run files.
+
+That sweep (a TextTask over CSV files of SyntheticTask's rows, objective slot_f1) is run once per
+session by tests/conftest.py and shared with tests/test_report_e2e.py.
 """
 
 import glob
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,37 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env
+
 pytestmark = pytest.mark.e2e
-
-# Planted secrets: a sweep must never write them anywhere.
-FAKE_WANDB_KEY = "wandbkey" + "0123456789abcdef" * 2
-FAKE_HF_TOKEN = "hf_" + "PlantedTokenNeverWritten42"
-
-SWEEP = """
-from ray import tune
-from ftray import Sweep, SyntheticTask, WandB
-
-sweep = Sweep(
-    name="e2e",
-    task=SyntheticTask(n_train=600, n_valid=40, n_test=40, seed=1),
-    models=["tiny-xs", "tiny-s"],
-    space={
-        "lora_rank": tune.choice([2, 8]),
-        "data_fraction": tune.choice([0.5, 1.0]),
-        "lr": tune.loguniform(3e-3, 1e-2),
-    },
-    objective="slot_f1",
-    num_trials=3,
-    workers=2,
-    steps=24,
-    eval_every=12,
-    eval_samples=16,
-    max_new_tokens=40,
-    batch_size=8,
-    max_length=96,
-    wandb=WandB(project="ftray-e2e", mode="offline"),
-)
-"""
 
 
 def ftray(*args, env=None, timeout=900):
@@ -52,22 +26,11 @@ def ftray(*args, env=None, timeout=900):
                           timeout=timeout)
 
 
-def clean_env(tmp: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "RAY_ADDRESS"))}
-    env.update(WANDB_API_KEY=FAKE_WANDB_KEY, HF_TOKEN=FAKE_HF_TOKEN, HOME=str(tmp / "home"), WANDB_DIR=str(tmp / "wandb-dir"))
-    return env
-
-
 @pytest.fixture(scope="module")
-def sweep_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    (tmp / "home").mkdir()
-    sweep_file = tmp / "e2e_sweep.py"
-    sweep_file.write_text(textwrap.dedent(SWEEP))
-    proc = ftray("run", str(sweep_file), "--storage", str(tmp / "runs"), env=clean_env(tmp))
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    return tmp / "runs" / "e2e", log, tmp
+def sweep_run(shared_sweep):
+    """The session's shared sweep (conftest.SHARED_SWEEP: 3 trials over 2 models, Optuna, W&B offline,
+    planted secrets in its environment), also read by tests/test_report_e2e.py."""
+    return shared_sweep.run_dir, shared_sweep.log, shared_sweep.tmp
 
 
 def report_json(run_dir):
@@ -76,11 +39,11 @@ def report_json(run_dir):
     return json.loads(proc.stdout)
 
 
-def test_all_trials_finish_and_report_agrees_with_tune(sweep_run):
+def test_all_trials_finish_and_report_agrees_with_tune(sweep_run, shared_report):
     from ray.tune import ExperimentAnalysis
 
     run_dir, log, _ = sweep_run
-    report = report_json(run_dir)
+    report = shared_report  # `ftray report RUN --json`, run once
     assert report["objective"] == {"metric": "slot_f1", "mode": "max"}
     assert len(report["trials"]) == 3
     analysis = ExperimentAnalysis(str(run_dir))
@@ -106,9 +69,9 @@ def test_all_trials_finish_and_report_agrees_with_tune(sweep_run):
         assert (t["id"] in report["frontier"]) == (not dominated)
 
 
-def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run):
+def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run, shared_report):
     run_dir, log, _ = sweep_run
-    report = report_json(run_dir)
+    report = shared_report  # `ftray report RUN --json`, run once
     for t in report["trials"]:
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
         losses = [h["train_loss"] for h in history]
@@ -117,9 +80,9 @@ def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run):
         assert history[-1]["world_size"] == 2
 
 
-def test_frontier_checkpoints_are_adapter_only_safetensors_and_the_rest_pruned(sweep_run):
+def test_frontier_checkpoints_are_adapter_only_safetensors_and_the_rest_pruned(sweep_run, shared_report):
     run_dir, _, _ = sweep_run
-    report = report_json(run_dir)
+    report = shared_report  # `ftray report RUN --json`, run once
     assert report["frontier"]
     for t in report["trials"]:
         if t["id"] in report["frontier"]:
@@ -139,10 +102,10 @@ def _wandb_records(run_file: str) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip().startswith("{")]
 
 
-def test_wandb_offline_runs_hold_config_and_history(sweep_run):
+def test_wandb_offline_runs_hold_config_and_history(sweep_run, shared_report):
     run_dir, log, _ = sweep_run
     assert "offline" in log  # said once, at the start
-    report = report_json(run_dir)
+    report = shared_report  # `ftray report RUN --json`, run once
     files = glob.glob(str(run_dir / "*" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(files) == 3, files  # one run per trial, not one per worker
     by_trial = {}

@@ -5,27 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "sweeps" / "data"
-
-SWEEP = f"""
-from ray import tune
-from ftray import Sweep, TextTask, WandB
-
-sweep = Sweep(name="tickets-e2e",
-              task=TextTask(train={str(DATA / 'tickets_train.csv')!r}, valid={str(DATA / 'tickets_valid.csv')!r},
-                            prompt="Ticket: {{text}}\\nTeam:", completion=" {{team}}"),
-              models=["tiny-xs", "tiny-s"], space={{"lora_rank": tune.choice([2, 8])}}, objective="exact_match",
-              num_trials=3, workers=2, steps=30, eval_every=15, eval_samples=16, max_new_tokens=6, batch_size=16,
-              max_length=64, wandb=WandB(project="ftray-e2e", mode="offline"))
-"""
 
 
 def ftray(*args, timeout=900):
@@ -34,13 +19,12 @@ def ftray(*args, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tickets")
-    (tmp / "s.py").write_text(textwrap.dedent(SWEEP))
-    proc = ftray("run", str(tmp / "s.py"), "--storage", str(tmp / "runs"))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    assert "What the sweep says" in proc.stdout  # the report runs at the end of `ftray run`
-    return tmp / "runs" / "tickets-e2e"
+def run_dir(shared_sweep):
+    """The session's shared sweep (conftest.SHARED_SWEEP: a TextTask over CSV files, 3 trials over 2 models,
+    W&B offline), also read by tests/test_e2e.py. The tests here only read the run folder or rewrite its
+    report files as `ftray run` wrote them; `eval` and `compare` write elsewhere."""
+    assert "What the sweep says" in shared_sweep.stdout  # the report runs at the end of `ftray run`
+    return shared_sweep.run_dir
 
 
 def test_report_files_and_pngs(run_dir):
@@ -59,21 +43,21 @@ def test_report_files_and_pngs(run_dir):
     assert json.loads((run_dir / "report.json").read_text())["frontier"] == report["frontier"]
 
 
-def test_only_frontier_checkpoints_are_kept(run_dir):
-    report = json.loads(ftray("report", str(run_dir), "--json").stdout)
+def test_only_frontier_checkpoints_are_kept(run_dir, shared_report):
+    report = shared_report  # `ftray report RUN --json`, run once
     for t in report["trials"]:
         kept = (run_dir / "checkpoints" / t["id"]).exists()
         assert kept == (t["id"] in report["frontier"]), t["id"]
 
 
-def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, tmp_path):
+def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, shared_report, tmp_path):
     new_rows = tmp_path / "new.csv"
-    lines = (DATA / "tickets_valid.csv").read_text().splitlines()
+    lines = Path(shared_sweep.data["test"]).read_text().splitlines()  # rows the sweep never trained or validated on
     new_rows.write_text("\n".join(lines[:21]) + "\n")
     proc = ftray("eval", str(run_dir), "--data", str(new_rows), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    report = json.loads(ftray("report", str(run_dir), "--json").stdout)
+    report = shared_report  # `ftray report RUN --json`, run once
     assert result["rows"] == 20
     assert {t["id"] for t in result["trials"]} == set(report["frontier"])
     for t in result["trials"]:
@@ -91,7 +75,7 @@ def test_compare_two_runs(run_dir, tmp_path):
 
 
 def test_wandb_summary_run_holds_the_frontier_table(run_dir):
-    summary = list((run_dir / "wandb").glob("offline-run-*-tickets-e2e-summary/run-*.wandb"))
+    summary = list((run_dir / "wandb").glob("offline-run-*-e2e-summary/run-*.wandb"))
     assert len(summary) == 1, list((run_dir / "wandb").glob("*"))
     wandb_cli = Path(sys.executable).with_name("wandb")
     proc = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(summary[0])], capture_output=True,
