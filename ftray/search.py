@@ -75,6 +75,13 @@ def plan_resources(sweep: Sweep, cluster: Mapping[str, float]) -> Resources:
     return Resources(cpw, concurrent, dict(cluster))
 
 
+def _trial_shapes(sweep: Sweep, resources: Resources) -> str:
+    """"2 Train workers x 1 CPU", or one such per distinct shape when model rungs override it."""
+    shapes = sorted({(sweep.workers_for(m), sweep.gpus_for(m)) for m in _models_in_space(sweep)})
+    return " or ".join(f"{w} Train worker{'s' * (w > 1)} x {resources.cpus_per_worker:g} CPU" + (f" x {g:g} GPU" if g else "")
+                       for w, g in shapes)
+
+
 def local_resources() -> dict[str, float]:
     gpus = 0
     try:
@@ -378,9 +385,8 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
         raise
     print(
         f"ftray: {'resuming' if resume else 'starting'} sweep {sweep.name!r} in {run_dir}: {sweep.num_trials} trials, "
-        f"{resources.max_concurrent_trials} at a time; each trial {sweep.workers} Train workers x "
-        f"{resources.cpus_per_worker:g} CPU" + (f" x {sweep.gpus_per_worker:g} GPU" if sweep.gpus_per_worker else "")
-        + f"; cluster {_fmt_resources(resources.cluster)}",
+        f"{resources.max_concurrent_trials} at a time; each trial {_trial_shapes(sweep, resources)}"
+        f"; cluster {_fmt_resources(resources.cluster)}",
         flush=True,
     )
     record = previous or {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ def _train(config: dict) -> None:
 
     step = 0
     base_metrics: dict = {}
+    tokens_total = 0.0  # all workers, prompt and completion, no padding, since the trial began
+    train_time = 0.0  # seconds in the training loop since the trial began (evaluation left out)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group goes on from the latest checkpoint
         with checkpoint.as_directory() as d:
@@ -136,6 +139,8 @@ def _train(config: dict) -> None:
             scheduler.load_state_dict(state["scheduler"])
             step = state["step"]
             base_metrics = state.get("base_metrics", {})
+            tokens_total = state.get("tokens", 0.0)
+            train_time = state.get("train_s", 0.0)
     restarts = int(config.get("restarts", 0))
 
     def batch_stream():
@@ -155,16 +160,20 @@ def _train(config: dict) -> None:
         base = evaluate(model, tokenizer, spec.task, valid_examples, valid_data, spec, device, rank, world, autocast)
         base_metrics = {f"base_{k}": v for k, v in base.items()}
         eval_s += time.time() - t_eval
-    loss_sum = torch.zeros(2, dtype=torch.float64)  # sum of token losses, tokens (since the last report)
-    tokens_seen = 0
+    # Sum of token losses and loss tokens since the last report, kept on the device: adding to it
+    # needs no wait for the accelerator.
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+    tokens_seen = 0  # this worker's, since the last report
+    step_times: list[float] = []  # wall seconds of each optimizer step since the last report
     t_train = time.time()
-    train_time = 0.0
 
     def report(nan_now: bool) -> bool:
         """Evaluate, save an adapter checkpoint (rank 0) and report; True when training must stop."""
-        nonlocal eval_s, tokens_seen, t_train, train_time
-        train_time += time.time() - t_train
-        totals = _all_reduce(torch.cat([loss_sum, torch.tensor([tokens_seen], dtype=torch.float64)]), world)
+        nonlocal eval_s, tokens_seen, t_train, train_time, tokens_total, step_times
+        interval_s = time.time() - t_train
+        train_time += interval_s
+        totals = _all_reduce(torch.cat([loss_sum.cpu(), torch.tensor([tokens_seen], dtype=torch.float64)]), world)
+        tokens_total += totals[2].item()
         train_loss = totals[0].item() / totals[1].item() if totals[1].item() > 0 else None
         diverged = nan_now or (train_loss is not None and not math.isfinite(train_loss))
         metrics = {
@@ -172,9 +181,10 @@ def _train(config: dict) -> None:
             "total_steps": total_steps,
             **({"train_loss": train_loss} if train_loss is not None else {}),
             "lr": scheduler.get_last_lr()[0],
-            "tokens": totals[2].item(),  # all workers, prompt and completion, no padding
-            "train_tokens_per_s": totals[2].item() / max(train_time, 1e-9),
+            "tokens": tokens_total,  # all workers, prompt and completion, no padding, since the start
+            "train_tokens_per_s": totals[2].item() / max(interval_s, 1e-9),  # since the last report
             "train_s": train_time,
+            **({"step_s": statistics.median(step_times)} if step_times else {}),  # median, since the last report
             "setup_s": setup_s,
             "worker_start_s": worker_start_s,
             "params": total_params,
@@ -185,6 +195,8 @@ def _train(config: dict) -> None:
             "diverged": int(diverged),
             **base_metrics,
         }
+        if on_gpu:  # rank 0's peak, weights, activations and optimizer state together
+            metrics["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if not diverged:
             t_eval = time.time()
             metrics.update(evaluate(model, tokenizer, spec.task, valid_examples, valid_data, spec, device, rank, world, autocast))
@@ -195,7 +207,7 @@ def _train(config: dict) -> None:
             ckpt_dir = tempfile.mkdtemp(prefix="ftray-ckpt-")
             model.save_pretrained(ckpt_dir)  # adapter (and trained embeddings) only, safetensors
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                        "base_metrics": base_metrics},
+                        "base_metrics": base_metrics, "tokens": tokens_total, "train_s": train_time},
                        os.path.join(ckpt_dir, TRAINER_STATE))
             ckpt = ray.train.Checkpoint.from_directory(ckpt_dir)
         ray.train.report(metrics, checkpoint=ckpt)
@@ -203,6 +215,7 @@ def _train(config: dict) -> None:
             return True  # a NaN loss cannot recover: stop at once, the report marks the trial diverged
         loss_sum.zero_()
         tokens_seen = 0
+        step_times = []
         t_train = time.time()
         model.train()
         return False
@@ -211,25 +224,30 @@ def _train(config: dict) -> None:
     # ---- the loop ----
     model.train()
     while step < total_steps:
+        t_step = time.perf_counter()
         for micro in range(spec.grad_accum):
-            batch = {k: v.to(device) for k, v in next(stream).items()}
-            n_tokens = int((batch["labels"][:, 1:] != -100).sum())
+            cpu_batch = next(stream)
+            n_tokens = int((cpu_batch["labels"][:, 1:] != -100).sum())  # counted on the host: no wait
+            tokens_seen += int(cpu_batch["attention_mask"].sum())
+            batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
             sync = micro == spec.grad_accum - 1 or world == 1
             with (contextlib.nullcontext() if sync else ddp.no_sync()), autocast:
                 loss = ddp(**batch).loss
                 if spec.extra.get("nan_at_step") == step + 1:
                     loss = loss * float("nan")
                 (loss / spec.grad_accum).backward()
-            loss_sum += torch.tensor([loss.item() * n_tokens, n_tokens], dtype=torch.float64)
-            tokens_seen += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            loss_sum[0] += loss.detach().double() * n_tokens
+            loss_sum[1] += n_tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        # Every worker must agree to stop: a NaN on one rank alone would leave the others waiting.
-        bad = _all_reduce(torch.tensor([float(not math.isfinite(loss.item()))], dtype=torch.float64), world)
-        nan_now = bad.item() > 0
+        # Every worker must agree to stop, or the others would wait for it forever. The norm is of the
+        # gradients DDP has already averaged, so it is the same on every worker, and a NaN loss on any
+        # worker (in any micro-batch) makes it NaN: no collective of its own, one wait per step.
+        nan_now = not math.isfinite(grad_norm.item())
+        step_times.append(time.perf_counter() - t_step)
 
         if step % spec.eval_every == 0 or step == total_steps or nan_now:
             if report(nan_now):

@@ -78,6 +78,13 @@ def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run, shared_report
         assert losses[-1] < losses[0], losses
         # tokens are summed over both workers: each worker sees its own shard of batches
         assert history[-1]["world_size"] == 2
+        # Two reports (steps 12 and 24): tokens and train_s count from the trial's start (the frontier's
+        # token cost reads the last report), step_s is the median step since the previous report.
+        assert [h["step"] for h in history] == [12, 24]
+        assert history[1]["tokens"] > 1.5 * history[0]["tokens"] > 0
+        assert history[1]["train_s"] > history[0]["train_s"] > 0
+        for h in history:
+            assert 0 < h["step_s"] * 12 <= h["train_s"]
 
 
 def test_frontier_checkpoints_are_adapter_only_safetensors_and_the_rest_pruned(sweep_run, shared_report):
