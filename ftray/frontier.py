@@ -274,8 +274,9 @@ def iteration_time(trials: Sequence[Mapping]) -> dict:
     for model in sorted({t["model"] for t in timed}, key=lambda m: min(t["params"] for t in timed if t["model"] == m)):
         walls = sorted(t["wall_s"] for t in timed if t["model"] == model)
         acc = sorted(_cost(t, "accelerator_s") for t in timed if t["model"] == model)
+        steps = [t["step_s"] for t in timed if t["model"] == model and t.get("step_s") is not None]
         per_model[model] = {"n": len(walls), "median_s": _median(walls), "min_s": walls[0], "max_s": walls[-1],
-                            "median_accelerator_s": _median(acc)}
+                            "median_accelerator_s": _median(acc), "median_step_s": _median(steps) if steps else None}
     total_wall = sum(t["wall_s"] for t in timed)
     total_acc = sum(_cost(t, "accelerator_s") for t in timed)
     return {"per_model": per_model, "total_trial_s": total_wall, "total_accelerator_s": total_acc, "n_trials": len(timed)}
@@ -330,7 +331,8 @@ def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | N
             verdicts.append(target_part["text"])
         verdicts += [line for m in effects.values() for line in m["lines"]]
     if timing["n_trials"]:
-        per = "; ".join(f"{m} {v['median_s']:.0f}s" for m, v in timing["per_model"].items())
+        per = "; ".join(f"{m} {v['median_s']:.0f}s" + (f" ({v['median_step_s']:.2g}s a step)" if v["median_step_s"] else "")
+                        for m, v in timing["per_model"].items())
         verdicts.append(f"median wall time per trial: {per}; the sweep used {timing['total_accelerator_s'] / 3600:.2f} "
                         f"accelerator-hours over {timing['n_trials']} trials")
     return {

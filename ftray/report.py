@@ -90,6 +90,8 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
         "first_train_loss": _finite(history[0].get("train_loss")) if history else None,
         "tokens": last.get("tokens"),
         "train_tokens_per_s": _finite(last.get("train_tokens_per_s")),
+        "step_s": _finite(last.get("step_s")),  # median seconds per optimizer step, last interval
+        "peak_gpu_mem_gib": _finite(last.get("peak_gpu_mem_gib")),
         # Restarts of the trial's workers after a lost worker (Tune's own failure count also counts
         # the final error of a trial that was never retried).
         "restarts": int(last.get("restarts", 0)),
@@ -104,6 +106,7 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
 
 # Keys every report carries that are not task metrics.
 _BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s", "worker_start_s",
+                "step_s", "peak_gpu_mem_gib",
                 "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss", "eval_s",
                 "world_size", "did_not_fit"}
 

@@ -109,8 +109,10 @@ def test_setting_effects_rank_what_matters():
 def test_iteration_time_and_cost_front():
     trials = [trial("a", "s", 10, 0.5, wall=10, acc=2), trial("b", "s", 10, 0.6, wall=30, acc=2),
               trial("c", "m", 50, 0.7, wall=100, acc=4), trial("d", "m", 50, None, status="ERROR", reason="error", wall=5)]
+    trials[0]["step_s"], trials[1]["step_s"] = 0.1, 0.3  # the m trials never reported a step time
     it = iteration_time(trials)
     assert it["per_model"]["s"]["median_s"] == 20 and it["per_model"]["m"]["median_s"] == 52.5
+    assert it["per_model"]["s"]["median_step_s"] == pytest.approx(0.2) and it["per_model"]["m"]["median_step_s"] is None
     assert it["total_accelerator_s"] == 10 * 2 + 30 * 2 + 100 * 4 + 5 * 2
     assert cost_front(trials, "max") == ["a", "b", "c"]  # 20, 60, 400 accelerator-seconds, each better
     assert cost_front(trials, "max", "tokens") == ["c"]  # same tokens: only the best remains
