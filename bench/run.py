@@ -257,10 +257,14 @@ def replay(curves: list[dict], keys: list[str], seed: int, strategy: str, max_tr
     return spent
 
 
+PARTS = ("overhead", "throughput", "search")
+
+
 # ---- main -----------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small K and few steps (CI)")
+    ap.add_argument("--only", default=None, help=f"some of {','.join(PARTS)} (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON files go")
     args = ap.parse_args()
     quick = args.quick
@@ -273,77 +277,83 @@ def main() -> None:
     results: dict = {"date": str(date.today()), "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}",
                      "quick": quick}
     tmp = Path(tempfile.mkdtemp(prefix="ftray-bench-"))
-
-    # A B A B: ftray sweep of K trials, then the same K trials as bare DDP loops, at the same concurrency
-    # (one trial at a time: on this machine a 2-worker trial fills the cores).
-    sweeps, bares = [], []
-    for _ in range(reps):
-        sweeps.append(ftray_sweep(cfg, k, world, tmp))
-        t = time.time()
-        trials = [bare_trial(cfg, world) for _ in range(k)]
-        bares.append({"wall_s": time.time() - t, "trials": trials})
-    sweep_wall = statistics.median(s["wall_s"] for s in sweeps)
-    bare_wall = statistics.median(b["wall_s"] for b in bares)
-    results["overhead_ratio"] = sweep_wall / bare_wall
-
-    mid = sorted(sweeps, key=lambda s: s["wall_s"])[len(sweeps) // 2]
-    tr = mid["trials"]
-    train = sum(t["train_s"] for t in tr)
-    evals = sum(t.get("eval_s", 0.0) for t in tr)
-    setup = sum(t["setup_s"] for t in tr)
-    in_trial = sum(t["time_total_s"] for t in tr)
-    results["per_trial_overhead_s"] = (mid["wall_s"] - train) / k
-    started = sum(t["worker_start_s"] for t in tr)
-    results["per_trial_overhead_split_s"] = {
-        # Ray's start, Tune's scheduling between trials, the report and W&B summary at the end
-        "ray_start_tune_and_report": (mid["wall_s"] - in_trial) / k,
-        # Train controller and worker processes starting, their imports, the process group
-        "worker_group_start": started / k,
-        "model_and_data_setup": setup / k,
-        "evaluation": evals / k,
-        # adapter checkpoints written and reported, Train shutting the workers down
-        "checkpoints_and_shutdown": (in_trial - started - setup - train - evals) / k,
-    }
-    ftray_step = statistics.median(t["train_s"] / t["step"] for s in sweeps for t in s["trials"])
-    bare_step = statistics.median(t["train_s"] / cfg["steps"] for b in bares for t in b["trials"])
-    results["step_ratio_vs_bare"] = ftray_step / bare_step
-
-    # ftray's loop (one process, no evaluation) against Hugging Face Trainer, A B A B.
-    single = dict(cfg, eval_every=10**9, generate=False, steps=30 if quick else 200)
-    ours, theirs = [], []
-    for _ in range(reps):
-        r = bare_trial(single, world=1)
-        ours.append(r["tokens"] / r["train_s"])
-        theirs.append(hf_trainer_tokens_per_s(single))
-    results["tokens_per_s_ratio_vs_hf_trainer"] = statistics.median(ours) / statistics.median(theirs)
-
-    task = SyntheticTask(n_train=cfg["n_train"], seed=0)
-    tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
-    data = tokenize_examples(task.examples("train"), tok, cfg["max_length"])
-    epoch = batches(data, cfg["batch_size"], 0, 0, 0, world)
-    results["padding_efficiency"] = padding_efficiency([[data[i] for i in b] for b in epoch])
-
-    # Search: the full grid's learning curves, run once, then replayed under each strategy.
-    # --quick (CI) checks that the replay runs on a 12-config grid; the figure to quote comes from the full 24.
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = args.only.split(",") if args.only else PARTS
+    if not set(parts) <= set(PARTS):
+        ap.error(f"--only takes some of {','.join(PARTS)}, got {args.only!r}")
     grid_models = ["tiny-xs", "tiny-s", "tiny-m"]
     grid = [{"model": m, "rank": r, "lr": lr, "data_fraction": f}
             for m in grid_models for r in (4, 16) for lr in (2e-3, 1e-2) for f in ((1.0,) if quick else (0.25, 1.0))]
-    base = dict(cfg, steps=40 if quick else 120, eval_every=10 if quick else 30, generate=False)
-    curves = grid_curves(grid, base)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"grid_curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves))
-    keys = ["model", "rank", "lr", "data_fraction"]
-    grid_compute = sum(c["curve"][-1][0] for c in curves)
-    seeds = range(5)
-    tpe = [replay(curves, keys, s, "optuna", 4 * len(grid)) / grid_compute for s in seeds]
-    tpe_asha = [replay(curves, keys, s, "optuna+asha", 4 * len(grid)) / grid_compute for s in seeds]
-    tpe_asha_pm = [replay(curves, keys, s, "optuna+asha-per-model", 4 * len(grid)) / grid_compute for s in seeds]
-    rnd = [replay(curves, keys, s, "random", 4 * len(grid)) / grid_compute for s in seeds]
-    results["search_compute_ratio"] = statistics.median(tpe)
-    results["search_compute_ratio_with_asha"] = statistics.median(tpe_asha)
-    results["search_compute_ratio_with_asha_per_model"] = statistics.median(tpe_asha_pm)
-    results["search_compute_ratio_random"] = statistics.median(rnd)
-    results["search_compute_ratio_per_seed"] = tpe
+
+    if "overhead" in parts:
+        # A B A B: ftray sweep of K trials, then the same K trials as bare DDP loops, at the same concurrency
+        # (one trial at a time: on this machine a 2-worker trial fills the cores).
+        sweeps, bares = [], []
+        for _ in range(reps):
+            sweeps.append(ftray_sweep(cfg, k, world, tmp))
+            t = time.time()
+            trials = [bare_trial(cfg, world) for _ in range(k)]
+            bares.append({"wall_s": time.time() - t, "trials": trials})
+        sweep_wall = statistics.median(s["wall_s"] for s in sweeps)
+        bare_wall = statistics.median(b["wall_s"] for b in bares)
+        results["overhead_ratio"] = sweep_wall / bare_wall
+
+        mid = sorted(sweeps, key=lambda s: s["wall_s"])[len(sweeps) // 2]
+        tr = mid["trials"]
+        train = sum(t["train_s"] for t in tr)
+        evals = sum(t.get("eval_s", 0.0) for t in tr)
+        setup = sum(t["setup_s"] for t in tr)
+        in_trial = sum(t["time_total_s"] for t in tr)
+        results["per_trial_overhead_s"] = (mid["wall_s"] - train) / k
+        started = sum(t["worker_start_s"] for t in tr)
+        results["per_trial_overhead_split_s"] = {
+            # Ray's start, Tune's scheduling between trials, the report and W&B summary at the end
+            "ray_start_tune_and_report": (mid["wall_s"] - in_trial) / k,
+            # Train controller and worker processes starting, their imports, the process group
+            "worker_group_start": started / k,
+            "model_and_data_setup": setup / k,
+            "evaluation": evals / k,
+            # adapter checkpoints written and reported, Train shutting the workers down
+            "checkpoints_and_shutdown": (in_trial - started - setup - train - evals) / k,
+        }
+        ftray_step = statistics.median(t["train_s"] / t["step"] for s in sweeps for t in s["trials"])
+        bare_step = statistics.median(t["train_s"] / cfg["steps"] for b in bares for t in b["trials"])
+        results["step_ratio_vs_bare"] = ftray_step / bare_step
+
+    if "throughput" in parts:
+        # ftray's loop (one process, no evaluation) against Hugging Face Trainer, A B A B.
+        single = dict(cfg, eval_every=10**9, generate=False, steps=30 if quick else 200)
+        ours, theirs = [], []
+        for _ in range(reps):
+            r = bare_trial(single, world=1)
+            ours.append(r["tokens"] / r["train_s"])
+            theirs.append(hf_trainer_tokens_per_s(single))
+        results["tokens_per_s_ratio_vs_hf_trainer"] = statistics.median(ours) / statistics.median(theirs)
+
+        task = SyntheticTask(n_train=cfg["n_train"], seed=0)
+        tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
+        data = tokenize_examples(task.examples("train"), tok, cfg["max_length"])
+        epoch = batches(data, cfg["batch_size"], 0, 0, 0, world)
+        results["padding_efficiency"] = padding_efficiency([[data[i] for i in b] for b in epoch])
+
+    if "search" in parts:
+        # Search: the full grid's learning curves, run once, then replayed under each strategy.
+        # --quick (CI) checks that the replay runs on a 12-config grid; the figure to quote comes from the full 24.
+        base = dict(cfg, steps=40 if quick else 120, eval_every=10 if quick else 30, generate=False)
+        curves = grid_curves(grid, base)
+        (args.out / f"grid_curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves))
+        keys = ["model", "rank", "lr", "data_fraction"]
+        grid_compute = sum(c["curve"][-1][0] for c in curves)
+        seeds = range(5)
+        tpe = [replay(curves, keys, s, "optuna", 4 * len(grid)) / grid_compute for s in seeds]
+        tpe_asha = [replay(curves, keys, s, "optuna+asha", 4 * len(grid)) / grid_compute for s in seeds]
+        tpe_asha_pm = [replay(curves, keys, s, "optuna+asha-per-model", 4 * len(grid)) / grid_compute for s in seeds]
+        rnd = [replay(curves, keys, s, "random", 4 * len(grid)) / grid_compute for s in seeds]
+        results["search_compute_ratio"] = statistics.median(tpe)
+        results["search_compute_ratio_with_asha"] = statistics.median(tpe_asha)
+        results["search_compute_ratio_with_asha_per_model"] = statistics.median(tpe_asha_pm)
+        results["search_compute_ratio_random"] = statistics.median(rnd)
+        results["search_compute_ratio_per_seed"] = tpe
 
     methods = {
         "overhead_ratio": f"wall of `ftray run` ({k} trials x {world} Train workers, Tune+Optuna, W&B offline, Ray start "
@@ -361,21 +371,21 @@ def main() -> None:
     }
     results["methods"] = methods
     print(f"\nftray benchmarks ({results['machine']}, {results['date']}{', quick' if quick else ''})")
-    for key in ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
-                "padding_efficiency", "search_compute_ratio"):
-        print(f"  {key:34} {results[key]:8.3f}   {methods[key]}")
-    print(f"  {'search_compute_ratio_with_asha':34} {results['search_compute_ratio_with_asha']:8.3f}   the same with ASHA "
-          "(rungs shared by all models, best third goes on)")
-    print(f"  {'search_compute_ratio_with_asha_per_model':34} {results['search_compute_ratio_with_asha_per_model']:8.3f}   "
-          "the same with ftray's ASHA (rungs per model size)")
-    print(f"  {'search_compute_ratio_random':34} {results['search_compute_ratio_random']:8.3f}   the same, random search without ASHA")
-    split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
-    print(f"  per-trial overhead split: {split}")
-    out = args.out / f"{results['date']}{'-quick' if quick else ''}.json"
+    extra = {"search_compute_ratio_with_asha": "the same with ASHA (rungs shared by all models, best third goes on)",
+             "search_compute_ratio_with_asha_per_model": "the same with ftray's ASHA (rungs per model size)",
+             "search_compute_ratio_random": "the same, random search without ASHA"}
+    for key, method in {**methods, **extra}.items():
+        if key in results:
+            print(f"  {key:34} {results[key]:8.3f}   {method}")
+    if "per_trial_overhead_split_s" in results:
+        split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
+        print(f"  per-trial overhead split: {split}")
+    only = "" if parts == PARTS else "-only-" + "-".join(parts)
+    out = args.out / f"{results['date']}{'-quick' if quick else ''}{only}.json"
     out.write_text(json.dumps(results, indent=2))
     keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
                 "padding_efficiency", "search_compute_ratio")
-    print(json.dumps({k: results[k] for k in keys_out}))
+    print(json.dumps({k: results[k] for k in keys_out if k in results}))
 
 
 if __name__ == "__main__":

@@ -27,3 +27,10 @@ def test_bench_quick_reports_every_key(tmp_path):
     assert {k: saved[k] for k in KEYS} == last
     for key in KEYS:  # the method of each figure is printed beside it
         assert any(line.strip().startswith(key) for line in proc.stdout.splitlines()), key
+
+
+def test_only_names_a_part_or_exits_with_the_parts_listed(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "overhead,speed", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "overhead,throughput,search" in proc.stderr and "'overhead,speed'" in proc.stderr
