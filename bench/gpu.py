@@ -217,6 +217,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = args.sizes.split(",")
+    if unknown := [x for x in sizes if x not in SHAPES]:
+        ap.error(f"--sizes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    if device.type == "cpu" and sizes != ["tiny"]:
+        ap.error("no GPU here: this benchmark measures on a GPU; `--sizes tiny` checks the script on a CPU")
     task = ViggoTask(path=args.data) if args.data else SyntheticTask(n_train=4000, n_valid=64, n_test=8)
     train = task.examples("train")
     tok = build_tokenizer(t for e in train for t in (e.prompt, e.completion))
@@ -230,7 +235,7 @@ def main() -> None:
                                       dtype="bf16 base, fp32 adapters, autocast bf16" if device.type == "cuda" else "fp32"),
                      "sizes": {}}
     tmp = Path(tempfile.mkdtemp(prefix="ftray-gpu-"))
-    for size in args.sizes.split(","):
+    for size in sizes:
         folder = tmp / f"qwen2.5-{size}-shaped"
         shape = make_model(folder, SHAPES[size], tok, device)
         flops_per_token = 4 * shape["n_linear"] + 12 * shape["layers"] * shape["d_model"] * mean_len
