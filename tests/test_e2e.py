@@ -83,8 +83,9 @@ def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run, shared_report
         assert [h["step"] for h in history] == [12, 24]
         assert history[1]["tokens"] > 1.5 * history[0]["tokens"] > 0
         assert history[1]["train_s"] > history[0]["train_s"] > 0
-        for h in history:
-            assert 0 < h["step_s"] * 12 <= h["train_s"]
+        intervals = [history[0]["train_s"], history[1]["train_s"] - history[0]["train_s"]]
+        for h, interval_s in zip(history, intervals):
+            assert 0 < h["step_s"] <= interval_s  # a median step fits in the steps' own time
 
 
 def test_frontier_checkpoints_are_adapter_only_safetensors_and_the_rest_pruned(sweep_run, shared_report):
