@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftray.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
+from ftray.data import batches, collate, select, tokenize_examples  # noqa: E402
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_tokenizer  # noqa: E402
 from ftray.tasks import SyntheticTask, ViggoTask  # noqa: E402
 from ftray.train import lr_lambda  # noqa: E402
@@ -57,6 +57,13 @@ sweep = Sweep(name="gpu", task={task}, models=[ModelSpec({folder!r}, workers=1, 
               eval_samples=8, max_new_tokens=8, eval_base=False, batch_size={batch}, max_length={max_length},
               warmup_ratio=0.05, wandb=WandB(mode="offline"))
 """
+
+
+def task_data(task, max_length: int):
+    """The tokenizer built on the task's training text, and its training rows tokenized."""
+    train = task.examples("train")
+    tok = build_tokenizer(t for e in train for t in (e.prompt, e.completion))
+    return tok, tokenize_examples(select(train, 1.0, 0), tok, max_length)
 
 
 def make_model(folder: Path, shape: dict, tok, device: torch.device) -> dict:
@@ -223,10 +230,8 @@ def main() -> None:
     if device.type == "cpu" and sizes != ["tiny"]:
         ap.error("no GPU here: this benchmark measures on a GPU; `--sizes tiny` checks the script on a CPU")
     task = ViggoTask(path=args.data) if args.data else SyntheticTask(n_train=4000, n_valid=64, n_test=8)
-    train = task.examples("train")
-    tok = build_tokenizer(t for e in train for t in (e.prompt, e.completion))
     cfg = dict(rank=16, lr=1e-4, steps=args.steps, batch=args.batch, max_length=256)
-    data = tokenize_examples(select(train, 1.0, 0), tok, cfg["max_length"])
+    tok, data = task_data(task, cfg["max_length"])
     mean_len = statistics.mean(len(d["input_ids"]) for d in data)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     results: dict = {"date": str(date.today()), "device": name, "torch": torch.__version__,

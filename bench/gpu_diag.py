@@ -16,17 +16,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.gpu as g  # noqa: E402
-from ftray.data import select, tokenize_examples  # noqa: E402
-from ftray.models import build_tokenizer  # noqa: E402
 from ftray.tasks import ViggoTask  # noqa: E402
 
 CFG = dict(rank=16, lr=1e-4, steps=40, batch=32, max_length=256)
 
 
 def setup(data_dir):
-    train = ViggoTask(path=data_dir).examples("train")
-    tok = build_tokenizer(t for e in train for t in (e.prompt, e.completion))
-    return tok, tokenize_examples(select(train, 1.0, 0), tok, CFG["max_length"])
+    return g.task_data(ViggoTask(path=data_dir), CFG["max_length"])
 
 
 def main():

@@ -15,8 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.gpu as g  # noqa: E402
-from ftray.data import select, tokenize_examples  # noqa: E402
-from ftray.models import LoraSettings, ModelSpec, build_tokenizer  # noqa: E402
+from ftray.models import LoraSettings, ModelSpec  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 from ftray.train import TrialSpec, _train  # noqa: E402
 
@@ -32,9 +31,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(1)  # as ftray's workers run
     task = SyntheticTask(n_train=2000, n_valid=8, n_test=8)
-    train = task.examples("train")
-    tok = build_tokenizer(t for e in train for t in (e.prompt, e.completion))
-    data = tokenize_examples(select(train, 1.0, 0), tok, 256)
+    tok, data = g.task_data(task, 256)
     folder = Path(tempfile.mkdtemp()) / "model"
     g.make_model(folder, dict(g.SHAPES["tiny"], num_hidden_layers=4), tok, device)
     cfg = dict(rank=16, lr=1e-4, steps=args.steps, batch=16, max_length=256)

@@ -83,12 +83,18 @@ def job_run(tmp_path_factory):
         capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
-        submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
-             "ftray", "run", "job_sweep.py", "--storage", uri],
-            # Ray 2.60's `ray start --head` turns on token auth when ~/.ray/auth_token exists, and the
-            # job CLI only sends the token when told to.
-            capture_output=True, text=True, env=dict(env, RAY_AUTH_MODE="token"), timeout=900)
+        # The job agent may come up after `ray start` returns (slowly, on a busy 2-core machine): until
+        # then the server answers "No available agent", and nothing has been submitted, so ask again.
+        for _ in range(24):
+            submit = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
+                 "ftray", "run", "job_sweep.py", "--storage", uri],
+                # Ray 2.60's `ray start --head` turns on token auth when ~/.ray/auth_token exists, and the
+                # job CLI only sends the token when told to.
+                capture_output=True, text=True, env=dict(env, RAY_AUTH_MODE="token"), timeout=900)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(5)
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
     return SimpleNamespace(submit=submit, uri=uri, tmp_path=tmp_path)
