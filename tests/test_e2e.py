@@ -242,3 +242,26 @@ def test_short_sweep_on_the_real_viggo_files(tmp_path):
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
         act = t["config"]["data_filter"]
         assert history[-1]["train_examples"] == len(nested_subset(acts.count(act), t["data_fraction"], 0))
+
+
+def test_a_local_ray_runs_its_workers_at_normal_priority(monkeypatch):
+    """Ray nices its workers by default; ftray's local Ray does not, so Ray's own daemons do not
+    preempt a Train worker and stall its DDP peers (bench/run.py's step ratio)."""
+    import os
+
+    import ray
+
+    from ftray.search import _init_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    _init_ray(None)
+    try:
+        @ray.remote(num_cpus=0)
+        class Worker:
+            def niceness(self):
+                return os.nice(0)
+
+        assert ray.get(Worker.remote().niceness.remote()) == os.nice(0)
+    finally:
+        ray.shutdown()
