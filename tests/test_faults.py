@@ -153,12 +153,13 @@ sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8), m
         else:
             assert t["status"] == "TERMINATED" and t["reason"] is None and t["objective"] is not None
 
-    # The same sweep with the scorer's bug switched on: errors with the traceback kept, not retried.
+    # The same sweep (two trials) with the scorer's bug switched on: errors with the traceback kept, not retried.
     env = dict(os.environ, FTRAY_TEST_BUGGY="1")
-    proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), "--name", "buggy", env=env)
+    buggy = sweep_file(tmp_path, f.read_text().replace("num_trials=3", "num_trials=2"), name="buggy.py")
+    proc = ftray("run", str(buggy), "--storage", str(tmp_path / "runs"), "--name", "buggy", env=env)
     out = proc.stdout + proc.stderr
     trials = report(tmp_path / "runs" / "buggy")["trials"]
-    assert all(t["status"] == "ERROR" for t in trials), out[-3000:]
+    assert len(trials) == 2 and all(t["status"] == "ERROR" for t in trials), out[-3000:]
     for t in trials:
         assert "ZeroDivisionError" in t["reason"] or "user bug" in t["reason"]
         assert (Path(t["trial_dir"]) / "error.txt").is_file()
