@@ -116,3 +116,13 @@ def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
     assert train_env(local=True) == {}
+
+
+def test_the_worker_loop_imports_without_ray_tune():
+    """Every Train worker of every trial imports ftray.train: Ray Tune (seconds of imports) stays out."""
+    import subprocess
+    import sys
+
+    code = "import sys, ftray.train, ftray; assert 'ray.tune' not in sys.modules; ftray.Sweep; assert 'ray.tune' in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
