@@ -8,13 +8,13 @@ bare step, on the same data, model (a small Qwen2-shaped model, built locally) a
 import argparse
 import sys
 import tempfile
-import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.gpu as g  # noqa: E402
+from bench.run import ray_train_stubbed  # noqa: E402
 from ftray.models import LoraSettings, ModelSpec  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 from ftray.train import TrialSpec, _train  # noqa: E402
@@ -25,8 +25,6 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
-    import ray.train
-    import ray.train.torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(1)  # as ftray's workers run
@@ -36,13 +34,7 @@ def main():
     g.make_model(folder, dict(g.SHAPES["tiny"], num_hidden_layers=4), tok, device)
     cfg = dict(rank=16, lr=1e-4, steps=args.steps, batch=16, max_length=256)
 
-    reports = []
-    ctx = types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1)
-    ray.train.get_context = lambda: ctx
-    ray.train.torch.get_device = lambda: device
-    ray.train.get_checkpoint = lambda: None
-    ray.train.report = lambda metrics, checkpoint=None: reports.append(metrics)
-    ray.train.Checkpoint.from_directory = staticmethod(lambda d: d)
+    reports: list[dict] = []
     spec = TrialSpec(task=task, model=ModelSpec(str(folder)), lora=LoraSettings(16, 32), lr=1e-4, steps=args.steps,
                      epochs=None, batch_size=16, grad_accum=1, max_length=256, weight_decay=0.0, warmup_ratio=0.05,
                      data_fraction=1.0, data_filters=None, seed=0, eval_every=args.steps // 2, eval_samples=8,
@@ -50,7 +42,8 @@ def main():
     for _ in range(args.reps):
         b = g.bare(folder, data, tok, cfg, device)
         reports.clear()
-        _train({"spec": spec})
+        with ray_train_stubbed(device, reports):
+            _train({"spec": spec})
         ours = ", ".join(f"{r['step_s'] * 1000:.1f}" for r in reports)
         print(f"bare loop {b['step_s'] * 1000:.1f} ms/step   ftray's loop, in process: {ours} ms/step (per report)")
 

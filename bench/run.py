@@ -8,6 +8,7 @@ Results go to bench/results/<date>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -158,15 +159,39 @@ def ftray_sweep(cfg: dict, k: int, world: int, tmp: Path) -> dict:
 
 
 # ---- ftray's own worker loop, in this process, against Hugging Face Trainer ---------------------------------
-def ftray_loop_tokens_per_s(cfg: dict) -> float:
-    """Non-padding tokens/s of ftray's worker loop (train._train, as a Train worker runs it) with Ray
-    Train's calls stubbed: rank 0 of 1 on this CPU, one report at the end (its evaluation and adapter
-    checkpoint are outside the timed loop, as in ftray's own train_s)."""
+@contextlib.contextmanager
+def ray_train_stubbed(device: torch.device, reports: list):
+    """Ray Train's calls as a lone rank-0 worker sees them, without Ray: each report's metrics go into
+    `reports`, its checkpoint folder is deleted. For running ftray's train._train in a plain process."""
     import shutil
 
     import ray.train
     import ray.train.torch
 
+    def report(metrics, checkpoint=None):
+        reports.append(metrics)
+        if checkpoint:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+    stubs = {(ray.train, "get_context"): lambda: types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1),
+             (ray.train.torch, "get_device"): lambda: device,
+             (ray.train, "get_checkpoint"): lambda: None,
+             (ray.train, "report"): report,
+             (ray.train.Checkpoint, "from_directory"): staticmethod(lambda d: d)}
+    saved = {key: getattr(*key) for key in stubs}
+    try:
+        for (owner, name), stub in stubs.items():
+            setattr(owner, name, stub)
+        yield
+    finally:
+        for (owner, name), value in saved.items():
+            setattr(owner, name, value)
+
+
+def ftray_loop_tokens_per_s(cfg: dict) -> float:
+    """Non-padding tokens/s of ftray's worker loop (train._train, as a Train worker runs it) with Ray
+    Train's calls stubbed: rank 0 of 1 on this CPU, one report at the end (its evaluation and adapter
+    checkpoint are outside the timed loop, as in ftray's own train_s)."""
     from ftray.models import tokenizer_to_json
     from ftray.train import TrialSpec, _train
 
@@ -178,27 +203,9 @@ def ftray_loop_tokens_per_s(cfg: dict) -> float:
                      data_filters=None, seed=0, eval_every=cfg["steps"], eval_samples=8, max_new_tokens=8,
                      objective="eval_loss", eval_base=False, tokenizer_json=tokenizer_to_json(tok), threads=1)
     reports: list[dict] = []
-
-    def report(metrics, checkpoint=None):
-        reports.append(metrics)
-        if checkpoint:
-            shutil.rmtree(checkpoint, ignore_errors=True)
-
-    stubs = {(ray.train, "get_context"): lambda: types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1),
-             (ray.train.torch, "get_device"): lambda: torch.device("cpu"),
-             (ray.train, "get_checkpoint"): lambda: None,
-             (ray.train, "report"): report,
-             (ray.train.Checkpoint, "from_directory"): staticmethod(lambda d: d)}
-    saved = {key: getattr(*key) for key in stubs}
-    try:
-        for (owner, name), stub in stubs.items():
-            setattr(owner, name, stub)
+    with ray_train_stubbed(torch.device("cpu"), reports):
         _train({"spec": spec})
-    finally:
-        for (owner, name), value in saved.items():
-            setattr(owner, name, value)
-    last = reports[-1]
-    return last["tokens"] / last["train_s"]
+    return reports[-1]["tokens"] / reports[-1]["train_s"]
 
 
 # ---- Hugging Face Trainer on the same model, data, batch and LoRA ----------------------------------------
