@@ -504,7 +504,8 @@ def _init_ray(address: str | None) -> None:
     # A local Ray runs its workers at the same priority as everything else (Ray's default is nice 15):
     # with the workers niced, every wake-up of Ray's own daemons (raylet, GCS, dashboard, log monitor,
     # the sweep's driver) preempts a Train worker, and its DDP peers wait for it at the next all-reduce.
-    # On 2 CPUs (2026-11-25) bench/run.py's step ratio against bare DDP went from 1.10-1.12 to 1.06.
+    # On 2 CPUs (2026-11-25) bench/run.py's step ratio against bare DDP was 1.10-1.12 before, 1.06 and 1.17
+    # after: within run-to-run spread, so not shown either way (see README, Benchmarks).
     # A cluster's Ray is started by `ray start` and keeps its own setting.
     kwargs: dict[str, Any] = {"address": address} if address else {"_system_config": {"worker_niceness": 0}}
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
