@@ -227,6 +227,8 @@ def main() -> None:
     sizes = args.sizes.split(",")
     if unknown := [x for x in sizes if x not in SHAPES]:
         ap.error(f"--sizes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    if args.steps <= WARMUP:
+        ap.error(f"--steps must be more than the {WARMUP} warm-up steps left out of the timings, got {args.steps}")
     if device.type == "cpu" and sizes != ["tiny"]:
         ap.error("no GPU here: this benchmark measures on a GPU; `--sizes tiny` checks the script on a CPU")
     task = ViggoTask(path=args.data) if args.data else SyntheticTask(n_train=4000, n_valid=64, n_test=8)

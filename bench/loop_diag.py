@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
+    if args.steps <= g.WARMUP:
+        ap.error(f"--steps must be more than the bare loop's {g.WARMUP} warm-up steps, got {args.steps}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(1)  # as ftray's workers run
