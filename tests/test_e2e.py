@@ -245,8 +245,8 @@ def test_short_sweep_on_the_real_viggo_files(tmp_path):
 
 
 def test_a_local_ray_runs_its_workers_at_normal_priority(monkeypatch):
-    """Ray nices its workers by default; ftray's local Ray does not, so Ray's own daemons do not
-    preempt a Train worker and stall its DDP peers (bench/run.py's step ratio)."""
+    """Ray nices its workers by default; ftray's local Ray does not (a suspected cause of the step gap
+    against bare DDP, not shown by the benchmark: see README, Benchmarks)."""
     import os
 
     import ray
