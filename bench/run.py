@@ -376,6 +376,11 @@ def main() -> None:
         ftray_step = statistics.median(t["train_s"] / t["step"] for s in sweeps for t in s["trials"])
         bare_step = statistics.median(t["train_s"] / cfg["steps"] for b in bares for t in b["trials"])
         results["step_ratio_vs_bare"] = ftray_step / bare_step
+        results["overhead_runs"] = {  # every repeat, in the order run, for whoever checks the medians
+            "sweep_wall_s": [s["wall_s"] for s in sweeps], "bare_wall_s": [b["wall_s"] for b in bares],
+            "ftray_step_s": [[t["train_s"] / t["step"] for t in s["trials"]] for s in sweeps],
+            "bare_step_s": [[t["train_s"] / cfg["steps"] for t in b["trials"]] for b in bares],
+        }
 
     if "throughput" in parts:
         # ftray's worker loop (one process, no evaluation in the timed loop) against Hugging Face
@@ -439,8 +444,14 @@ def main() -> None:
         split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
         print(f"  per-trial overhead split: {split}")
     only = "" if parts == PARTS else "-only-" + "-".join(parts)
-    out = args.out / f"{results['date']}{'-quick' if quick else ''}{only}.json"
+    stem = f"{results['date']}{'-quick' if quick else ''}{only}"
+    out = args.out / f"{stem}.json"
+    for n in range(2, 1000):  # an earlier run's file of the same day is kept
+        if not out.exists():
+            break
+        out = args.out / f"{stem}-{n}.json"
     out.write_text(json.dumps(results, indent=2))
+    print(f"  written to {out}")
     keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
                 "padding_efficiency", "search_compute_ratio")
     print(json.dumps({k: results[k] for k in keys_out if k in results}))
