@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                                        help="keep every trial's checkpoints (default: only the frontier's)")
         sub.choices[name].add_argument("--dashboard", action="store_true",
                                        help="start the local Ray's dashboard (127.0.0.1:8265); off by default, as it "
-                                            "takes CPU from training; a cluster keeps its own")
+                                            "slows the start and takes CPU from training; a cluster keeps its own")
 
     args = parser.parse_args(argv)
     try:
