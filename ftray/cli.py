@@ -55,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("run", "resume"):
         sub.choices[name].add_argument("--keep-all-checkpoints", action="store_true",
                                        help="keep every trial's checkpoints (default: only the frontier's)")
-        sub.choices[name].add_argument("--dashboard", action="store_true",
-                                       help="start the local Ray's dashboard (127.0.0.1:8265); off by default, as it "
-                                            "slows the start and takes CPU from training; a cluster keeps its own")
 
     args = parser.parse_args(argv)
     try:
@@ -76,7 +73,7 @@ def cmd_run(args) -> int:
 
     sweep = load_sweep(args.sweep_file)
     run_dir = run(sweep, storage=args.storage, name=args.name, new_run=args.new_run, ray_address=args.address,
-                  sweep_file=args.sweep_file, dashboard=args.dashboard)
+                  sweep_file=args.sweep_file)
     return _finish(run_dir, keep_all=args.keep_all_checkpoints)
 
 
@@ -84,7 +81,7 @@ def cmd_resume(args) -> int:
     from ftray.search import resume
 
     run_dir = resume(args.run_dir, ray_address=args.address, resume_errored=args.resume_errored,
-                     restart_errored=args.restart_errored, dashboard=args.dashboard)
+                     restart_errored=args.restart_errored)
     return _finish(run_dir, keep_all=args.keep_all_checkpoints)
 
 

@@ -332,10 +332,8 @@ def prepare(sweep: Sweep, hub_optional: bool = False) -> tuple[dict[str, int | N
 
 def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, resume: bool = False,
         new_run: bool = False, resume_errored: bool = False, restart_errored: bool = False,
-        ray_address: str | None = None, sweep_file: str | None = None, dashboard: bool = False) -> str:
+        ray_address: str | None = None, sweep_file: str | None = None) -> str:
     """Run a sweep, or go on with it when its run folder already holds the same sweep; returns the folder.
-
-    `dashboard` starts a local Ray's dashboard (127.0.0.1:8265); a cluster's Ray keeps its own.
 
     A run folder holding a *different* sweep definition is never mixed with this one: that is refused
     with what changed, unless `new_run` asks for a fresh folder (name-2, name-3, ...).
@@ -379,7 +377,7 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
 
     from ftray.tracking import WandbTracking
 
-    _init_ray(ray_address, dashboard=dashboard)
+    _init_ray(ray_address)
     try:
         resources = plan_resources(sweep, ray.cluster_resources())
     except FtrayInputError:
@@ -495,7 +493,7 @@ def _scheduler(sweep: Sweep):
     )
 
 
-def _init_ray(address: str | None, dashboard: bool = False) -> None:
+def _init_ray(address: str | None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -509,19 +507,12 @@ def _init_ray(address: str | None, dashboard: bool = False) -> None:
     # On 2 CPUs (2026-11-25) bench/run.py's step ratio against bare DDP was 1.10-1.12 before, 1.06 and 1.17
     # after: within run-to-run spread, so not shown either way (see README, Benchmarks).
     # A cluster's Ray is started by `ray start` and keeps its own setting.
-    # A local Ray starts without its dashboard unless asked: on 2 CPUs (2026-11-25) the dashboard's
-    # processes (head and state head) took 2.6% of one core while a trial trained (one 40 s sample of
-    # /proc), a share the Train workers lose on a machine they fill. (ray.init took about as long
-    # either way: 5.8-7.2 s with it, 4.4-6.2 s without, 4 runs each.)
-    kwargs: dict[str, Any] = {"address": address} if address else {
-        "_system_config": {"worker_niceness": 0}, "include_dashboard": dashboard}
-    context = ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
+    kwargs: dict[str, Any] = {"address": address} if address else {"_system_config": {"worker_niceness": 0}}
+    ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
     if address:
         print(f"ftray: joined the Ray cluster at {address}", flush=True)
     else:
-        url = context.dashboard_url if dashboard else None
-        print("ftray: started a local Ray (set RAY_ADDRESS or --address to use a cluster)"
-              + (f"; its dashboard is at http://{url}" if url else "; --dashboard to start its dashboard"), flush=True)
+        print("ftray: started a local Ray (set RAY_ADDRESS or --address to use a cluster)", flush=True)
 
 
 def _fmt_resources(r: Mapping[str, float]) -> str:
@@ -561,10 +552,10 @@ def prune_checkpoints(run: dict) -> list[str]:
 
 
 def resume(run_dir: str, ray_address: str | None = None, resume_errored: bool = False,
-           restart_errored: bool = False, dashboard: bool = False) -> str:
+           restart_errored: bool = False) -> str:
     """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""
     run_dir = st.normalize(run_dir)
     sweep = sweep_of_run(run_dir)
     return run(sweep, storage=st.dirname(run_dir), name=st.basename(run_dir), resume=True,
                sweep_file=_read_run_file(run_dir).get("sweep_file"), resume_errored=resume_errored,
-               restart_errored=restart_errored, ray_address=ray_address, dashboard=dashboard)
+               restart_errored=restart_errored, ray_address=ray_address)
