@@ -507,6 +507,9 @@ def _init_ray(address: str | None) -> None:
     # On 2 CPUs (2026-11-25) bench/run.py's step ratio against bare DDP was 1.10-1.12 before, 1.06 and 1.17
     # after: within run-to-run spread, so not shown either way (see README, Benchmarks).
     # A cluster's Ray is started by `ray start` and keeps its own setting.
+    # The dashboard stays on, though it takes ~2.6% of a core from training: Ray Train's
+    # PlacementGroupCleaner asks its state API whether a trial's controller still lives, and without
+    # it a trial stopped by ASHA kept its placement group, so the next trial waited forever (2026-11-25).
     kwargs: dict[str, Any] = {"address": address} if address else {"_system_config": {"worker_niceness": 0}}
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
     if address:
