@@ -43,10 +43,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bare_worker(rank, world, port, cfg, queue):
+def _bare_worker(rank, world, port, cfg, queue, own_group=True):
     t0 = time.time()
     torch.set_num_threads(1)
-    if world > 1:
+    if world > 1 and own_group:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
     task = SyntheticTask(n_train=cfg["n_train"], n_valid=cfg["eval_samples"], n_test=8, seed=cfg["seed"])
@@ -91,7 +91,7 @@ def _bare_worker(rank, world, port, cfg, queue):
     if rank == 0:
         queue.put({"setup_s": setup_s, "train_s": train_s, "eval_s": eval_s, "tokens": tokens * world,
                    "curve": curve, "wall_s": time.time() - t0})
-    if world > 1:
+    if world > 1 and own_group:
         dist.destroy_process_group()
 
 
@@ -156,6 +156,59 @@ def ftray_sweep(cfg: dict, k: int, world: int, tmp: Path) -> dict:
     for result in (storage / name).glob("run_trial_*/result.json"):
         rows.append([json.loads(line) for line in result.read_text().splitlines() if line.strip()][-1])
     return {"wall_s": wall, "trials": rows}
+
+
+# ---- the same trials as Ray Tune trials of Ray Train, without ftray: Ray's own floor ---------------------------
+def ray_floor_sweep(cfg: dict, k: int, world: int, tmp: Path) -> dict:
+    """The bare loop above run by plain Ray: Tune runs K trials one at a time, each a TorchTrainer of `world`
+    gloo workers (0.995 CPU each, as ftray sizes them here), reporting once at the end. No ftray, no Optuna,
+    W&B or checkpoints. What any sweep on Ray pays; ftray's own share is the rest. Timed from the outside,
+    Ray's start included, like `ftray run`."""
+    t = time.time()
+    proc = subprocess.run([sys.executable, __file__, "--ray-floor-child",
+                           json.dumps({"cfg": cfg, "k": k, "world": world, "storage": str(tmp / "ray-floor")})],
+                          capture_output=True, text=True)
+    wall = time.time() - t
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return {"wall_s": wall, "trials": json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def _ray_floor_child(job: dict) -> None:
+    import ray
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg, world = job["cfg"], job["world"]
+
+    def worker(config):  # this module is __main__ here: Ray ships the function (and _bare_worker) by value
+        started = time.time()
+        ctx = ray.train.get_context()
+        out: list = []
+        _bare_worker(ctx.get_world_rank(), ctx.get_world_size(), None, cfg, types.SimpleNamespace(put=out.append),
+                     own_group=False)
+        metrics = {key: v for key, v in (out[0] if out else {}).items() if key != "curve"}
+        ray.train.report(dict(metrics, worker_start_s=started - config["launched_at"]))
+
+    def trial(config):
+        TorchTrainer(worker, train_loop_config={"launched_at": time.time()}, torch_config=TorchConfig(backend="gloo"),
+                     scaling_config=ray.train.ScalingConfig(num_workers=world, resources_per_worker={"CPU": 0.995}),
+                     run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=job["storage"],
+                                                    callbacks=[TuneReportCallback()])).fit()
+
+    ray.init(log_to_driver=False, logging_level="WARNING", _system_config={"worker_niceness": 0})
+    results = tune.Tuner(tune.with_resources(trial, {"CPU": 0.01}),
+                         param_space={"i": tune.grid_search(list(range(job["k"])))},
+                         tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                         run_config=tune.RunConfig(storage_path=job["storage"], verbose=0)).fit()
+    ray.shutdown()
+    rows = [r.metrics for r in results]
+    if any(r.error for r in results) or not all("train_s" in m for m in rows):
+        raise SystemExit(f"ray floor: a trial failed: {[r.error for r in results]}")
+    print(json.dumps([{key: m[key] for key in ("setup_s", "train_s", "eval_s", "worker_start_s", "time_total_s")}
+                      for m in rows]))
 
 
 # ---- ftray's own worker loop, in this process, against Hugging Face Trainer ---------------------------------
@@ -323,7 +376,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small K and few steps (CI)")
     ap.add_argument("--only", default=None, help=f"some of {','.join(PARTS)} (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON files go")
+    ap.add_argument("--ray-floor-child", default=None, help=argparse.SUPPRESS)  # one side of the overhead part
     args = ap.parse_args()
+    if args.ray_floor_child:
+        return _ray_floor_child(json.loads(args.ray_floor_child))
     quick = args.quick
     reps = 3
     k = 1 if quick else 3  # --quick checks that every part runs; its figures are not the ones to quote
@@ -343,17 +399,22 @@ def main() -> None:
             for m in grid_models for r in (4, 16) for lr in (2e-3, 1e-2) for f in ((1.0,) if quick else (0.25, 1.0))]
 
     if "overhead" in parts:
-        # A B A B: ftray sweep of K trials, then the same K trials as bare DDP loops, at the same concurrency
-        # (one trial at a time: on this machine a 2-worker trial fills the cores).
-        sweeps, bares = [], []
+        # A B C A B C: ftray sweep of K trials, the same K trials as bare DDP loops, and as plain Ray Tune
+        # trials of Ray Train running the bare loop (Ray's floor), all at the same concurrency (one trial at
+        # a time: on this machine a 2-worker trial fills the cores).
+        sweeps, bares, floors = [], [], []
         for _ in range(reps):
             sweeps.append(ftray_sweep(cfg, k, world, tmp))
             t = time.time()
             trials = [bare_trial(cfg, world) for _ in range(k)]
             bares.append({"wall_s": time.time() - t, "trials": trials})
+            floors.append(ray_floor_sweep(cfg, k, world, tmp))
         sweep_wall = statistics.median(s["wall_s"] for s in sweeps)
         bare_wall = statistics.median(b["wall_s"] for b in bares)
+        floor_wall = statistics.median(f["wall_s"] for f in floors)
         results["overhead_ratio"] = sweep_wall / bare_wall
+        results["ray_floor_overhead_ratio"] = floor_wall / bare_wall
+        results["overhead_ratio_vs_ray_floor"] = sweep_wall / floor_wall
 
         mid = sorted(sweeps, key=lambda s: s["wall_s"])[len(sweeps) // 2]
         tr = mid["trials"]
@@ -375,11 +436,18 @@ def main() -> None:
         }
         ftray_steps = [[t["train_s"] / t["step"] for t in s["trials"]] for s in sweeps]
         bare_steps = [[t["train_s"] / cfg["steps"] for t in b["trials"]] for b in bares]
-        results["step_ratio_vs_bare"] = (statistics.median(x for run in ftray_steps for x in run)
-                                         / statistics.median(x for run in bare_steps for x in run))
+        floor_steps = [[t["train_s"] / cfg["steps"] for t in f["trials"]] for f in floors]
+        bare_step = statistics.median(x for run in bare_steps for x in run)
+        results["step_ratio_vs_bare"] = statistics.median(x for run in ftray_steps for x in run) / bare_step
+        results["ray_floor_step_ratio"] = statistics.median(x for run in floor_steps for x in run) / bare_step
+        results["ray_floor_per_trial_s"] = {  # the same parts for plain Ray: the median over its trials
+            "worker_group_start": statistics.median(t["worker_start_s"] for f in floors for t in f["trials"]),
+            "model_and_data_setup": statistics.median(t["setup_s"] for f in floors for t in f["trials"]),
+        }
         results["overhead_runs"] = {  # every repeat, in the order run, for whoever checks the medians
             "sweep_wall_s": [s["wall_s"] for s in sweeps], "bare_wall_s": [b["wall_s"] for b in bares],
-            "ftray_step_s": ftray_steps, "bare_step_s": bare_steps,
+            "ray_floor_wall_s": [f["wall_s"] for f in floors],
+            "ftray_step_s": ftray_steps, "bare_step_s": bare_steps, "ray_floor_step_s": floor_steps,
         }
 
     if "throughput" in parts:
@@ -421,8 +489,13 @@ def main() -> None:
         "overhead_ratio": f"wall of `ftray run` ({k} trials x {world} Train workers, Tune+Optuna, W&B offline, Ray start "
                           f"included) / wall of the same {k} trials as bare torch.distributed DDP loops ({world} spawned "
                           f"gloo processes each, same steps, data and evals), one trial at a time both; median of {reps}, A B A B",
+        "ray_floor_overhead_ratio": f"wall of the same {k} trials as plain Ray Tune trials of Ray Train (the bare loop in "
+                                    f"{world} Train workers, no ftray, Optuna, W&B or checkpoints, Ray start included) / "
+                                    f"the bare wall; median of {reps}, run third in each A B C",
+        "overhead_ratio_vs_ray_floor": "ftray's wall / plain Ray's wall: what ftray adds to what any sweep on Ray pays",
         "per_trial_overhead_s": "(sweep wall - training compute) / K, split by the trials' own timings",
         "step_ratio_vs_bare": "median train seconds per step inside Ray Train DDP / the same in bare DDP (same runs)",
+        "ray_floor_step_ratio": "the same for the bare loop inside plain Ray Train / bare DDP (same runs)",
         "tokens_per_s_ratio_vs_hf_trainer": "non-padding tokens/s, one process, same model/LoRA/batch/steps: ftray's worker "
                                             "loop (train._train, Ray Train's calls stubbed, length-grouped batches) / "
                                             f"transformers Trainer; median of {reps}, A B A B",
@@ -443,6 +516,8 @@ def main() -> None:
     if "per_trial_overhead_split_s" in results:
         split = ", ".join(f"{k} {v:.1f}s" for k, v in results["per_trial_overhead_split_s"].items())
         print(f"  per-trial overhead split: {split}")
+        floor = ", ".join(f"{k} {v:.1f}s" for k, v in results["ray_floor_per_trial_s"].items())
+        print(f"  plain Ray, per trial: {floor}")
     only = "" if parts == PARTS else "-only-" + "-".join(parts)
     stem = f"{results['date']}{'-quick' if quick else ''}{only}"
     out = args.out / f"{stem}.json"
@@ -453,7 +528,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2))
     print(f"  written to {out}")
     keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
-                "padding_efficiency", "search_compute_ratio")
+                "padding_efficiency", "search_compute_ratio", "ray_floor_overhead_ratio", "overhead_ratio_vs_ray_floor",
+                "ray_floor_step_ratio")
     print(json.dumps({k: results[k] for k in keys_out if k in results}))
 
 

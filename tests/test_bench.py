@@ -10,7 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
-        "padding_efficiency", "search_compute_ratio")
+        "padding_efficiency", "search_compute_ratio", "ray_floor_overhead_ratio", "overhead_ratio_vs_ray_floor",
+        "ray_floor_step_ratio")
 
 
 @pytest.mark.e2e
