@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -216,8 +217,6 @@ def _ray_floor_child(job: dict) -> None:
 def ray_train_stubbed(device: torch.device, reports: list):
     """Ray Train's calls as a lone rank-0 worker sees them, without Ray: each report's metrics go into
     `reports`, its checkpoint folder is deleted. For running ftray's train._train in a plain process."""
-    import shutil
-
     import ray.train
     import ray.train.torch
 
@@ -527,6 +526,7 @@ def main() -> None:
         out = args.out / f"{stem}-{n}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"  written to {out}")
+    shutil.rmtree(tmp, ignore_errors=True)  # the sweeps' run folders and checkpoints (kept if a part failed)
     keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
                 "padding_efficiency", "search_compute_ratio", "ray_floor_overhead_ratio", "overhead_ratio_vs_ray_floor",
                 "ray_floor_step_ratio")
