@@ -163,8 +163,9 @@ def ftray_sweep(cfg: dict, k: int, world: int, tmp: Path) -> dict:
 def ray_floor_sweep(cfg: dict, k: int, world: int, tmp: Path) -> dict:
     """The bare loop above run by plain Ray: Tune runs K trials one at a time, each a TorchTrainer of `world`
     gloo workers (0.995 CPU each, as ftray sizes them here), reporting once at the end. No ftray, no Optuna,
-    W&B or checkpoints. What any sweep on Ray pays; ftray's own share is the rest. Timed from the outside,
-    Ray's start included, like `ftray run`."""
+    W&B or checkpoints; Ray's own settings but for workers at nice 0, as ftray's local Ray runs them. What any
+    sweep on Ray pays; ftray's own share is the rest. Timed from the outside, Ray's start included, like
+    `ftray run`."""
     t = time.time()
     proc = subprocess.run([sys.executable, __file__, "--ray-floor-child",
                            json.dumps({"cfg": cfg, "k": k, "world": world, "storage": str(tmp / "ray-floor")})],
