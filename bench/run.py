@@ -1,7 +1,7 @@
 """ftray's benchmarks, side by side in one run: `python bench/run.py [--quick]`.
 
-Each ratio is measured A B A B ... (median of at least 3 repeats) on this machine with tiny models
-on CPU. The method of each is printed beside its number; the last stdout line is one JSON object.
+Each ratio is measured A B A B ... (median of 3 repeats; 2 with --quick, whose figures are not to be quoted)
+on this machine with tiny models on CPU. The method of each is printed beside its number; the last stdout line is one JSON object.
 Results go to bench/results/<date>.json.
 """
 
@@ -381,7 +381,7 @@ def main() -> None:
     if args.ray_floor_child:
         return _ray_floor_child(json.loads(args.ray_floor_child))
     quick = args.quick
-    reps = 3
+    reps = 2 if quick else 3  # --quick (CI) checks that every part runs: two repeats do that
     k = 1 if quick else 3  # --quick checks that every part runs; its figures are not the ones to quote
     cfg = dict(model="tiny-s" if quick else "tiny-m", rank=8, lr=5e-3, data_fraction=1.0, n_train=400 if quick else 2000,
                steps=20 if quick else 300, eval_every=10 if quick else 100, eval_samples=16, batch_size=16,

@@ -366,6 +366,7 @@ def run(sweep: Sweep, storage: str | None = None, name: str | None = None, *, re
     elif resume:
         raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE})")
 
+    print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     model_params, tokenizer_json, _ = prepare(sweep)
     if not (ray_address or os.environ.get("RAY_ADDRESS")):
         # A local Ray gets this machine's CPUs and GPUs: a trial that cannot fit fails here, before
