@@ -17,6 +17,26 @@ def _plt():
     return plt
 
 
+def _params_axis(ax, params: Sequence[float]) -> None:
+    """A log axis of parameter counts labelled 50K, 100K, 1.5B; 1-2-5 ticks when it spans under 3 decades
+    (matplotlib's own minor labels overlap there)."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def count(x, _pos=None) -> str:
+        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if x >= scale:
+                return f"{x / scale:g}{unit}"
+        return f"{x:g}"
+
+    ax.set_xscale("log")
+    lo, hi = (min(params), max(params)) if params else (1, 1)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if math.log10(hi / lo) < 3 else (1.0,)))
+    ax.xaxis.set_major_formatter(FuncFormatter(count))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _step_front(ax, trials, mode, **kwargs):
     front = sorted((t for t in trials if t["id"] in set(trial_front(trials, mode))), key=lambda t: t["params"])
     if front:
@@ -48,7 +68,7 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str)
         if t["id"] in set(trial_front(scored, mode)):
             ax.annotate(t["model"], (t["params"], t["objective"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     fig.colorbar(sc, ax=ax, label="data fraction")
-    ax.set_xscale("log")
+    _params_axis(ax, [t["params"] for t in scored])
     ax.set_xlabel("model parameters")
     ax.set_ylabel(f"{metric} ({better})")
     ax.set_title(f"{metric} against model size: the frontier")
@@ -88,7 +108,7 @@ def compare_plot(runs: Sequence[tuple[str, Sequence[Mapping]]], metric: str, mod
         color = f"C{i}"
         ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored], color=color, alpha=0.35, s=25)
         _step_front(ax, scored, mode, color=color, lw=1.8, label=label)
-    ax.set_xscale("log")
+    _params_axis(ax, [t["params"] for _, trials in runs for t in trials if is_scored(t)])
     ax.set_xlabel("model parameters")
     ax.set_ylabel(metric)
     ax.set_title(f"fronts of {len(runs)} sweep runs")
