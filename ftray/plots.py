@@ -31,7 +31,7 @@ def _params_axis(ax, params: Sequence[float]) -> None:
         return f"{x:g}"
 
     ax.set_xscale("log")
-    lo, hi = (min(params), max(params)) if params else (1, 1)
+    lo, hi = (max(min(params), 1), max(max(params), 1)) if params else (1, 1)
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if math.log10(hi / lo) < 3 else (1.0,)))
     ax.xaxis.set_major_formatter(FuncFormatter(count))
     ax.xaxis.set_minor_formatter(NullFormatter())
