@@ -1,8 +1,8 @@
 """ftray's benchmarks, side by side in one run: `python bench/run.py [--quick]`.
 
-Each ratio is measured A B A B ... (median of 3 repeats; 2 with --quick, whose figures are not to be quoted)
-on this machine with tiny models on CPU. The method of each is printed beside its number; the last stdout line is one JSON object.
-Results go to bench/results/<date>.json.
+Each ratio is measured A B A B ... (median of 3 repeats; 2 with --quick, whose figures are not to be
+quoted) on this machine with tiny models on CPU. The method of each is printed beside its number; the last
+stdout line is one JSON object. Results go to bench/results/<date>.json.
 """
 
 from __future__ import annotations
@@ -381,8 +381,8 @@ def main() -> None:
     if args.ray_floor_child:
         return _ray_floor_child(json.loads(args.ray_floor_child))
     quick = args.quick
-    reps = 2 if quick else 3  # --quick (CI) checks that every part runs: two repeats do that
-    k = 1 if quick else 3  # --quick checks that every part runs; its figures are not the ones to quote
+    # --quick (CI) checks that every part runs: two repeats, one trial per sweep; its figures are not to be quoted
+    reps, k = (2, 1) if quick else (3, 3)
     cfg = dict(model="tiny-s" if quick else "tiny-m", rank=8, lr=5e-3, data_fraction=1.0, n_train=400 if quick else 2000,
                steps=20 if quick else 300, eval_every=10 if quick else 100, eval_samples=16, batch_size=16,
                max_length=96, max_new_tokens=40, seed=0, generate=True)
@@ -488,7 +488,7 @@ def main() -> None:
     methods = {
         "overhead_ratio": f"wall of `ftray run` ({k} trials x {world} Train workers, Tune+Optuna, W&B offline, Ray start "
                           f"included) / wall of the same {k} trials as bare torch.distributed DDP loops ({world} spawned "
-                          f"gloo processes each, same steps, data and evals), one trial at a time both; median of {reps}, A B A B",
+                          f"gloo processes each, same steps, data and evals), one trial at a time both; median of {reps}, A B C A B C",
         "ray_floor_overhead_ratio": f"wall of the same {k} trials as plain Ray Tune trials of Ray Train (the bare loop in "
                                     f"{world} Train workers, no ftray, Optuna, W&B or checkpoints, Ray start included) / "
                                     f"the bare wall; median of {reps}, run third in each A B C",
