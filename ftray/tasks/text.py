@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import random
-import re
 import string
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,7 +21,11 @@ HOLDOUT_SEED = 0  # fixed, not the trial's seed: every trial of a sweep must val
 
 @dataclass(frozen=True)
 class TextTask(Task):
-    """Rows become prompt + completion through `str.format` templates over the row's columns.
+    """Rows become prompt + completion through templates over the row's columns.
+
+    `prompt` and `completion` take plain `{column}` fields (and `{{`, `}}` for literal braces);
+    a format spec, conversion, index or attribute (`{text:>9}`, `{text!r}`, `{row[0]}`,
+    `{text.upper}`) is refused when the task is built.
 
     `metrics`: "exact_match", "rouge_l", and "mr" (ViGGO-style meaning representations: exact match of
     the normalized MR, act accuracy, slot precision/recall/F1, parse failures). With both "mr" and
@@ -111,19 +114,49 @@ class TextTask(Task):
         return scores
 
 
-def _template_columns(template: str, where: str) -> list[str]:
-    """The columns a str.format template names ("{question}" -> question; "{row[x]}" -> row)."""
+def _template_parts(template: str, where: str) -> tuple[tuple[str, str | None], ...]:
+    """A template as (literal text, column or None) pairs; only plain `{column}` fields pass.
+
+    Rows are filled by substituting these names (`_fill`), never by str.format on the template:
+    a format spec like `{text:>100000}` could blow up every example, and `{text.__class__}` or
+    `{row[0]}` would run lookups on the data. `{{` and `}}` stay literal braces.
+    """
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parsed = list(string.Formatter().parse(template))
     except (ValueError, TypeError) as e:
         raise FtrayInputError(f"{where} is not a valid template ({e}): {template!r}") from None
-    columns = []
-    for f in fields:
-        column = re.match(r"[^.\[]*", f).group(0)
-        if not column or column.isdigit():
-            raise FtrayInputError(f"{where} must name columns, e.g. '{{question}}', not use '{{{f}}}': {template!r}")
-        columns.append(column)
-    return columns
+    parts = []
+    for literal, field, spec, conversion in parsed:
+        if field is None:
+            parts.append((literal, None))
+            continue
+        placeholder = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not field or field.isdigit():
+            raise FtrayInputError(f"{where} must name columns, e.g. '{{question}}', not use {placeholder!r}: "
+                                  f"{template!r}")
+        lookup = next((c for c in field if c in ".["), None)
+        if lookup:
+            reason = "indexing" if lookup == "[" else "attribute access"
+        elif conversion:
+            reason = f"a conversion (!{conversion})"
+        elif spec:
+            reason = f"a format spec (:{spec})"
+        else:
+            parts.append((literal, field))
+            continue
+        raise FtrayInputError(f"{where}: {placeholder!r} uses {reason}; templates take plain {{column}} fields "
+                              f"only (write {{{{ and }}}} for literal braces): {template!r}")
+    return tuple(parts)
+
+
+def _template_columns(template: str, where: str) -> list[str]:
+    """The columns a template names, in order ("{question} {answer}" -> question, answer)."""
+    return [column for _, column in _template_parts(template, where) if column is not None]
+
+
+def _fill(parts: tuple[tuple[str, str | None], ...], row: dict) -> str:
+    """The template with each column's value put in; a KeyError names a column the row lacks."""
+    return "".join(literal + (row[column] if column is not None else "") for literal, column in parts)
 
 
 @functools.lru_cache(maxsize=16)
@@ -146,19 +179,17 @@ def _examples(task: TextTask, split: str) -> tuple[Example, ...]:
 
 def _to_examples(task: TextTask, rows: list[dict], source: str) -> tuple[Example, ...]:
     """Rows (dicts of strings) to Examples; row numbers in errors count data rows from 1."""
+    prompt_parts = _template_parts(task.prompt, "TextTask.prompt")
+    completion_parts = _template_parts(task.completion, "TextTask.completion")
     out = []
-    for i, raw in enumerate(rows, 1):
-        # csv.DictReader puts surplus cells under the key None and leaves missing cells None.
-        row = {k: v for k, v in raw.items() if isinstance(k, str) and v is not None}
+    for i, row in enumerate(rows, 1):
         try:
-            prompt, completion = task.prompt.format(**row), task.completion.format(**row)
+            prompt, completion = _fill(prompt_parts, row), _fill(completion_parts, row)
         except KeyError as e:
             raise FtrayInputError(
                 f"{source}: row {i} has no column {e.args[0]!r}, which the templates name; "
                 f"its columns are: {', '.join(row) or '(none)'}"
             ) from None
-        except (IndexError, AttributeError, ValueError) as e:
-            raise FtrayInputError(f"{source}: row {i}: the templates cannot format it ({e})") from None
         if not completion.strip():
             raise FtrayInputError(f"{source}: row {i}: the completion is empty")
         meta = {}
