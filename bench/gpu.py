@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from ftray.data import batches, collate, select, tokenize_examples  # noqa: E402
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_tokenizer  # noqa: E402
 from ftray.tasks import SyntheticTask, ViggoTask  # noqa: E402
-from ftray.train import lr_lambda  # noqa: E402
+from ftray.recipe import lr_lambda  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 # Qwen2.5's published shapes (config.json of Qwen/Qwen2.5-0.5B and -1.5B); "tiny" checks this script on a CPU.

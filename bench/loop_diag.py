@@ -1,6 +1,7 @@
-"""Is ftray's worker loop itself slower than a bare loop? Both in this process, no Ray: ftray's real
-`train._train` with Ray Train's calls stubbed (rank 0 of 1, no checkpoint kept), against bench/gpu.py's
-bare step, on the same data, model (a small Qwen2-shaped model, built locally) and batch. CPU or GPU.
+"""Is ftray's worker loop itself slower than a bare loop? Both in this process, no Ray: ftray's training
+recipe (`ftray.recipe.run_local`: the loop Train workers run, as rank 0 of 1, no checkpoint kept) against
+bench/gpu.py's bare step, on the same data, model (a small Qwen2-shaped model, built locally) and batch.
+CPU or GPU.
 
     python bench/loop_diag.py [--reps 2] [--steps 60]
 """
@@ -14,10 +15,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.gpu as g  # noqa: E402
-from bench.run import ray_train_stubbed  # noqa: E402
+from ftray.config import TrialConfig  # noqa: E402
 from ftray.models import LoraSettings, ModelSpec  # noqa: E402
+from ftray.recipe import TrialJob, run_local  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
-from ftray.train import TrialSpec, _train  # noqa: E402
 
 
 def main():
@@ -36,16 +37,12 @@ def main():
     g.make_model(folder, dict(g.SHAPES["tiny"], num_hidden_layers=4), tok, device)
     cfg = dict(rank=16, lr=1e-4, steps=args.steps, batch=16, max_length=256)
 
-    reports: list[dict] = []
-    spec = TrialSpec(task=task, model=ModelSpec(str(folder)), lora=LoraSettings(16, 32), lr=1e-4, steps=args.steps,
-                     epochs=None, batch_size=16, grad_accum=1, max_length=256, weight_decay=0.0, warmup_ratio=0.05,
-                     data_fraction=1.0, data_filters=None, seed=0, eval_every=args.steps // 2, eval_samples=8,
-                     max_new_tokens=8, objective="eval_loss", eval_base=False, threads=1)
+    config = TrialConfig(model=str(folder), lora_rank=16, lr=1e-4, steps=args.steps, batch_size=16, max_length=256,
+                         seed=0, eval_every=max(1, args.steps // 2), eval_samples=8, max_new_tokens=8, eval_base=False)
+    job = TrialJob(config=config, task=task, model=ModelSpec(str(folder)), lora=LoraSettings(16, 32), threads=1)
     for _ in range(args.reps):
         b = g.bare(folder, data, tok, cfg, device)
-        reports.clear()
-        with ray_train_stubbed(device, reports):
-            _train({"spec": spec})
+        reports = run_local(job, device=device)
         ours = ", ".join(f"{r['step_s'] * 1000:.1f}" for r in reports)
         print(f"bare loop {b['step_s'] * 1000:.1f} ms/step   ftray's loop, in process: {ours} ms/step (per report)")
 

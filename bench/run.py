@@ -8,7 +8,6 @@ stdout line is one JSON object. Results go to bench/results/<date>.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -34,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from ftray.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
-from ftray.train import evaluate, lr_lambda  # noqa: E402
+from ftray.evaluate import evaluate  # noqa: E402
+from ftray.recipe import lr_lambda  # noqa: E402
 
 
 # ---- one trial as a bare PyTorch loop (no Ray): the baseline ---------------------------------------
@@ -62,10 +62,6 @@ def _bare_worker(rank, world, port, cfg, queue, own_group=True):
     opt = torch.optim.AdamW(params, lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(0.05 * cfg["steps"]), cfg["steps"]))
     setup_s = time.time() - t0
-
-    class S:  # what evaluate() reads from a TrialSpec
-        batch_size, max_length, max_new_tokens = cfg["batch_size"], cfg["max_length"], cfg["max_new_tokens"]
-
     order = [b for epoch in range(1000) for b in batches(data, cfg["batch_size"], 0, epoch, rank, world)]
     train_s = eval_s = 0.0
     tokens = 0
@@ -84,7 +80,9 @@ def _bare_worker(rank, world, port, cfg, queue, own_group=True):
         train_s += time.time() - t
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
             t = time.time()
-            m = evaluate(model, tok, task, valid_ex, valid, S, torch.device("cpu"), rank, world, torch.no_grad()) \
+            m = evaluate(model=model, tokenizer=tok, task=task, examples=valid_ex, data=valid,
+                         batch_size=cfg["batch_size"], max_length=cfg["max_length"],
+                         max_new_tokens=cfg["max_new_tokens"], rank=rank, world=world) \
                 if cfg["generate"] else {"eval_loss": _eval_loss(model, valid, tok)}
             curve.append((step, m["eval_loss"]))
             model.train()
@@ -214,50 +212,22 @@ def _ray_floor_child(job: dict) -> None:
 
 
 # ---- ftray's own worker loop, in this process, against Hugging Face Trainer ---------------------------------
-@contextlib.contextmanager
-def ray_train_stubbed(device: torch.device, reports: list):
-    """Ray Train's calls as a lone rank-0 worker sees them, without Ray: each report's metrics go into
-    `reports`, its checkpoint folder is deleted. For running ftray's train._train in a plain process."""
-    import ray.train
-    import ray.train.torch
-
-    def report(metrics, checkpoint=None):
-        reports.append(metrics)
-        if checkpoint:
-            shutil.rmtree(checkpoint, ignore_errors=True)
-
-    stubs = {(ray.train, "get_context"): lambda: types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1),
-             (ray.train.torch, "get_device"): lambda: device,
-             (ray.train, "get_checkpoint"): lambda: None,
-             (ray.train, "report"): report,
-             (ray.train.Checkpoint, "from_directory"): staticmethod(lambda d: d)}
-    saved = {key: getattr(*key) for key in stubs}
-    try:
-        for (owner, name), stub in stubs.items():
-            setattr(owner, name, stub)
-        yield
-    finally:
-        for (owner, name), value in saved.items():
-            setattr(owner, name, value)
-
-
 def ftray_loop_tokens_per_s(cfg: dict) -> float:
-    """Non-padding tokens/s of ftray's worker loop (train._train, as a Train worker runs it) with Ray
-    Train's calls stubbed: rank 0 of 1 on this CPU, one report at the end (its evaluation and adapter
-    checkpoint are outside the timed loop, as in ftray's own train_s)."""
+    """Non-padding tokens/s of ftray's training recipe (the loop a Train worker runs), in this process as rank
+    0 of 1 on this CPU, one report at the end (its evaluation is outside the timed loop, as in ftray's own
+    train_s; no checkpoint is kept)."""
+    from ftray.config import TrialConfig
     from ftray.models import tokenizer_to_json
-    from ftray.train import TrialSpec, _train
+    from ftray.recipe import TrialJob, run_local
 
     task = SyntheticTask(n_train=cfg["n_train"], n_valid=8, n_test=8, seed=cfg["seed"])
     tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
-    spec = TrialSpec(task=task, model=ModelSpec(cfg["model"]), lora=LoraSettings(cfg["rank"], 2 * cfg["rank"]),
-                     lr=cfg["lr"], steps=cfg["steps"], epochs=None, batch_size=cfg["batch_size"], grad_accum=1,
-                     max_length=cfg["max_length"], weight_decay=0.0, warmup_ratio=0.05, data_fraction=1.0,
-                     data_filters=None, seed=0, eval_every=cfg["steps"], eval_samples=8, max_new_tokens=8,
-                     objective="eval_loss", eval_base=False, tokenizer_json=tokenizer_to_json(tok), threads=1)
-    reports: list[dict] = []
-    with ray_train_stubbed(torch.device("cpu"), reports):
-        _train({"spec": spec})
+    config = TrialConfig(model=cfg["model"], lora_rank=cfg["rank"], lr=cfg["lr"], steps=cfg["steps"],
+                         batch_size=cfg["batch_size"], max_length=cfg["max_length"], seed=0, eval_every=cfg["steps"],
+                         eval_samples=8, max_new_tokens=8, eval_base=False)
+    job = TrialJob(config=config, task=task, model=ModelSpec(cfg["model"]), tokenizer_json=tokenizer_to_json(tok),
+                   lora=LoraSettings(cfg["rank"], 2 * cfg["rank"]), threads=1)
+    reports = run_local(job)
     return reports[-1]["tokens"] / reports[-1]["train_s"]
 
 
@@ -318,50 +288,63 @@ def _hv(points, ref) -> float:
     return front_hypervolume(trials, "min", ref)
 
 
-def replay(curves: list[dict], keys: list[str], seed: int, strategy: str, max_trials: int) -> float:
-    """Compute (training steps) until the searched front reaches 95% of the grid front's hypervolume."""
+def replay_sweep(curves: list[dict], seed: int, strategy: str, max_trials: int):
+    """The grid as a ftray Sweep: the space of its settings, searched and stopped as `strategy` says."""
+    from ray import tune
+
+    from ftray import ASHA, Sweep
+
+    values = {k: sorted({c["config"][k] for c in curves}, key=str) for k in ("model", "rank", "lr", "data_fraction")}
+    steps = max(c["curve"][-1][0] for c in curves)
+    first = min(c["curve"][0][0] for c in curves)
+    asha = None
+    if "asha" in strategy:
+        asha = ASHA(grace_steps=first, reduction_factor=3, per_model=strategy.endswith("per-model"))
+    return Sweep(name="replay", task=SyntheticTask(n_train=8, n_valid=4, n_test=4), models=values["model"],
+                 space={"lora_rank": tune.choice(values["rank"]), "lr": tune.choice(values["lr"]),
+                        "data_fraction": tune.choice(values["data_fraction"])},
+                 num_trials=max_trials, search="random" if strategy == "random" else "optuna", seed=seed,
+                 steps=steps, eval_every=first, asha=asha)
+
+
+def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> float:
+    """Compute (training steps) until the searched front reaches 95% of the grid front's hypervolume.
+
+    The trials are chosen by ftray's own searcher set-up (ftray.search: the define-by-run space with the
+    models round-robin and the learning rate per model, the seeded sampler) and stopped by ftray's own
+    scheduler (PerModelASHA), fed the grid's cached learning curves instead of training.
+    """
     import optuna
+
+    from ftray.search import DefineByRun, sampler, scheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     full = [(c["curve"][-1][1], c["params"]) for c in curves]
     ref = (max(v for v, _ in full) * 1.05, 2 * max(p for _, p in full))
     target = 0.95 * _hv(full, ref)
-    by_config = {tuple(c["config"][k] for k in keys): c for c in curves}
-    values = {k: sorted({c["config"][k] for c in curves}, key=str) for k in keys}
-    rng = random.Random(seed)
-    use_optuna = strategy.startswith("optuna")
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, max_trials // 3)))
-    study = optuna.create_study(direction="minimize", sampler=sampler) if use_optuna else None
-    rungs: dict[tuple, list[float]] = {}
+    by_config = {(c["config"]["model"], c["config"]["rank"], c["config"]["lr"], c["config"]["data_fraction"]): c
+                 for c in curves}
+    sweep = replay_sweep(curves, seed, strategy, max_trials)
+    space, stopper = DefineByRun(sweep), scheduler(sweep)
+    study = optuna.create_study(direction="minimize", sampler=sampler(sweep))
     spent = 0
     found = []
-    models = values["model"]
     for number in range(max_trials):
-        if study:
-            # As ftray's default search does: the model round-robin over the ladder, the learning rate
-            # searched per model, the other settings shared.
-            trial = study.ask()
-            model = models[number % len(models)]
-            key = tuple(model if k == "model" else
-                        trial.suggest_categorical(f"{k}/{model}" if k == "lr" else k, values[k]) for k in keys)
-        else:
-            key = tuple(rng.choice(values[k]) for k in keys)
-        c = by_config[key]
-        last = None
+        trial = study.ask()
+        config = space(trial)
+        c = by_config[(config["model"], config["lora_rank"], config["lr"], config["data_fraction"])]
+        tune_trial = types.SimpleNamespace(trial_id=str(number), config=config, has_reported_at_least_once=False)
+        if stopper:
+            stopper.on_trial_add(None, tune_trial)
         for step, value in c["curve"]:
-            last = (step, value)
-            if "asha" in strategy and step < c["curve"][-1][0]:
-                # ASHA: go on past a rung only when in the best third of what reached it so far
-                # (of all trials, or with "per-model" as ftray's ASHA does, of the same model's)
-                seen = rungs.setdefault((c["config"]["model"] if strategy.endswith("per-model") else None, step), [])
-                seen.append(value)
-                cutoff = sorted(seen)[max(0, math.ceil(len(seen) / 3) - 1)]
-                if value > cutoff:
-                    break
-        spent += last[0]
-        if study:
-            study.tell(trial, last[1])
-        found.append((last[1], c["params"]))
+            last = {"step": step, "eval_loss": value}
+            if stopper and stopper.on_trial_result(None, tune_trial, last) == "STOP":
+                break
+        if stopper:
+            stopper.on_trial_complete(None, tune_trial, last)
+        spent += last["step"]
+        study.tell(trial, last["eval_loss"])
+        found.append((last["eval_loss"], c["params"]))
         if _hv(found, ref) >= target:
             return spent
     return spent
@@ -472,13 +455,12 @@ def main() -> None:
         base = dict(cfg, steps=40 if quick else 120, eval_every=10 if quick else 30, generate=False)
         curves = grid_curves(grid, base)
         (args.out / f"grid_curves{'-quick' if quick else ''}.json").write_text(json.dumps(curves))
-        keys = ["model", "rank", "lr", "data_fraction"]
         grid_compute = sum(c["curve"][-1][0] for c in curves)
         seeds = range(5)
-        tpe = [replay(curves, keys, s, "optuna", 4 * len(grid)) / grid_compute for s in seeds]
-        tpe_asha = [replay(curves, keys, s, "optuna+asha", 4 * len(grid)) / grid_compute for s in seeds]
-        tpe_asha_pm = [replay(curves, keys, s, "optuna+asha-per-model", 4 * len(grid)) / grid_compute for s in seeds]
-        rnd = [replay(curves, keys, s, "random", 4 * len(grid)) / grid_compute for s in seeds]
+        tpe = [replay(curves, s, "optuna", 4 * len(grid)) / grid_compute for s in seeds]
+        tpe_asha = [replay(curves, s, "optuna+asha", 4 * len(grid)) / grid_compute for s in seeds]
+        tpe_asha_pm = [replay(curves, s, "optuna+asha-per-model", 4 * len(grid)) / grid_compute for s in seeds]
+        rnd = [replay(curves, s, "random", 4 * len(grid)) / grid_compute for s in seeds]
         results["search_compute_ratio"] = statistics.median(tpe)
         results["search_compute_ratio_with_asha"] = statistics.median(tpe_asha)
         results["search_compute_ratio_with_asha_per_model"] = statistics.median(tpe_asha_pm)
@@ -497,7 +479,8 @@ def main() -> None:
         "step_ratio_vs_bare": "median train seconds per step inside Ray Train DDP / the same in bare DDP (same runs)",
         "ray_floor_step_ratio": "the same for the bare loop inside plain Ray Train / bare DDP (same runs)",
         "tokens_per_s_ratio_vs_hf_trainer": "non-padding tokens/s, one process, same model/LoRA/batch/steps: ftray's worker "
-                                            "loop (train._train, Ray Train's calls stubbed, length-grouped batches) / "
+                                            "loop (ftray.recipe.run_local: the Train workers' loop without Ray, "
+                                            "length-grouped batches) / "
                                             f"transformers Trainer; median of {reps}, A B A B",
         "padding_efficiency": "non-padding / all tokens in one epoch of ftray's batches (rank 0 of 2)",
         "search_compute_ratio": f"training steps ftray's default search (Optuna TPE, models round-robin, lr per model) "
@@ -507,7 +490,7 @@ def main() -> None:
     }
     results["methods"] = methods
     print(f"\nftray benchmarks ({results['machine']}, {results['date']}{', quick' if quick else ''})")
-    extra = {"search_compute_ratio_with_asha": "the same with ASHA (rungs shared by all models, best third goes on)",
+    extra = {"search_compute_ratio_with_asha": "the same with ftray's ASHA over all models (per_model=False, as Tune's)",
              "search_compute_ratio_with_asha_per_model": "the same with ftray's ASHA (rungs per model size)",
              "search_compute_ratio_random": "the same, random search without ASHA"}
     for key, method in {**methods, **extra}.items():

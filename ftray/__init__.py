@@ -10,15 +10,20 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ftray.errors import FtrayInputError
+    from ftray.api import RunResult, resume, run
+    from ftray.config import TrialConfig
     from ftray.models import ModelSpec
-    from ftray.sweep import ASHA, Sweep, WandB, load_sweep
+    from ftray.sweep import ASHA, Failure, Scaling, Search, Sweep, WandB
+    from ftray.sweepfile import load_sweep
     from ftray.tasks import SyntheticTask, TextTask, ViggoTask
 
-# Imported on first use: a Train worker imports ftray.train, which must not pay for ray.tune (ftray.sweep
+# Imported on first use: a Train worker imports ftray.recipe, which must not pay for ray.tune (ftray.sweep
 # imports it) in every worker process of every trial.
-_HOMES = {"FtrayInputError": "ftray.errors", "ModelSpec": "ftray.models", "ASHA": "ftray.sweep", "Sweep": "ftray.sweep",
-          "WandB": "ftray.sweep", "load_sweep": "ftray.sweep", "SyntheticTask": "ftray.tasks", "TextTask": "ftray.tasks",
-          "ViggoTask": "ftray.tasks"}
+_HOMES = {"FtrayInputError": "ftray.errors", "ModelSpec": "ftray.models", "TrialConfig": "ftray.config",
+          "ASHA": "ftray.sweep", "Failure": "ftray.sweep", "Scaling": "ftray.sweep", "Search": "ftray.sweep",
+          "Sweep": "ftray.sweep", "WandB": "ftray.sweep", "load_sweep": "ftray.sweepfile", "SyntheticTask": "ftray.tasks",
+          "TextTask": "ftray.tasks", "ViggoTask": "ftray.tasks", "run": "ftray.api", "resume": "ftray.api",
+          "RunResult": "ftray.api"}
 
 
 def __getattr__(name: str):
@@ -33,12 +38,5 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-def run(sweep: Sweep, storage: str | None = None, name: str | None = None) -> str:
-    """Run a sweep (starting a local Ray unless RAY_ADDRESS names a cluster); returns the run folder."""
-    from ftray.search import run as _run
-
-    return _run(sweep, storage=storage, name=name)
-
-
-__all__ = ["ASHA", "FtrayInputError", "ModelSpec", "Sweep", "SyntheticTask", "TextTask", "ViggoTask", "WandB",
-           "load_sweep", "run"]
+__all__ = ["ASHA", "Failure", "FtrayInputError", "ModelSpec", "RunResult", "Scaling", "Search", "Sweep", "SyntheticTask",
+           "TextTask", "TrialConfig", "ViggoTask", "WandB", "load_sweep", "resume", "run"]

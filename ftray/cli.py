@@ -11,6 +11,7 @@ import os
 import sys
 
 from ftray.errors import FtrayInputError
+from ftray.sweepfile import debug
 
 EXIT_INPUT = 2
 
@@ -33,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-errored", action="store_true", help="go on with errored trials from their checkpoints")
     p.add_argument("--restart-errored", action="store_true", help="run errored trials again from the start")
 
-    p = sub.add_parser("validate", help="check a sweep file, its data and models without training")
+    p = sub.add_parser("validate", help="check a sweep file, its data, models, storage and resources without training")
     p.add_argument("sweep_file")
+    p.add_argument("--storage", help="the storage to check (default: the sweep's `storage`)")
+    p.add_argument("--address", help="Ray cluster address the sweep will run on (resources are checked there)")
 
     p = sub.add_parser("report", help="show a run's trials and frontier")
     p.add_argument("run_dir")
@@ -56,69 +59,72 @@ def main(argv: list[str] | None = None) -> int:
         sub.choices[name].add_argument("--keep-all-checkpoints", action="store_true",
                                        help="keep every trial's checkpoints (default: only the frontier's)")
 
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors in your input (FTRAY_DEBUG=1)")
     args = parser.parse_args(argv)
+    before = os.environ.get("FTRAY_DEBUG")
+    if args.debug:  # read where the error is raised (ftray/sweepfile.py), and by the handler below
+        os.environ["FTRAY_DEBUG"] = "1"
     try:
         return _COMMANDS[args.command](args)
     except FtrayInputError as e:
-        print(f"ftray {args.command}: error: {e}", file=sys.stderr)
+        if debug():
+            raise
+        print(f"ftray {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print(f"ftray {args.command}: interrupted; finished trials are kept on disk", file=sys.stderr)
         return 130
+    finally:
+        if before is None:
+            os.environ.pop("FTRAY_DEBUG", None)
+        else:
+            os.environ["FTRAY_DEBUG"] = before
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def cmd_run(args) -> int:
-    from ftray.search import run
-    from ftray.sweep import load_sweep
+    from ftray.api import run
+    from ftray.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep_file)
-    run_dir = run(sweep, storage=args.storage, name=args.name, new_run=args.new_run, ray_address=args.address,
-                  sweep_file=args.sweep_file)
-    return _finish(run_dir, keep_all=args.keep_all_checkpoints)
+    result = run(sweep, storage=args.storage, name=args.name, new_run=args.new_run, ray_address=args.address,
+                 sweep_file=args.sweep_file, keep_all_checkpoints=args.keep_all_checkpoints)
+    return _status(result)
 
 
 def cmd_resume(args) -> int:
-    from ftray.search import resume
+    from ftray.api import resume
 
-    run_dir = resume(args.run_dir, ray_address=args.address, resume_errored=args.resume_errored,
-                     restart_errored=args.restart_errored)
-    return _finish(run_dir, keep_all=args.keep_all_checkpoints)
+    result = resume(args.run_dir, ray_address=args.address, resume_errored=args.resume_errored,
+                    restart_errored=args.restart_errored, keep_all_checkpoints=args.keep_all_checkpoints)
+    return _status(result)
 
 
-def _finish(run_dir: str, keep_all: bool = False) -> int:
-    """The report at the end of a run: printed, written to the run folder, and sent to W&B."""
-    from ftray.report import build_report, format_report, load_run, write_report_files
-    from ftray.search import prune_checkpoints
-    from ftray.tracking import log_sweep_summary
-
-    run = load_run(run_dir)
-    if not keep_all:
-        pruned = prune_checkpoints(run)
-        if pruned:
-            print(f"ftray: removed the checkpoints of {len(pruned)} trials off the frontier "
-                  "(--keep-all-checkpoints keeps them)", flush=True)
-            run = load_run(run_dir)
-    report = build_report(run)
-    written = write_report_files(run, report)
-    log_sweep_summary(run, report, written)
-    print()
-    print(format_report(run, report))
-    print(f"\nrun folder: {run_dir}")
-    print(f"report:     ftray report {run_dir}   (files: frontier.csv, report.json, *.png)")
-    failed = [t for t in run["trials"] if t["status"] == "ERROR"]
-    return 1 if run["trials"] and len(failed) == len(run["trials"]) else 0
+def _status(result) -> int:
+    """1 when every trial failed (nothing to report on), else 0."""
+    trials = result.report["trials"]
+    return 1 if trials and all(t["status"] == "ERROR" for t in trials) else 0
 
 
 def cmd_validate(args) -> int:
-    from ftray.search import prepare
-    from ftray.sweep import load_sweep
+    from ftray import storage as st
+    from ftray.preflight import check_fits_here, check_storage, prepare
+    from ftray.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep_file)
-    model_params, _, notes = prepare(sweep, hub_optional=True)
-    sizes = ", ".join(f"{m}: {n:,} params" if n else f"{m}: ? params" for m, n in model_params.items())
-    print(f"{args.sweep_file}: ok: sweep {sweep.name!r}, {sweep.num_trials} trials, task {sweep.task.name!r}, "
-          f"objective {sweep.objective} ({sweep.mode}); models {sizes}")
-    for note in notes:
+    prepared = prepare(sweep, hub_optional=True)
+    storage = args.storage or sweep.storage
+    check_storage(storage)
+    check_fits_here(sweep, args.address)
+    sizes = ", ".join(f"{m}: {n:,} params" if n else f"{m}: ? params" for m, n in prepared.model_params.items())
+    print(f"{args.sweep_file}: ok: sweep {sweep.name!r}, {sweep.search.num_trials} trials, task {sweep.task.name!r}, "
+          f"objective {sweep.objective} ({sweep.mode}); models {sizes}; storage {st.redact(st.normalize(storage))} "
+          "writable; every trial fits " + ("the cluster (checked when it runs)" if args.address or
+                                           os.environ.get("RAY_ADDRESS") else "this machine"))
+    for note in prepared.notes:
         print(f"  note: {note}")
     return 0
 

@@ -90,8 +90,7 @@ def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, r
     Shuffle, sort by length within windows, cut into batches, deal them out in steps of world_size
     neighbouring batches, shuffle the steps: a random order with little padding, and at each step
     every rank gets a batch of about the same length. (Dealt at random, each step waits for the rank
-    with the longest batch: on 2 CPUs, 2 gloo ranks of tiny-m on the synthetic task stepped 5-6%
-    slower, steps of the two kinds interleaved in one run, 2026-11-25.)
+    with the longest batch: measurably slower steps, README, Benchmarks.)
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Sequence
 
+from ftray import stats
+from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, power_law, rows_need,  # noqa: F401
+                            source_view, target_check)
+from ftray.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
+
 
 def pareto_front(points: Sequence[tuple[str, float, float]], mode: str) -> list[str]:
     """Ids of the points not dominated in (objective, size): better objective and no larger size.
@@ -31,10 +36,6 @@ def trial_front(trials: Iterable[Mapping], mode: str, size_key: str = "params") 
     points = [(t["id"], t["objective"], t[size_key]) for t in trials if is_scored(t)]
     points.sort(key=lambda p: (p[2], p[0]))
     return pareto_front(points, mode)
-
-
-def is_scored(trial: Mapping) -> bool:
-    return trial.get("objective") is not None and trial.get("status") == "TERMINATED" and not trial.get("reason")
 
 
 # ---- hypervolume -------------------------------------------------------------------------------
@@ -130,117 +131,73 @@ def smallest_meeting_target(trials: Iterable[Mapping], target: float, mode: str)
             "margin": sign * (best["objective"] - target)}
 
 
-def _best_by(trials: Iterable[Mapping], mode: str, key) -> dict:
-    """Best objective per group, with the number of trials behind it."""
-    groups: dict = {}
-    for t in trials:
-        if is_scored(t):
-            groups.setdefault(key(t), []).append(t)
-    return {k: (_best(v, mode)["objective"], len(v)) for k, v in groups.items()}
-
-
-def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective") -> dict:
-    """Data versus model: the gain per doubling of data (fixed model) and per step up the ladder (fixed
-    data), from the best trial of each cell. Gains are signed so that positive means better."""
-    sign = 1.0 if mode == "max" else -1.0
-    scored = [t for t in trials if is_scored(t)]
-    models = sorted({(t["params"], t["model"]) for t in scored})
-
-    per_model = {}
-    for params, model in models:
-        cells = _best_by([t for t in scored if t["model"] == model], mode, lambda t: float(t["data_fraction"]))
-        if len(cells) < 2:
-            continue
-        xs = [math.log2(f) for f in cells]
-        ys = [sign * v for v, _ in cells.values()]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-        per_model[model] = {"gain_per_doubling": slope, "n_trials": sum(n for _, n in cells.values()),
-                            "fractions": sorted(cells)}
-    data = None
-    if per_model:
-        n = sum(v["n_trials"] for v in per_model.values())
-        data = {"gain_per_doubling": sum(v["gain_per_doubling"] * v["n_trials"] for v in per_model.values()) / n,
-                "n_trials": n, "per_model": per_model}
-
-    steps = []
-    for frac in sorted({float(t["data_fraction"]) for t in scored}):
-        cells = _best_by([t for t in scored if float(t["data_fraction"]) == frac], mode, lambda t: (t["params"], t["model"]))
-        ladder = sorted(cells)
-        for (p0, m0), (p1, m1) in zip(ladder, ladder[1:]):
-            (v0, n0), (v1, n1) = cells[(p0, m0)], cells[(p1, m1)]
-            steps.append({"data_fraction": frac, "from": m0, "to": m1, "gain": sign * (v1 - v0),
-                          "params_ratio": p1 / p0, "n_trials": n0 + n1})
-    model = None
-    if steps:
-        model = {"gain_per_step": sum(s["gain"] for s in steps) / len(steps),
-                 "params_ratio": math.exp(sum(math.log(s["params_ratio"]) for s in steps) / len(steps)),
-                 "n_trials": len({t["id"] for t in scored}), "steps": steps}
-    return {"data": data, "model": model, "verdict": _leverage_verdict(data, model, metric)}
-
-
-def _leverage_verdict(data, model, metric) -> str:
-    if data is None or model is None:
-        return ("not enough trials to compare data with model size (need one model at 2+ data fractions and "
-                "2+ models at one data fraction)")
-    d, m = data["gain_per_doubling"], model["gain_per_step"]
-    text = (f"doubling the data gains {d:+.3g} {metric} ({data['n_trials']} trials); the next model size gains "
-            f"{m:+.3g} at {model['params_ratio']:.1f}x the parameters ({model['n_trials']} trials)")
-    if d <= 0 and m <= 0:
-        return text + ": neither lever helped in this sweep"
-    # Doubling data costs ~2x training compute; a model step costs ~params_ratio x for training and serving.
-    if d >= m or (d > 0 and d / 2 >= m / model["params_ratio"]):
-        return text + ": more data is the cheaper lever"
-    return text + ": a bigger model is the stronger lever"
-
-
 def setting_effects(trials: Sequence[Mapping], mode: str, settings: Sequence[str] | None = None,
-                    continuous: Iterable[str] | None = None) -> dict:
+                    continuous: Iterable[str] | None = None, metric: str = "objective",
+                    evidence: Evidence | None = None) -> dict:
     """Within each model, how each swept setting moves the objective (what makes it better or worse).
 
     Few distinct values: the mean objective per value. Many (e.g. the learning rate): low and high
     halves split at the median, and Spearman's rank correlation. The effect is the best group mean
-    minus the worst, so settings can be ranked by how much they matter.
+    minus the worst, so settings can be ranked by how much they matter. With per-row scores the
+    effect has an interval that resamples rows and, within each group, its trials.
     """
-    sign = 1.0 if mode == "max" else -1.0
+    scored = [t for t in trials if is_scored(t)]
+    ev = evidence or Evidence(scored, metric)
     out: dict = {}
-    for model in sorted({t["model"] for t in trials if is_scored(t)}):
-        group = [t for t in trials if is_scored(t) and t["model"] == model]
-        keys = settings or sorted({k for t in group for k in t.get("config", {})} - {"model", "model_params"})
-        effects = {}
-        for key in keys:
-            pairs = [(t["config"][key], t["objective"]) for t in group
-                     if isinstance(t.get("config", {}).get(key), (int, float)) and not isinstance(t["config"][key], bool)]
-            values = sorted({v for v, _ in pairs})
-            if len(values) < 2:
-                continue
-            # Discrete: a choice of a few values (rank 4 / 16). Continuous: drawn from a range (lr).
-            if continuous is not None:
-                discrete = key not in continuous and len(values) <= 8
-            else:
-                discrete = len(values) <= 6 and (len(values) < len(pairs) or all(isinstance(v, int) for v in values))
-            if discrete:
-                groups = {f"{v:g}": [o for x, o in pairs if x == v] for v in values}
-            else:
-                median = sorted(v for v, _ in pairs)[len(pairs) // 2]
-                groups = {f"below {median:.3g}": [o for x, o in pairs if x < median],
-                          f"{median:.3g} and above": [o for x, o in pairs if x >= median]}
-            means = {str(k): sum(v) / len(v) for k, v in groups.items() if v}
-            best_key = max(means, key=lambda k: sign * means[k])
-            worst_key = min(means, key=lambda k: sign * means[k])
-            effects[key] = {"means": means, "counts": {str(k): len(v) for k, v in groups.items()},
-                            "best": best_key, "worst": worst_key,
-                            "effect": sign * (means[best_key] - means[worst_key]),
-                            "spearman": _spearman([v for v, _ in pairs], [o for _, o in pairs])}
+    for model in sorted({t["model"] for t in scored}):
+        group = [t for t in scored if t["model"] == model]
+        keys = settings or sorted({k for t in group for k in t.get("config", {})} - {"model", "model_params", "seed"})
+        effects = {key: e for key in keys if (e := _effect(group, key, mode, continuous, ev))}
         lines = []
         if effects:
             top = max(effects, key=lambda k: effects[k]["effect"])
             e = effects[top]
-            lines.append(f"{model}: {top} matters most ({e['effect']:+.3g} from {e['worst']} to {e['best']}, "
-                         f"{len(group)} trials)")
+            shown = stats.format_interval(e["interval"], True, e["effect"])
+            where = f"{shown} from {e['worst']} to {e['best']}, {len(group)} trials"
+            if e["answer"] in ("better", "no interval"):
+                lines.append(f"{model}: {top} matters most ({where})")
+            else:
+                need = f"about {e['rows_needed']:,} evaluation rows, or " if e["rows_needed"] else ""
+                lines.append(f"{model}: undecided which setting matters: the largest effect, {top} ({where}), "
+                             f"has an interval that reaches 0; to decide: {need}more trials at each value")
         out[model] = {"settings": effects, "lines": lines}
     return out
+
+
+def _effect(group: Sequence[Mapping], key: str, mode: str, continuous, ev: Evidence) -> dict | None:
+    sign = 1.0 if mode == "max" else -1.0
+    pairs = [(t["config"][key], t) for t in group
+             if isinstance(t.get("config", {}).get(key), (int, float)) and not isinstance(t["config"][key], bool)]
+    values = sorted({v for v, _ in pairs})
+    if len(values) < 2:
+        return None
+    # Discrete: a choice of a few values (rank 4 / 16). Continuous: drawn from a range (lr).
+    if continuous is not None:
+        discrete = key not in continuous and len(values) <= 8
+    else:
+        discrete = len(values) <= 6 and (len(values) < len(pairs) or all(isinstance(v, int) for v in values))
+    if discrete:
+        groups = {f"{v:g}": [t for x, t in pairs if x == v] for v in values}
+    else:
+        median = sorted(v for v, _ in pairs)[len(pairs) // 2]
+        groups = {f"below {median:.3g}": [t for x, t in pairs if x < median],
+                  f"{median:.3g} and above": [t for x, t in pairs if x >= median]}
+    groups = {k: v for k, v in groups.items() if v}
+    means = {k: sum(t["objective"] for t in v) / len(v) for k, v in groups.items()}
+    best, worst = max(means, key=lambda k: sign * means[k]), min(means, key=lambda k: sign * means[k])
+    effect = sign * (means[best] - means[worst])
+    both = groups[best] + groups[worst]
+    reps, rows = ev.reps(groups[best]), ev.reps(groups[best], seeds=False)
+    if reps is not None and ev.covers(groups[worst]):
+        reps = sign * (reps - ev.reps(groups[worst]))
+        rows = sign * (rows - ev.reps(groups[worst], seeds=False))
+    else:
+        reps = rows = None
+    iv = ev.interval(effect, reps, ev.rows(both))
+    need = rows_need(ev, effect, rows, both, reps) if iv and answer(iv) != "better" else None
+    return {"means": means, "counts": {k: len(v) for k, v in groups.items()}, "best": best, "worst": worst,
+            "effect": effect, "spearman": _spearman([v for v, _ in pairs], [t["objective"] for _, t in pairs]),
+            "interval": iv, "answer": answer(iv, "better", "worse"), "rows_needed": need and need["rows"]}
 
 
 def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -307,45 +264,120 @@ def failed_trials(trials: Sequence[Mapping]) -> list[dict]:
 
 
 def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | None = None,
-            reference: tuple[float, float] | None = None, continuous: Iterable[str] | None = None) -> dict:
-    """Everything the report shows, as one JSON-able dict."""
-    reference = reference or default_reference([trials], mode)
-    target_part = None
-    if target is not None:
-        hit = smallest_meeting_target(trials, target, mode)
-        text = (f"smallest model reaching {metric} {'>=' if mode == 'max' else '<='} {target:g}: "
-                + (f"{hit['model']} ({hit['params']:,} params, trial {hit['trial']}, {hit['objective']:.4g}, "
-                   f"margin {hit['margin']:+.3g})" if hit else "none does"))
-        target_part = {"target": target, "result": hit, "text": text}
-    lev = leverage(trials, mode, metric)
-    effects = setting_effects(trials, mode, continuous=continuous)
+            reference: tuple[float, float] | None = None, continuous: Iterable[str] | None = None,
+            settings: Sequence[str] | None = None, level: float = stats.LEVEL,
+            resamples: int = stats.RESAMPLES) -> dict:
+    """Everything the report shows, as one JSON-able dict; `settings`: the swept ones (default: any
+    that varies).
+
+    Held-out test scores, where every scored trial has them, replace validation scores in the front,
+    the target answer and the levers (`source_view`); validation scores stay in "intervals".
+    """
+    source, view, source_note = source_view(trials, metric)
+    scored = [t for t in view if is_scored(t)]
+    ev = Evidence(scored, metric, level, resamples)
+    reference = reference or default_reference([view], mode)
+    target_part = _target_part(view, metric, mode, target, ev) if target is not None else None
+    lev = leverage(view, mode, metric, evidence=ev)
+    effects = setting_effects(view, mode, settings=settings, continuous=continuous, metric=metric, evidence=ev)
+    cell_map = cells(view, mode)
+    law = power_law(cell_map, ev, mode, metric, target)
     timing = iteration_time(trials)
-    failed = failed_trials(trials)
     verdicts = []
-    scored = [t for t in trials if is_scored(t)]
     if not scored:
         verdicts.append(f"no trial finished with a {metric}: see the failed trials below")
     else:
+        verdicts += [source_note] if source_note else []
         verdicts.append(lev["verdict"])
         if target_part:
             verdicts.append(target_part["text"])
         verdicts += [line for m in effects.values() for line in m["lines"]]
+        verdicts += [law["text"]] if law.get("fitted") else []
+        verdicts += _caveats(source, ev, scored, cell_map)
     if timing["n_trials"]:
         per = "; ".join(f"{m} {v['median_s']:.0f}s" + (f" ({v['median_step_s']:.2g}s a step)" if v["median_step_s"] else "")
                         for m, v in timing["per_model"].items())
         verdicts.append(f"median wall time per trial: {per}; the sweep used {timing['total_accelerator_s'] / 3600:.2f} "
                         f"accelerator-hours over {timing['n_trials']} trials")
+    decisions = [lev["decision"]] + ([target_part["decision"]] if target_part else [])
+    for model, e in effects.items():
+        if e["settings"]:
+            top = max(e["settings"], key=lambda k: e["settings"][k]["effect"])
+            decisions.append({"question": f"setting: {model}", "setting": top, "answer": e["settings"][top]["answer"],
+                              "interval": e["settings"][top]["interval"], "text": e["lines"][0]})
     return {
-        "frontier_params": trial_front(trials, mode),
-        "frontier_cost": cost_front(trials, mode, "accelerator_s"),
-        "frontier_tokens": cost_front(trials, mode, "tokens"),
-        "hypervolume": {"value": front_hypervolume(trials, mode, reference), "reference": list(reference),
+        "frontier_params": trial_front(view, mode),
+        "frontier_cost": cost_front(view, mode, "accelerator_s"),
+        "frontier_tokens": cost_front(view, mode, "tokens"),
+        "hypervolume": {"value": front_hypervolume(view, mode, reference), "reference": list(reference),
                         "size_axis": "log10(params)"},
         "target": target_part,
         "leverage": lev,
         "setting_effects": effects,
         "iteration_time": timing,
         "finetune_gain": finetune_gain(trials, mode),
-        "failed": failed,
+        "failed": failed_trials(trials),
         "verdicts": verdicts,
+        "source": source,
+        "intervals": _intervals(trials, view, source, ev, cell_map, metric),
+        "decisions": decisions,
+        "power_law": law,
     }
+
+
+def _target_part(view: Sequence[Mapping], metric: str, mode: str, target: float, ev: Evidence) -> dict:
+    hit = smallest_meeting_target(view, target, mode)
+    check = target_check(view, target, mode, ev, hit)
+    text = f"smallest model reaching {metric} {'>=' if mode == 'max' else '<='} {target:g}: "
+    if hit:
+        shown = stats.format_interval(check["interval"], value=hit["objective"])
+        if check["seeds"] and check["seeds"] > 1:
+            shown = f"its {check['seeds']} seeds {shown}"
+        text += (f"{hit['model']} ({hit['params']:,} params, trial {hit['trial']}, {shown}, margin "
+                 f"{hit['margin']:+.3g}): ")
+        if check["confidence"] == "no interval":
+            text += "on the point estimate (no per-row scores, so no interval)"
+        else:
+            text += check["confidence"]
+        sure = check["with_confidence"]
+        if check["confidence"] == "met on the point estimate only":
+            text += (f"; met with confidence first by {sure['model']} ({sure['params']:,} params, "
+                     f"{stats.format_interval(sure['interval'])})" if sure else "; no model meets it with confidence")
+    else:
+        text += "none does"
+    decision = {"question": "target", "answer": check["confidence"] or "not met", "interval": check["interval"],
+                "text": text}
+    return {"target": target, "result": hit, "text": text, "confidence": check["confidence"],
+            "interval": check["interval"], "with_confidence": check["with_confidence"], "decision": decision}
+
+
+def _caveats(source: str, ev: Evidence, scored: Sequence[Mapping], cell_map: Mapping) -> list[str]:
+    if ev.ratios is None:
+        return ["no per-row scores in this run (an older run folder, or evaluations that kept none): no intervals, "
+                "so every verdict above stands on point estimates"]
+    out = []
+    if len(ev.col) < len(scored):
+        out.append(f"{len(scored) - len(ev.col)} of {len(scored)} scored trials have no per-row scores: statistics "
+                   "that need them have no interval")
+    if source == "validation" and any(c["n"] > len(c["group"]) for c in cell_map.values()):
+        out.append("each cell's best configuration was chosen on the same validation rows that score it, so its "
+                   "numbers lean optimistic; held-out test scores would not")
+    return out
+
+
+def _intervals(trials, view, source: str, ev: Evidence, cell_map: Mapping, metric: str) -> dict:
+    """Every scored trial's interval (rows only) and every cell's (its best configuration: rows and seeds)."""
+    def per_trial(e: Evidence, ts) -> dict:
+        return {t["id"]: e.interval(t["objective"], e.ratios[:, e.col[t["id"]]], e.n_rows[t["id"]])
+                for t in ts if is_scored(t) and t["id"] in e.col}
+
+    out = {"level": ev.level, "resamples": ev.n_boot, "seed": ev.seed, "source": source,
+           "rows": sorted(set(ev.n_rows.values())), "trials": per_trial(ev, view),
+           "cells": [{"model": m, "params": p, "data_fraction": f, "trials": [t["id"] for t in c["group"]],
+                      "seeds": len(c["group"]), "n_trials": c["n"],
+                      "interval": ev.interval(mean_objective(c["group"]), ev.reps(c["group"]), ev.rows(c["group"]))}
+                     for (p, m, f), c in cell_map.items()]}
+    if source == "test":
+        validation = Evidence([t for t in trials if is_scored(t)], metric, ev.level, ev.n_boot, ev.seed)
+        out["validation"] = per_trial(validation, trials)
+    return out

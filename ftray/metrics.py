@@ -26,13 +26,28 @@ def _check_lengths(predictions: Sequence[str], references: Sequence[str]) -> Non
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
 
 
+Row = tuple[float, float]  # (numerator, denominator): a metric is sum(num) / sum(den) over rows
+
+
+def ratio_of_sums(rows: Sequence[Row]) -> float:
+    """sum(num) / sum(den); 0.0 when the denominators sum to 0 (no rows, or e.g. no predicted pairs)."""
+    den = sum(d for _, d in rows)
+    return sum(n for n, _ in rows) / den if den else 0.0
+
+
+def aggregate(rows: dict[str, list[Row]]) -> dict[str, float]:
+    """Each metric's value from its per-row (num, den) pairs."""
+    return {k: ratio_of_sums(v) for k, v in rows.items()}
+
+
+def exact_match_rows(predictions: Sequence[str], references: Sequence[str]) -> list[Row]:
+    _check_lengths(predictions, references)
+    return [(float(normalize_text(p) == normalize_text(r)), 1.0) for p, r in zip(predictions, references)]
+
+
 def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Share of predictions equal to their reference, ignoring case and whitespace."""
-    _check_lengths(predictions, references)
-    if not references:
-        return 0.0
-    hits = sum(normalize_text(p) == normalize_text(r) for p, r in zip(predictions, references))
-    return hits / len(references)
+    return ratio_of_sums(exact_match_rows(predictions, references))
 
 
 def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -46,19 +61,24 @@ def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
     return prev[-1]
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 over pairs, on normalized whitespace tokens."""
+def rouge_l_rows(predictions: Sequence[str], references: Sequence[str]) -> list[Row]:
+    """Per pair: (ROUGE-L F1 on normalized whitespace tokens, 1)."""
     _check_lengths(predictions, references)
-    if not references:
-        return 0.0
-    total = 0.0
+    out = []
     for p, r in zip(predictions, references):
         pred, ref = normalize_text(p).split(), normalize_text(r).split()
         lcs = _lcs_length(pred, ref)
+        f1 = 0.0
         if lcs:
             precision, recall = lcs / len(pred), lcs / len(ref)
-            total += 2 * precision * recall / (precision + recall)
-    return total / len(references)
+            f1 = 2 * precision * recall / (precision + recall)
+        out.append((f1, 1.0))
+    return out
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 over pairs, on normalized whitespace tokens."""
+    return ratio_of_sums(rouge_l_rows(predictions, references))
 
 
 @dataclass(frozen=True)
@@ -105,40 +125,34 @@ def normalize_mr(s: str) -> str | None:
     return f"{mr.act}({inner})"
 
 
-def mr_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact match of the normalized MR, dialogue-act accuracy, micro slot precision/recall/F1 over
-    (slot, value) pairs, and the share of predictions that do not parse.
+def mr_rows(predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[Row]]:
+    """Per row, each MR metric as (num, den), so that sum(num) / sum(den) over rows is the metric.
 
-    A prediction that does not parse has no pairs: it adds nothing to precision's denominator, and all
-    of its reference's pairs count as missed.
+    Micro slot precision is (true positives, predicted pairs), recall (true positives, reference
+    pairs), and F1 (2 tp, predicted + reference pairs): 2PR / (P + R) reduces to 2tp / (np + nr),
+    and both are 0 when there are no true positives. A prediction that does not parse has no pairs:
+    it adds nothing to precision's denominator, and all of its reference's pairs count as missed.
     """
     _check_lengths(predictions, references)
-    n = len(references)
-    if n == 0:
-        return {k: 0.0 for k in MR_METRIC_NAMES}
-    exact = act_hits = failures = 0
-    true_pos = n_pred = n_ref = 0
+    out: dict[str, list[Row]] = {k: [] for k in MR_METRIC_NAMES}
     for p, r in zip(predictions, references):
         ref, pred = parse_mr(r), parse_mr(p)
         ref_pairs = ref.pairs() if ref else set()
-        n_ref += len(ref_pairs)
-        if pred is None:
-            failures += 1
-            continue
-        pred_pairs = pred.pairs()
-        n_pred += len(pred_pairs)
-        true_pos += len(pred_pairs & ref_pairs)
-        if ref is not None and pred.act == ref.act:
-            act_hits += 1
-            exact += pred.slots == ref.slots
-    precision = true_pos / n_pred if n_pred else 0.0
-    recall = true_pos / n_ref if n_ref else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "exact_match": exact / n,
-        "act_accuracy": act_hits / n,
-        "slot_precision": precision,
-        "slot_recall": recall,
-        "slot_f1": f1,
-        "parse_failure_rate": failures / n,
-    }
+        pred_pairs = pred.pairs() if pred else set()
+        tp, n_pred, n_ref = len(pred_pairs & ref_pairs), len(pred_pairs), len(ref_pairs)
+        act_hit = pred is not None and ref is not None and pred.act == ref.act
+        row = {"exact_match": (float(act_hit and pred.slots == ref.slots), 1.0),
+               "act_accuracy": (float(act_hit), 1.0),
+               "slot_precision": (float(tp), float(n_pred)),
+               "slot_recall": (float(tp), float(n_ref)),
+               "slot_f1": (2.0 * tp, float(n_pred + n_ref)),
+               "parse_failure_rate": (float(pred is None), 1.0)}
+        for k, v in row.items():
+            out[k].append(v)
+    return out
+
+
+def mr_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Exact match of the normalized MR, dialogue-act accuracy, micro slot precision/recall/F1 over
+    (slot, value) pairs, and the share of predictions that do not parse (see `mr_rows`)."""
+    return aggregate(mr_rows(predictions, references))

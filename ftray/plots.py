@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+from ftray.evidence import Evidence, best_group, mean_objective, source_view
 from ftray.frontier import is_scored, trial_front
+
+# Resamples for the plots' error bars: fewer than the report's, as a bar's end moves by pixels only.
+PLOT_RESAMPLES = 1000
 
 
 def _plt():
@@ -50,19 +54,38 @@ def _step_front(ax, trials, mode, **kwargs):
         ax.plot(xs, ys, drawstyle="default", **kwargs)
 
 
+def _error_bars(ax, xs, ys, ivs, **kwargs) -> None:
+    """Vertical bars from each interval's low to high end; points without one get none."""
+    keep = [(x, y, iv) for x, y, iv in zip(xs, ys, ivs) if iv and iv.get("lo") is not None]
+    if keep:
+        ax.errorbar([x for x, _, _ in keep], [y for _, y, _ in keep],
+                    yerr=[[max(0.0, y - iv["lo"]) for _, y, iv in keep], [max(0.0, iv["hi"] - y) for _, y, iv in keep]],
+                    fmt="none", capsize=2, lw=0.8, zorder=1, **kwargs)
+
+
 def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str) -> list[str]:
-    """frontier.png, data_fraction.png, lora_rank.png in out_dir; none when no trial was scored."""
-    scored = [t for t in trials if is_scored(t)]
+    """frontier.png, data_fraction.png, lora_rank.png in out_dir; none when no trial was scored.
+
+    Scores are the analysis' own (held-out test where every trial has it); where trials kept per-row
+    scores, each point carries its bootstrap interval as an error bar.
+    """
+    source, view, _ = source_view(trials, metric)
+    scored = [t for t in view if is_scored(t)]
     if not scored:
         return []
+    ev = Evidence(scored, metric, n_boot=PLOT_RESAMPLES)
     plt = _plt()
     paths = []
     better = "higher is better" if mode == "max" else "lower is better"
+    shown = f"{metric} ({'test' if source == 'test' else 'validation'}, {better})"
+    bars = "; bars: 95% intervals" if ev.ratios is not None else ""
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    _error_bars(ax, [t["params"] for t in scored], [t["objective"] for t in scored],
+                [ev.interval(t["objective"], ev.reps([t], seeds=False)) for t in scored], ecolor="0.55")
     sc = ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored],
                     c=[t["data_fraction"] for t in scored], cmap="viridis", s=45, edgecolors="k", linewidths=0.5,
-                    vmin=0, vmax=1)
+                    vmin=0, vmax=1, zorder=2)
     _step_front(ax, scored, mode, color="crimson", lw=1.5, label="frontier")
     for t in scored:
         if t["id"] in set(trial_front(scored, mode)):
@@ -70,33 +93,40 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str)
     fig.colorbar(sc, ax=ax, label="data fraction")
     _params_axis(ax, [t["params"] for t in scored])
     ax.set_xlabel("model parameters")
-    ax.set_ylabel(f"{metric} ({better})")
-    ax.set_title(f"{metric} against model size: the frontier")
+    ax.set_ylabel(shown)
+    ax.set_title(f"{metric} against model size: the frontier{bars}")
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir, "frontier.png"))
 
-    for key, name, label, log in (("data_fraction", "data_fraction.png", "data fraction", True),
-                                  ("lora_rank", "lora_rank.png", "LoRA rank", True)):
+    for key, name, label in (("data_fraction", "data_fraction.png", "data fraction"),
+                             ("lora_rank", "lora_rank.png", "LoRA rank")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for model in sorted({t["model"] for t in scored}, key=lambda m: min(t["params"] for t in scored if t["model"] == m)):
-            best: dict = {}
-            for t in scored:
-                x = t.get(key)
-                if t["model"] == model and x is not None:
-                    if x not in best or (t["objective"] > best[x] if mode == "max" else t["objective"] < best[x]):
-                        best[x] = t["objective"]
-            xs = sorted(best)
-            ax.plot(xs, [best[x] for x in xs], marker="o", label=model)
-        if log:
-            ax.set_xscale("log", base=2)
+        for i, model in enumerate(sorted({t["model"] for t in scored},
+                                         key=lambda m: min(t["params"] for t in scored if t["model"] == m))):
+            xs, ys, ivs = _best_per_value(scored, model, key, mode, ev)
+            _error_bars(ax, xs, ys, ivs, ecolor=f"C{i}")
+            ax.plot(xs, ys, marker="o", label=model, color=f"C{i}")
+        ax.set_xscale("log", base=2)
         ax.set_xlabel(label)
-        ax.set_ylabel(f"best {metric} ({better})")
-        ax.set_title(f"{metric} against {label}, one line per model size")
+        ax.set_ylabel(f"best {shown}")
+        ax.set_title(f"{metric} against {label}, one line per model size{bars}")
         ax.legend(loc="best")
         ax.grid(alpha=0.3)
         paths.append(_save(fig, out_dir, name))
     return paths
+
+
+def _best_per_value(scored: Sequence[Mapping], model: str, key: str, mode: str, ev: Evidence):
+    """Per value of `key`, the best configuration's mean over its seeds and its interval (rows and seeds)."""
+    by_value: dict = {}
+    for t in scored:
+        if t["model"] == model and t.get(key) is not None:
+            by_value.setdefault(t[key], []).append(t)
+    xs = sorted(by_value)
+    groups = [best_group(by_value[x], mode) for x in xs]
+    ys = [mean_objective(g) for g in groups]
+    return xs, ys, [ev.interval(y, ev.reps(g)) for y, g in zip(ys, groups)]
 
 
 def compare_plot(runs: Sequence[tuple[str, Sequence[Mapping]]], metric: str, mode: str, path: str) -> str:

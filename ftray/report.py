@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
+from dataclasses import asdict
+
+from ftray import runfolder as rf
 from ftray import storage as st
-from ftray.errors import FtrayInputError
+from ftray.config import SEARCHABLE
 from ftray.frontier import analyse, trial_front
-
-RUN_FILE = "ftray_run.json"
-
 
 def load_run(run_dir: str) -> dict:
     """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier.
@@ -19,88 +18,63 @@ def load_run(run_dir: str) -> dict:
     `run_dir` is a local folder or a storage URI (s3://, gs://, file://, ...).
     """
     run_dir = st.normalize(run_dir)
-    run_file = st.join(run_dir, RUN_FILE)
-    if not st.is_file(run_file):
-        raise FtrayInputError(f"{run_dir} is not an ftray run folder (no {RUN_FILE}); "
-                              "pass the folder that `ftray run` printed")
-    run = json.loads(st.read_text(run_file))
-    objective = run["objective"]
-    trials = [_trial_record(state, meta, run_dir, objective, run) for state, meta in _tune_trials(run_dir)]
-    trials.sort(key=lambda t: t["id"])
+    record = rf.require_record(run_dir)
+    trials = [_trial_record(t, record) for t in rf.tune_trials(run_dir)]
     return {
-        "run_dir": run_dir,
-        "objective": objective,
+        "run_dir": run_dir,  # where to read and write; shown through st.redact
+        "objective": record.objective,
         "trials": trials,
-        "frontier": trial_front(trials, objective["mode"]),
-        "record": run,
+        "frontier": trial_front(trials, record.objective["mode"]),
+        "record": asdict(record),
     }
 
 
-def _tune_trials(run_dir: str):
-    """(trial state, runtime metadata) pairs from Tune's latest experiment state file."""
-    states = [n for n in st.list_names(run_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
-    if not states:
-        return []
-    data = json.loads(st.read_text(st.join(run_dir, max(states))))
-    out = []
-    for state, meta in data["trial_data"]:
-        state = json.loads(state) if isinstance(state, str) else state
-        meta = json.loads(meta) if isinstance(meta, str) else meta
-        out.append((state, meta))
-    return out
-
-
-def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: dict) -> dict:
-    trial_dir = st.join(run_dir, state["relative_logdir"])
-    config = _read_json(st.join(trial_dir, "params.json")) or {}
-    history = _read_jsonl(st.join(trial_dir, "result.json"))
-    last = history[-1] if history else (meta.get("last_result") or {})
-    metric_names = [k for k in last if k == "eval_loss" or k in _task_metric_keys(last)]
-    reason = None
-    if last.get("diverged"):
-        reason = "diverged: the training loss became NaN or infinite"
-    elif last.get("did_not_fit"):
-        reason = f"did-not-fit: {last.get('did_not_fit_reason', 'out of memory')}"
-    elif state["status"] == "ERROR":
-        reason = _error_reason(meta, trial_dir)
-    value = last.get(objective["metric"]) if not reason else None
+def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord) -> dict:
+    objective = record.objective
+    last = trial.last
+    config = trial.record.config.to_dict() if trial.record else dict(trial.params)
+    outcome = trial.record.outcome if trial.record else None
+    reason = outcome.describe() if outcome else None
+    if reason is None and trial.status == "ERROR":  # the trial's driver itself was lost: no outcome written
+        reason = f"error: no outcome recorded (see {st.join(trial.trial_dir, 'error.txt')})"
     model = config.get("model")
-    workers = (run.get("workers") or {}).get(model, last.get("world_size", 1))
-    gpus = (run.get("gpus_per_worker") or {}).get(model, 0)
+    workers = record.workers.get(model, last.get("world_size", 1))
+    gpus = record.gpus_per_worker.get(model, 0)
+    metric_names = record.metrics or ["eval_loss", *_task_metric_keys(last)]
     return {
-        "id": state["trial_id"],
-        "status": state["status"],
+        "id": trial.id,
+        "status": trial.status,
         "reason": reason,
+        "outcome": outcome.kind if outcome else None,
         "model": model,
-        "params": int(last.get("params") or config.get("model_params") or run.get("model_params", {}).get(model) or 0),
+        "params": int(record.model_params.get(model) or last.get("params") or 0),
         "trainable_params": int(last.get("trainable_params") or 0),
-        "lora_rank": config.get("lora_rank", last.get("lora_rank")),
+        "lora_rank": config.get("lora_rank"),
         "lora_alpha": config.get("lora_alpha"),
         "data_fraction": config.get("data_fraction", 1.0),
         "lr": config.get("lr"),
-        "config": {k: v for k, v in config.items() if not k.startswith("_") and "/" not in k},
-        "objective": _finite(value),
+        "config": config,
+        "objective": _finite(last.get(objective["metric"])) if not reason else None,
         "base_objective": _finite(last.get(f"base_{objective['metric']}")),
-        "metrics": {k: _finite(last.get(k)) for k in metric_names},
+        "metrics": {k: _finite(last.get(k)) for k in metric_names if k in last},
         "steps": last.get("step"),
         # Stopped by ASHA before its budget: scored at the step it reached.
-        "stopped_early": bool(state["status"] == "TERMINATED" and not reason and last.get("total_steps")
+        "stopped_early": bool(trial.status == "TERMINATED" and not reason and last.get("total_steps")
                               and (last.get("step") or 0) < last["total_steps"]),
         "train_loss": _finite(last.get("train_loss")),
-        "first_train_loss": _finite(history[0].get("train_loss")) if history else None,
+        "first_train_loss": _finite(trial.results[0].get("train_loss")) if trial.results else None,
         "tokens": last.get("tokens"),
         "train_tokens_per_s": _finite(last.get("train_tokens_per_s")),
         "step_s": _finite(last.get("step_s")),  # median seconds per optimizer step, last interval
         "peak_gpu_mem_gib": _finite(last.get("peak_gpu_mem_gib")),
-        # Restarts of the trial's workers after a lost worker (Tune's own failure count also counts
-        # the final error of a trial that was never retried).
-        "restarts": int(last.get("restarts", 0)),
+        # Restarts of the trial's workers after a lost worker.
+        "restarts": outcome.restarts if outcome else int(last.get("restarts", 0)),
         "wall_s": _finite(last.get("time_total_s")),
         # What the trial held: GPUs where it had them, else its CPU workers.
         "accelerators": workers * gpus if gpus else workers,
         # None once removed (checkpoints off the frontier are pruned at the end of a sweep).
         "checkpoint": _existing(last.get("checkpoint_path")),
-        "trial_dir": trial_dir,
+        "trial_dir": trial.trial_dir,
     }
 
 
@@ -108,7 +82,7 @@ def _trial_record(state: dict, meta: dict, run_dir: str, objective: dict, run: d
 _BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s", "worker_start_s",
                 "step_s", "peak_gpu_mem_gib",
                 "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss", "eval_s",
-                "world_size", "did_not_fit"}
+                "world_size"}
 
 
 def _task_metric_keys(result: dict) -> list[str]:
@@ -117,45 +91,12 @@ def _task_metric_keys(result: dict) -> list[str]:
     tune_keys = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
                  "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore"}
     return [k for k, v in result.items()
-            if k not in _BOOKKEEPING and k not in NOT_LOGGED and k not in tune_keys and isinstance(v, (int, float))]
+            if k not in _BOOKKEEPING and k not in NOT_LOGGED and k not in tune_keys and not k.startswith("base_")
+            and isinstance(v, (int, float))]
 
 
 def _existing(path: str | None) -> str | None:
     return path if path and st.exists(path) else None
-
-
-def _error_reason(meta: dict, trial_dir: str) -> str:
-    path = st.join(trial_dir, "error.txt")
-    if st.is_file(path):
-        lines = [ln for ln in st.read_text(path).strip().splitlines() if ln.strip()]
-        text = "\n".join(lines)
-        if "OutOfMemoryError" in text or "out of memory" in text.lower():
-            return f"did-not-fit: out of memory (traceback: {path})"
-        return "error: " + (lines[-1][:300] if lines else "unknown") + f" (traceback: {path})"
-    return "error (no error file found)"
-
-
-def _read_json(path: str) -> Any:
-    try:
-        return json.loads(st.read_text(path))
-    except (OSError, FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    try:
-        text = st.read_text(path)
-    except (OSError, FileNotFoundError):
-        return []
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line cut short by a crash: the ones before it still count
-    return rows
 
 
 def _finite(v):
@@ -166,9 +107,9 @@ def _finite(v):
 def to_json(run: dict) -> dict:
     keys = ("id", "status", "reason", "model", "params", "trainable_params", "lora_rank", "data_fraction", "lr",
             "objective", "base_objective", "metrics", "wall_s", "accelerators", "tokens", "train_loss",
-            "first_train_loss", "restarts", "steps", "stopped_early", "config", "checkpoint", "trial_dir")
+            "first_train_loss", "restarts", "steps", "stopped_early", "config", "checkpoint", "trial_dir", "outcome")
     return {
-        "run_dir": run["run_dir"],
+        "run_dir": st.redact(run["run_dir"]),
         "objective": run["objective"],
         "trials": [{k: t[k] for k in keys} for t in run["trials"]],
         "frontier": run["frontier"],
@@ -209,17 +150,25 @@ def _human(n: int) -> str:
 
 
 # ---- the frontier report ---------------------------------------------------------------------------
-CSV_COLUMNS = ("id", "status", "model", "params", "trainable_params", "lora_rank", "data_fraction", "lr", "objective",
-               "base_objective", "wall_s", "accelerators", "tokens", "on_front", "reason")
+# The trial's settings are TrialConfig's searchable fields, in its order.
+CSV_COLUMNS = ("id", "status", "model", "params", "trainable_params", *(k for k in SEARCHABLE if k != "model"),
+               "objective", "base_objective", "wall_s", "accelerators", "tokens", "on_front", "reason")
 
 
-def build_report(run: dict, target: float | None = None) -> dict:
-    """The run's JSON (as `to_json`) with the frontier analysis under "analysis"."""
+def build_report(run: dict, target: float | None = None, level: float = 0.95) -> dict:
+    """The run's JSON (as `to_json`) with the frontier analysis under "analysis"; `level`: of every interval.
+
+    The trials carry their per-row scores ("rows") and held-out test scores ("test") where the sweep
+    kept them; the analysis works without them (no intervals) for older run folders.
+    """
     obj = run["objective"]
     out = to_json(run)
     space = run.get("record", {}).get("sweep", {}).get("space", {})
-    continuous = {k for k, v in space.items() if not str(v).startswith("choice(")}
-    out["analysis"] = analyse(run["trials"], obj["metric"], obj["mode"], target=target, continuous=continuous)
+    continuous = {k for k, v in space.items() if isinstance(v, dict) and ("float" in v or "int" in v)}
+    # The seed makes repeats, not a setting to rank.
+    swept = [k for k in space if k not in ("model", "seed")] or None
+    out["analysis"] = analyse(run["trials"], obj["metric"], obj["mode"], target=target, continuous=continuous,
+                              settings=swept, level=level)
     return out
 
 
@@ -232,7 +181,7 @@ def frontier_csv(run: dict) -> str:
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
     for t in sorted(run["trials"], key=lambda t: (t["params"], t["id"])):
-        row = dict(t, on_front=int(t["id"] in front))
+        row = {**t["config"], **t, "on_front": int(t["id"] in front)}
         w.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
     return buf.getvalue()
 
@@ -259,34 +208,32 @@ def write_report_files(run: dict, report: dict) -> list[str]:
 
 
 def format_report(run: dict, report: dict) -> str:
-    """The terminal report: the trial table, then the answers."""
+    """The terminal report: the trial table, the scores with their intervals, then the answers."""
     a = report["analysis"]
     metric = run["objective"]["metric"]
-    lines = [format_table(run), "", "What the sweep says"]
+    lines = [format_table(run)]
+    lines += _scores_table(run, a)
+    lines += ["", "What the sweep says"]
     lines += [f"  - {v}" for v in a["verdicts"]]
     early = [t for t in run["trials"] if t.get("stopped_early")]
     if early:
         lines.append(f"  - {len(early)} of {len(run['trials'])} trials were stopped early by ASHA; each is scored at the "
                      "step it reached: " + ", ".join(f"{t['id']} ({t['steps']})" for t in early[:8])
                      + (" ..." if len(early) > 8 else ""))
+    if a.get("source") == "test" and a["frontier_params"] != run["frontier"]:
+        lines.append(f"  - on test scores the front is {', '.join(a['frontier_params'])} (the table's * marks the "
+                     "validation front)")
     gains = a["finetune_gain"]
     if gains:
-        lines += ["", "Finetuning gain per model size (base model before finetuning -> best trial)"]
+        lines += ["", "Finetuning gain per model size (base model before finetuning -> best trial, validation rows)"]
         for model, g in gains.items():
-            base = "?" if g["base"] is None else f"{g['base']:.4f}"
-            gain = "" if g["gain"] is None else f"  ({g['gain']:+.4f})"
-            lines.append(f"  {model:<24} {_human(g['params']):>7}  {metric}: {base} -> {g['best']:.4f}{gain}")
-    lev = a["leverage"]
-    if lev["model"]:
-        lines += ["", "Each step up the model ladder (best trial at the same data fraction)"]
-        for step in lev["model"]["steps"]:
-            lines.append(f"  data {step['data_fraction']:g}: {step['from']} -> {step['to']}: {step['gain']:+.4f} "
-                         f"at {step['params_ratio']:.1f}x params ({step['n_trials']} trials)")
-    if lev["data"]:
-        lines += ["", "Each doubling of the data (slope of the best trial per fraction, per model)"]
-        for model, d in lev["data"]["per_model"].items():
-            lines.append(f"  {model}: {d['gain_per_doubling']:+.4f} per doubling over fractions "
-                         f"{', '.join(f'{f:g}' for f in d['fractions'])} ({d['n_trials']} trials)")
+            base = "?" if g["base"] is None else f"{g['base']:.3g}"
+            gain = "" if g["gain"] is None else f"  ({g['gain']:+.3g})"
+            lines.append(f"  {model:<24} {_human(g['params']):>7}  {metric}: {base} -> {g['best']:.3g}{gain}")
+    lines += _lever_lines(a["leverage"], a.get("intervals"))
+    law = a.get("power_law")
+    if law and not law.get("fitted"):  # a fitted law is one of the verdicts above
+        lines += ["", f"Finetuning power law (Zhang et al., ICLR 2024): not fitted, {law['reason']}"]
     hv = a["hypervolume"]
     lines += ["", f"Hypervolume of the front: {hv['value']:.4g} (reference {metric}={hv['reference'][0]:.4g}, "
                   f"params={_human(int(hv['reference'][1]))}; size axis {hv['size_axis']})"]
@@ -294,3 +241,59 @@ def format_report(run: dict, report: dict) -> str:
         lines += ["", "Trials kept out of the front"]
         lines += [f"  {f['id']}: {f['reason']}" for f in a["failed"]]
     return "\n".join(lines)
+
+
+def _scores_table(run: dict, a: dict) -> list[str]:
+    """Each scored trial's validation score (what selection used) and test score, with intervals."""
+    from ftray.stats import format_interval
+
+    iv = a.get("intervals") or {}
+    if not iv.get("trials") and a.get("source") != "test":
+        return []
+    metric = run["objective"]["metric"]
+    test = a.get("source") == "test"
+    valid_iv = iv.get("validation", {}) if test else iv.get("trials", {})
+    head = ["trial", "model", "data", f"valid {metric}"] + ([f"test {metric}"] if test else [])
+    rows = []
+    scored = [t for t in run["trials"] if t["objective"] is not None and not t["reason"]]
+    for t in sorted(scored, key=lambda t: (t["params"], t["id"])):
+        row = [t["id"], t["model"] or "?", f"{t['data_fraction']:g}",
+               format_interval(valid_iv.get(t["id"]), value=t["objective"])]
+        if test:
+            tested = ((t.get("test") or {}).get("metrics") or {}).get(metric)
+            row.append(format_interval(iv["trials"].get(t["id"]), value=tested))
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    level = f"{iv.get('level', 0.95):.0%}"
+    out = ["", f"Scores with {level} intervals over rows (bootstrap, {iv.get('resamples')} resamples)"
+               + ("; validation chose, test reports" if test else "")]
+    out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
+    return out
+
+
+def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
+    """The ladder steps and data doublings, each with its paired interval and what it says."""
+    from ftray.stats import format_interval
+
+    def said(step: dict) -> str:
+        ans = step.get("answer")
+        if not ans or ans == "no interval":
+            return ""
+        need = step.get("rows_needed")
+        return f": {ans}" + (f" (about {need:,} rows would decide)" if ans == "undecided" and need else "")
+
+    lines = []
+    if lev["model"]:
+        lines += ["", "Each step up the model ladder (best configuration at the same data fraction; paired intervals)"]
+        for s in lev["model"]["steps"]:
+            lines.append(f"  data {s['data_fraction']:g}: {s['from']} -> {s['to']}: "
+                         f"{format_interval(s.get('interval'), True, s['gain'])} at {s['params_ratio']:.1f}x params "
+                         f"({s['n_trials']} trials){said(s)}")
+    if lev["data"]:
+        lines += ["", "Each doubling of the data (slope of the best configuration per fraction, per model)"]
+        for model, d in lev["data"]["per_model"].items():
+            steps = ", ".join(f"{s['from']:g}->{s['to']:g} {format_interval(s.get('interval'), True, s['gain'])}"
+                              for s in d.get("steps", []))
+            lines.append(f"  {model}: {format_interval(d.get('interval'), True, d['gain_per_doubling'])} per doubling"
+                         f"{said(d)} ({d['n_trials']} trials; {steps})")
+    return lines

@@ -1,62 +1,69 @@
-"""Continued evaluation: score the saved adapters of a run's frontier trials on new rows of its task.
+"""Scoring saved adapters again: `ftray eval RUN_DIR --data FILE`, on new rows of the task.
 
-`ftray eval RUN_DIR --data FILE` rebuilds each frontier trial's model (base weights + its adapter
-checkpoint), generates greedily for every row of FILE, scores it with the task's metrics, and says
-how the front moved. One process, no Ray: the adapters are small.
+A checkpoint carries what it needs to be evaluated anywhere: the adapter, the tokenizer and the
+trial's settings (trial_config.json). The base model comes from the ladder rung (for a preset: built
+from its config with the trial's seed, exactly as it was trained). One process, no Ray: the adapters
+are small.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
-import torch
-
 from ftray import storage as st
+from ftray.config import TrialConfig
 from ftray.errors import FtrayInputError
 from ftray.frontier import trial_front
 
 
-def rescore(run_dir: str, data_file: str, batch_size: int = 16) -> dict:
+def load_adapter(checkpoint: str, rung, device: str = "cpu"):
+    """(model with its adapter, tokenizer, TrialConfig) from a local checkpoint folder."""
     from peft import PeftModel
+    from transformers import AutoTokenizer
 
-    from ftray.models import build_model, load_tokenizer
+    from ftray.models import build_model
+    from ftray.recipe import TRIAL_CONFIG
+
+    with open(os.path.join(checkpoint, TRIAL_CONFIG)) as f:
+        config = TrialConfig.from_dict(json.load(f))
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = PeftModel.from_pretrained(build_model(rung, tokenizer, seed=config.seed), checkpoint).to(device)
+    return model, tokenizer, config
+
+
+def score_checkpoint(checkpoint: str, task, rung, examples, batch_size: int = 16) -> dict:
+    """The task's metrics for the adapter in `checkpoint` (local or a storage URI) on `examples`."""
+    from ftray.evaluate import evaluate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, tokenizer, config = load_adapter(st.local_copy(checkpoint, tmp), rung)
+        return evaluate(model=model, tokenizer=tokenizer, task=task, examples=examples, batch_size=batch_size,
+                        max_length=config.max_length, max_new_tokens=config.max_new_tokens, device="cpu")
+
+
+def rescore(run_dir: str, data_file: str, batch_size: int = 16) -> dict:
     from ftray.report import load_run
-    from ftray.search import prepare, sweep_of_run
-    from ftray.train import evaluate
+    from ftray.runfolder import sweep_of_run
 
     run = load_run(run_dir)
     sweep = sweep_of_run(run["run_dir"])
     examples = sweep.task.examples_from_file(data_file)
     if not examples:
         raise FtrayInputError(f"{data_file} holds no rows")
-    _, tokenizer_json, _ = prepare(sweep)
     obj = run["objective"]
     front = [t for t in run["trials"] if t["id"] in set(run["frontier"])]
     if not front:
-        raise FtrayInputError(f"{run['run_dir']}: no trial is on the frontier, so there is nothing to score")
+        raise FtrayInputError(f"{st.redact(run['run_dir'])}: no trial is on the frontier, so there is nothing to score")
     rows = []
     for t in front:
         if not t.get("checkpoint"):
             raise FtrayInputError(f"trial {t['id']} has no checkpoint left to score")
-        spec = sweep.model(t["model"])
-        tokenizer = load_tokenizer(spec, tokenizer_json)
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = st.local_copy(t["checkpoint"], tmp)
-            model = PeftModel.from_pretrained(build_model(spec, tokenizer, seed=sweep.seed), ckpt)
-
-            class Settings:  # what evaluate() reads from a TrialSpec
-                max_length, max_new_tokens = sweep.max_length, sweep.max_new_tokens
-
-            Settings.batch_size = batch_size
-            from ftray.data import tokenize_examples
-
-            data = tokenize_examples(examples, tokenizer, sweep.max_length)
-            metrics = evaluate(model, tokenizer, sweep.task, examples, data, Settings, torch.device("cpu"), 0, 1,
-                               torch.no_grad())
+        metrics = score_checkpoint(t["checkpoint"], sweep.task, sweep.model(t["model"]), examples, batch_size)
         rows.append(dict(t, old_objective=t["objective"], objective=metrics[obj["metric"]], new_metrics=metrics))
     new_front = trial_front(rows, obj["mode"])
-    return {"run_dir": run["run_dir"], "data": os.path.abspath(data_file), "rows": len(examples),
+    return {"run_dir": st.redact(run["run_dir"]), "data": os.path.abspath(data_file), "rows": len(examples),
             "objective": obj, "trials": [{k: r[k] for k in ("id", "model", "params", "old_objective", "objective",
                                                              "new_metrics")} for r in rows],
             "frontier_before": run["frontier"], "frontier_after": new_front}

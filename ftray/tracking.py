@@ -10,52 +10,109 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ray import tune
 
+from ftray.config import TrialConfig
 from ftray.sweep import WandB
 
-# Sampled settings and model facts that go into each run's config (W&B's parallel-coordinates
-# and scatter panels need model size as a number beside rank and data fraction).
-CONFIG_KEYS = ("model", "model_params", "lora_rank", "lora_alpha", "lora_dropout", "lr", "weight_decay",
-               "warmup_ratio", "data_fraction", "data_filter", "batch_size", "grad_accum")
 NOT_LOGGED = {"config", "trial_id", "experiment_tag", "date", "hostname", "node_ip", "pid", "checkpoint_path",
               "checkpoint_dir_name", "should_checkpoint", "done", "trial_log_path", "experiment_id"}
 
 
+# WANDB_MODE values wandb accepts, as the mode ftray passes to wandb.init.
+ENV_MODES = {"online": "online", "run": "online", "shared": "online", "offline": "offline", "dryrun": "offline",
+             "disabled": "disabled"}
+TRUE = ("1", "true", "yes", "on")
+
+
 def wandb_mode(settings: WandB) -> str:
+    """"online", "offline" or "disabled": see wandb_mode_and_reason."""
+    return wandb_mode_and_reason(settings)[0]
+
+
+def wandb_mode_and_reason(settings: WandB) -> tuple[str, str]:
+    """The W&B mode for a sweep and why, e.g. ("offline", "WANDB_MODE=offline in the environment").
+
+    The user's environment wins over the sweep file: WANDB_DISABLED=true means disabled, else a set
+    WANDB_MODE (online, offline, disabled; dryrun is offline) is used even when the sweep names a
+    mode. The file is written once and shared; the environment is this run's choice (as in wandb,
+    where WANDB_MODE beats its settings file). ftray passes the resolved mode to wandb.init
+    explicitly, which in wandb would beat WANDB_MODE, so the environment is applied here. Without
+    either, the sweep's wandb.mode; "auto" is online when an API key is available, else offline.
+    """
+    from ftray.errors import FtrayInputError
+
+    def over(mode: str) -> str:
+        return f" (over the sweep's wandb.mode={settings.mode!r})" if settings.mode not in ("auto", mode) else ""
+
+    disabled = os.environ.get("WANDB_DISABLED", "").strip()
+    if disabled.lower() in TRUE:
+        return "disabled", f"WANDB_DISABLED={disabled} in the environment{over('disabled')}"
+    env_mode = os.environ.get("WANDB_MODE", "").strip()
+    if env_mode:
+        mode = ENV_MODES.get(env_mode.lower())
+        if mode is None:
+            raise FtrayInputError(f"WANDB_MODE={env_mode!r} in the environment is not a W&B mode; "
+                                  "use online, offline or disabled (or unset it)")
+        alias = f" ({env_mode} means {mode})" if env_mode.lower() != mode else ""
+        return mode, f"WANDB_MODE={env_mode} in the environment{alias}{over(mode)}"
     if settings.mode != "auto":
-        return settings.mode
-    return "online" if has_api_key() else "offline"
+        return settings.mode, f"the sweep sets wandb.mode={settings.mode!r}"
+    source = _api_key_source()
+    if source:
+        return "online", f"wandb.mode is 'auto' and an API key is set ({source})"
+    return "offline", "wandb.mode is 'auto' and no API key is set here (WANDB_API_KEY or a netrc entry)"
 
 
 def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        import netrc
+    return _api_key_source() is not None
 
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+
+def _api_key_source() -> str | None:
+    """Where wandb would find an API key ("WANDB_API_KEY", "~/.netrc"), never the key itself."""
+    if os.environ.get("WANDB_API_KEY", "").strip():
+        return "WANDB_API_KEY"
+    import netrc
+    from urllib.parse import urlparse
+
+    # wandb keeps a key in netrc under its server's host: api.wandb.ai, or a self-hosted one.
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        found = netrc.netrc(path).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
-        return False
+        return None
+    return f"{'NETRC' if os.environ.get('NETRC') else '~/.netrc'} for {host}" if found else None
 
 
 class WandbTracking(tune.Callback):
-    def __init__(self, settings: WandB, group: str, model_params: Mapping[str, int], sweep_config: Mapping | None = None):
+    """A W&B run per trial. Its config is the trial's whole TrialConfig (`trial_config` turns Tune's
+    sampled values into it) plus the model's parameter count: W&B's parallel-coordinates and scatter
+    panels need model size as a number beside rank and data fraction."""
+
+    def __init__(self, settings: WandB, group: str, model_params: Mapping[str, int],
+                 trial_config: Callable[[dict], TrialConfig]):
         self.settings = settings
         self.group = group
         self.model_params = dict(model_params)
-        self.sweep_config = dict(sweep_config or {})
+        self.trial_config = trial_config
         self.mode = wandb_mode(settings)
         self._runs: dict[str, object] = {}
         self._said = False
 
     def setup(self, **info):
-        if self.mode == "offline" and not self._said:
-            print("ftray: W&B has no API key here: logging offline into each trial's folder "
-                  "(upload later with `wandb sync <trial folder>/wandb/offline-run-*`)", flush=True)
-            self._said = True
+        if self._said:
+            return
+        _, reason = wandb_mode_and_reason(self.settings)
+        what = {"online": "logging online", "disabled": "not logging",
+                "offline": "logging offline into each trial's folder "
+                           "(upload later with `wandb sync <trial folder>/wandb/offline-run-*`)"}[self.mode]
+        if self.mode == "online" and not has_api_key():
+            what += "; no API key is set here (WANDB_API_KEY or a netrc entry), so wandb will ask for one"
+        print(f"ftray: W&B {self.mode}, because {reason}; {what}", flush=True)
+        self._said = True
 
     def _run(self, trial):
         run = self._runs.get(trial.trial_id)
@@ -63,11 +120,9 @@ class WandbTracking(tune.Callback):
             return run
         import wandb
 
-        config = {k: trial.config[k] for k in CONFIG_KEYS if k in trial.config}
-        config.update({k: v for k, v in trial.config.items() if not k.startswith("_") and "/" not in k})
-        config["sweep_run"] = self.group
-        config.update(self.sweep_config)
-        name = f"{config.get('model', 'trial')}-r{config.get('lora_rank', '')}-{trial.trial_id}"
+        settings = self.trial_config(trial.config)
+        config = {**settings.to_dict(), "model_params": self.model_params.get(settings.model), "sweep_run": self.group}
+        name = f"{settings.model}-r{settings.lora_rank}-{trial.trial_id}"
         run = wandb.init(
             project=self.settings.project, entity=self.settings.entity, group=self.group,
             id=f"{self.group}-{trial.trial_id}", name=name, config=config, dir=trial.local_path,

@@ -1,5 +1,10 @@
-"""Faults injected from outside, black box: a Train worker killed mid-trial, the driver SIGKILLed and
-the sweep resumed, a loss that turns NaN, user code that raises, and bad input of every kind."""
+"""Faults injected from outside, black box: a Train worker killed mid-trial; a sweep started from Python
+on S3 storage (a local S3 server) whose driver is SIGKILLed, then resumed and evaluated from the CLI;
+a loss that turns NaN, an out-of-memory and a bug in user code, classified while the sweep goes on.
+
+(Bad input of every kind is tests/test_bad_inputs.py: it needs no Ray.) Each test finds and kills
+only the processes it started.
+"""
 
 import json
 import os
@@ -10,7 +15,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+
+from conftest import write_synthetic_csvs
 
 pytestmark = pytest.mark.e2e
 
@@ -20,9 +28,23 @@ def ftray(*args, env=None, timeout=900):
                           env=env or os.environ.copy(), timeout=timeout)
 
 
-def start(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "ftray.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env or os.environ.copy(), start_new_session=True)
+def start(argv, env=None):
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env or os.environ.copy(), start_new_session=True)
+
+
+def kill_tree(proc):
+    """SIGKILL a process started by this test and everything under it (its local Ray too)."""
+    try:
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def sweep_file(tmp: Path, body: str, name="s.py") -> Path:
@@ -31,26 +53,31 @@ def sweep_file(tmp: Path, body: str, name="s.py") -> Path:
     return path
 
 
-def report(run_dir) -> dict:
-    proc = ftray("report", str(run_dir), "--json", "--no-files")
+def report(run_dir, env=None) -> dict:
+    proc = ftray("report", str(run_dir), "--json", "--no-files", env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def wait_for(predicate, timeout, proc=None, what=""):
+def history(trial_dir) -> list[dict]:
+    return [json.loads(line) for line in Path(trial_dir, "result.json").read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate, timeout, proc, what):
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
             return
-        if proc is not None and proc.poll() is not None:
+        if proc.poll() is not None:
             raise AssertionError(f"process ended before {what}: {proc.stdout.read()[-3000:]}")
         time.sleep(0.5)
+    kill_tree(proc)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 BASE = """
 from ray import tune
-from ftray import Sweep, SyntheticTask, WandB
+from ftray import Sweep, SyntheticTask, TextTask, WandB
 """
 
 
@@ -60,167 +87,152 @@ sweep = Sweep(name="kill", task=SyntheticTask(n_train=400, n_valid=16, n_test=16
               num_trials=1, workers=2, steps=60, eval_every=10, eval_samples=8, max_new_tokens=8,
               batch_size=8, max_length=96, eval_base=False, wandb=WandB(mode="offline"))
 """)
-    proc = start("run", str(f), "--storage", str(tmp_path / "runs"))
-    ckpts = tmp_path / "runs" / "kill" / "checkpoints"
-    wait_for(lambda: len(list(ckpts.glob("*/checkpoint_*"))) >= 2, 300, proc, "two checkpoints")
-    workers = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
-    assert workers, "no Train worker process found"
-    os.kill(int(workers[-1]), signal.SIGKILL)
-    out, _ = proc.communicate(timeout=600)
+    proc = start([sys.executable, "-m", "ftray.cli", "run", str(f), "--storage", str(tmp_path / "runs")])
+    try:
+        ckpts = tmp_path / "runs" / "kill" / "checkpoints"
+        wait_for(lambda: len(list(ckpts.glob("*/checkpoint_*"))) >= 2, 300, proc, "two checkpoints")
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "RayTrainWorker" in " ".join(p.cmdline())]
+        assert workers, "no Train worker of this sweep found"
+        workers[-1].kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
     assert proc.returncode == 0, out[-4000:]
     [t] = report(tmp_path / "runs" / "kill")["trials"]
     assert t["status"] == "TERMINATED" and t["reason"] is None
     assert t["steps"] == 60  # the same number of steps as without the fault
     assert t["restarts"] >= 1
-    history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
-    steps = [h["step"] for h in history]
-    # Restarted from the latest checkpoint: a step is redone at most once per restart, and at most
-    # one checkpoint interval (10 steps) of work is lost.
-    assert steps[-1] == 60 and len(steps) - len(set(steps)) <= t["restarts"]
+    steps = [h["step"] for h in history(t["trial_dir"])]
+    # Restarted from the latest checkpoint, not from step 0: the reported steps never go back, and a
+    # step is reported twice at most once per restart (the interval the lost worker was in).
+    assert steps[-1] == 60 and all(b >= a for a, b in zip(steps, steps[1:])), steps
+    assert len(steps) - len(set(steps)) <= t["restarts"]
 
 
-def test_driver_sigkill_then_resume(tmp_path):
-    f = sweep_file(tmp_path, BASE + """
-sweep = Sweep(name="resume", task=SyntheticTask(n_train=400, n_valid=16, n_test=16), models=["tiny-xs", "tiny-s"],
-              space={"lora_rank": tune.choice([2, 4])}, num_trials=4, workers=2, steps=30, eval_every=10,
-              eval_samples=8, max_new_tokens=8, batch_size=8, max_length=96, eval_base=False,
-              wandb=WandB(mode="offline"))
-""")
-    run_dir = tmp_path / "runs" / "resume"
-    proc = start("run", str(f), "--storage", str(tmp_path / "runs"))
+FROM_PYTHON = """
+import sys
+import ftray
+from ray import tune
+from ftray import Sweep, TextTask, WandB
 
-    def is_done(text):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        return any(r.get("step") == r.get("total_steps") for r in rows)
+sweep = Sweep(name="resume", task=TextTask(train={train!r}, valid={valid!r}, test={test!r},
+                                           prompt="Sentence: {{sentence}}\\nMeaning representation:",
+                                           completion=" {{mr}}", metrics=("mr",)),
+              models=["tiny-xs", "tiny-s"], space={{"lora_rank": tune.grid_search([2, 4])}}, objective="slot_f1",
+              num_trials=4, workers=1, steps={steps}, eval_every=10, eval_samples=8, max_new_tokens=24,
+              batch_size=8, max_length=96, eval_base=False, wandb=WandB(mode="offline"))
+if __name__ == "__main__":
+    result = ftray.run(sweep, storage=sys.argv[1])
+    print("RESULT", result.run_dir, len(result.report["trials"]))
+"""
 
-    def finished():
-        return sum(1 for p in run_dir.glob("run_trial_*/result.json") if is_done(p.read_text()))
 
-    wait_for(lambda: finished() >= 1, 400, proc, "one finished trial")
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, without warning
-    proc.wait()
-    before = {p.parent.name: p.read_text() for p in run_dir.glob("run_trial_*/result.json")}
-    done_before = [name for name, text in before.items() if is_done(text)]
-    assert done_before
+@pytest.fixture
+def s3(monkeypatch):
+    """A local S3 API (moto's server on 127.0.0.1) with a bucket; fake credentials in the environment."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] (a dev dependency) is not installed")
+    import pyarrow.fs
 
-    changed = sweep_file(tmp_path, open(f).read().replace("steps=30", "steps=40"), name="changed.py")
-    refused = ftray("run", str(changed), "--storage", str(tmp_path / "runs"))
-    assert refused.returncode == 2 and "steps: 30 -> 40" in refused.stderr
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+             "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    for key, value in creds.items():
+        monkeypatch.setenv(key, value)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    fs = pyarrow.fs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                                 allow_bucket_creation=True)
+    fs.create_dir("bucket")
+    yield f"s3://bucket/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1", fs
+    server.stop()
 
-    resumed = ftray("resume", str(run_dir), timeout=900)
+
+def test_sweep_from_python_on_s3_killed_then_resumed_and_evaluated(tmp_path, s3):
+    from ftray import storage as st
+
+    storage, fs = s3
+    data = write_synthetic_csvs(tmp_path / "data")
+    script = tmp_path / "from_python.py"
+    script.write_text(textwrap.dedent(FROM_PYTHON.format(steps=30, **data)))
+    run_dir = st.join(storage, "resume")
+    proc = start([sys.executable, str(script), storage])
+
+    def finished() -> list[str]:
+        done = []
+        for info in fs.get_file_info(pyarrow_selector("bucket/runs/resume")):
+            if info.path.endswith("/result.json"):
+                rows = [json.loads(x) for x in fs.open_input_stream(info.path).read().decode().splitlines() if x]
+                if any(r.get("step") == r.get("total_steps") for r in rows):
+                    done.append(info.path)
+        return done
+
+    try:
+        wait_for(lambda: len(finished()) >= 1, 400, proc, "one finished trial")
+    finally:
+        kill_tree(proc)  # the driver and everything it started, without warning
+    done_before = {p: fs.open_input_stream(p).read() for p in finished()}
+
+    changed = sweep_file(tmp_path, FROM_PYTHON.format(steps=40, **data), name="changed.py")
+    refused = ftray("run", str(changed), "--storage", storage)
+    assert refused.returncode == 2 and "steps: 30 -> 40" in refused.stderr, refused.stderr
+
+    # The sweep was started from Python, with no sweep file: its recorded configuration rebuilds it.
+    resumed = ftray("resume", run_dir, timeout=900)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     r = report(run_dir)
-    assert len(r["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in r["trials"])
-    for name in done_before:  # finished trials were not trained again
-        rows = [json.loads(line) for line in (run_dir / name / "result.json").read_text().splitlines() if line.strip()]
-        if rows != [json.loads(line) for line in before[name].splitlines() if line.strip()]:
+    assert len(r["trials"]) == 4 and all(t["status"] == "TERMINATED" and not t["reason"] for t in r["trials"])
+    assert sorted((t["model"], t["lora_rank"]) for t in r["trials"]) == [("tiny-s", 2), ("tiny-s", 4),
+                                                                       ("tiny-xs", 2), ("tiny-xs", 4)]  # the grid
+    for path, before in done_before.items():  # finished trials were not trained again
+        rows = [json.loads(x) for x in fs.open_input_stream(path).read().decode().splitlines() if x]
+        if rows != [json.loads(x) for x in before.decode().splitlines() if x]:
             # Training had ended but the driver died before Tune recorded it: the trial reports its
             # final checkpoint again, without a single training step.
-            assert all(r["step"] == r["total_steps"] for r in rows) and "train_loss" not in rows[-1], rows
-    # one W&B run per trial, resumed rather than duplicated: each id appears in one trial folder only
-    ids = {}
-    for d in run_dir.glob("run_trial_*/wandb/offline-run-*"):
-        ids.setdefault(d.name.rsplit("-", 1)[-1], set()).add(d.parent.parent.name)
-    assert len(ids) == 4 and all(len(v) == 1 for v in ids.values())
+            assert all(x["step"] == x["total_steps"] for x in rows) and "train_loss" not in rows[-1], rows
+    for t in r["trials"]:  # an interrupted trial went on from its checkpoint: no step reported twice
+        rows = [json.loads(x) for x in fs.open_input_stream(st.join(t["trial_dir"], "result.json").split("?")[0]
+                                                                   .removeprefix("s3://")).read().decode().splitlines() if x]
+        steps = [x["step"] for x in rows]
+        assert steps == sorted(set(steps)), steps
+    ev = ftray("eval", run_dir, "--data", data["test"], "--json")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    scored = json.loads(ev.stdout)
+    assert scored["rows"] == 40 and set(scored["frontier_before"]) == {t["id"] for t in scored["trials"]}
+    assert all(0 <= t["objective"] <= 1 for t in scored["trials"])
 
 
-def test_nan_loss_and_user_bug_are_classified_and_the_sweep_goes_on(tmp_path):
+def pyarrow_selector(path):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True)
+
+
+def test_nan_oom_and_user_bug_are_classified_and_the_sweep_goes_on(tmp_path):
     f = sweep_file(tmp_path, BASE + """
 from ftray.tasks import SyntheticTask as _Synthetic
 
 class BuggyTask(_Synthetic):
-    # A user's scorer with a bug for one model's trials: raises when asked to score.
+    # A user's scorer with a bug: raises when asked to score (only tiny-m's trial gets that far).
     def score(self, predictions, examples):
-        import os
-        if os.environ.get("FTRAY_TEST_BUGGY") == "1":
-            raise ZeroDivisionError("user bug in score()")
-        return super().score(predictions, examples)
+        raise ZeroDivisionError("user bug in score()")
 
-sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs", "tiny-s"],
-              space={"model": tune.choice(["tiny-xs", "tiny-s"])}, num_trials=3, workers=2, steps=20,
-              eval_every=10, eval_samples=8, max_new_tokens=8, batch_size=8, max_length=96, eval_base=False,
-              search="random", seed=3, wandb=WandB(mode="disabled"))
+sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs", "tiny-s", "tiny-m"],
+              num_trials=3, workers=1, steps=20, eval_every=10, eval_samples=8, max_new_tokens=8, batch_size=8,
+              max_length=96, eval_base=False, wandb=WandB(mode="disabled"))
 """)
-    env = dict(os.environ, FTRAY_INJECT=json.dumps({"model": "tiny-xs", "nan_at_step": 5}))
+    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3}]
+    env = dict(os.environ, FTRAY_INJECT=json.dumps(faults))
     proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    trials = report(tmp_path / "runs" / "faults")["trials"]
-    assert {t["model"] for t in trials} == {"tiny-xs", "tiny-s"}, "seed 3 samples both models"
-    for t in trials:
-        if t["model"] == "tiny-xs":
-            assert t["reason"].startswith("diverged") and t["steps"] == 5  # stopped at once
-            assert t["objective"] is None
-        else:
-            assert t["status"] == "TERMINATED" and t["reason"] is None and t["objective"] is not None
-
-    # The same sweep (two trials) with the scorer's bug switched on: errors with the traceback kept, not retried.
-    env = dict(os.environ, FTRAY_TEST_BUGGY="1")
-    buggy = sweep_file(tmp_path, f.read_text().replace("num_trials=3", "num_trials=2"), name="buggy.py")
-    proc = ftray("run", str(buggy), "--storage", str(tmp_path / "runs"), "--name", "buggy", env=env)
     out = proc.stdout + proc.stderr
-    trials = report(tmp_path / "runs" / "buggy")["trials"]
-    assert len(trials) == 2 and all(t["status"] == "ERROR" for t in trials), out[-3000:]
-    for t in trials:
-        assert "ZeroDivisionError" in t["reason"] or "user bug" in t["reason"]
-        assert (Path(t["trial_dir"]) / "error.txt").is_file()
-        assert "user bug in score()" in (Path(t["trial_dir"]) / "error.txt").read_text()
-        assert t["restarts"] == 0  # a bug is not retried in vain
-    assert proc.returncode == 1  # every trial failed
-
-
-@pytest.mark.parametrize("body, expected", [
-    ("sweep = 1", "must be a ftray.Sweep"),
-    ("x = (", "syntax error at line 4"),  # BASE is 3 lines
-    ("from ftray import Sweep", "does not define a module-level `sweep"),
-    ("sweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'], space={'lora_rank': tune.choice([0, 4])})",
-     "space['lora_rank']"),
-    ("sweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'], space={'data_fraction': tune.choice([0.5, 1.5])})",
-     "space['data_fraction']"),
-    ("sweep = Sweep(name='b', task=SyntheticTask(), models=['gpt-17'])", "unknown model 'gpt-17'"),
-    ("sweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'], objective='bleu')", "objective 'bleu'"),
-    ("from ftray import ASHA\nsweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'], steps=40, asha=ASHA(grace_steps=50))",
-     "asha.grace_steps"),
-    ("sweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'], workers=64)", "a trial of 64 workers"),
-    ("sweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'], gpus_per_worker=1)", "GPUs"),
-    ("from ftray import ModelSpec\nsweep = Sweep(name='b', task=SyntheticTask(), models=[ModelSpec('tiny-xs', lora_targets=['c_attn'])])",
-     "match no layer of model 'tiny-xs'"),
-])
-def test_bad_sweeps_fail_before_ray_with_the_field_named(tmp_path, body, expected):
-    f = sweep_file(tmp_path, BASE + body)
-    proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert expected in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "runs" / "b").exists()  # nothing was started
-
-
-def test_missing_sweep_file_and_unwritable_storage(tmp_path):
-    proc = ftray("run", str(tmp_path / "nope.py"))
-    assert proc.returncode == 2 and "does not exist" in proc.stderr
-    f = sweep_file(tmp_path, BASE + "sweep = Sweep(name='b', task=SyntheticTask(), models=['tiny-xs'])")
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    proc = ftray("run", str(f), "--storage", str(blocker / "runs"))
-    assert proc.returncode == 2 and "storage" in proc.stderr and "cannot be written" in proc.stderr
-
-
-@pytest.mark.parametrize("files, expected", [
-    ({"train.csv": "mr,text\nx,y\n"}, "no column 'ref'"),
-    ({"train.csv": "mr,ref\n"}, "empty"),
-    ({"train.csv": 'mr,ref\n"inform(name[A])","A."\n"inform(name[B]","B."\n'}, "train.csv: row 2"),
-    ({}, "does not exist"),
-])
-def test_bad_data_files_name_the_file_and_row(tmp_path, files, expected):
-    data = tmp_path / "viggo"
-    data.mkdir()
-    good = 'mr,ref\n"inform(name[A])","A."\n'
-    for name in ("train.csv", "valid.csv", "test.csv"):
-        if name in files:
-            (data / name).write_text(files[name])
-        elif files:
-            (data / name).write_text(good)
-    f = sweep_file(tmp_path, BASE + f"from ftray import ViggoTask\nsweep = Sweep(name='b', task=ViggoTask(path={str(data)!r}), models=['tiny-xs'])")
-    for command in ("validate", "run"):
-        proc = ftray(command, str(f), "--storage", str(tmp_path / "runs")) if command == "run" else ftray(command, str(f))
-        assert proc.returncode == 2, proc.stdout + proc.stderr
-        assert expected in proc.stderr and "Traceback" not in proc.stderr
+    trials = {t["model"]: t for t in report(tmp_path / "runs" / "faults")["trials"]}
+    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m"}, out[-3000:]
+    nan, oom, bug = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"]
+    assert nan["outcome"] == "diverged" and nan["reason"].startswith("diverged") and nan["steps"] == 5  # at once
+    assert oom["outcome"] == "did-not-fit" and "lower batch_size" in oom["reason"]
+    assert bug["status"] == "ERROR" and bug["outcome"] == "error" and "user bug in score()" in bug["reason"]
+    assert "user bug in score()" in (Path(bug["trial_dir"]) / "error.txt").read_text()  # the traceback is kept
+    for t in trials.values():
+        assert t["objective"] is None and t["restarts"] == 0  # none is retried in vain, none is on the front
+    assert proc.returncode == 0, out[-3000:]  # not every trial errored: the report is still worth reading

@@ -130,3 +130,62 @@ def test_default_reference_lies_past_the_worst_trial():
     ref = default_reference([one], "min")
     assert ref == (pytest.approx(3.3), 200)
     assert front_hypervolume(one, "min", ref) > 0
+
+
+# ---- intervals and decisions (per-row scores drawn from known rates) ------------------------------
+def with_rows(t, rate, n=200, seed=0):
+    """The trial scored on n rows shared by the whole set (same row difficulties), each a hit with `rate`."""
+    u = np.random.default_rng(99).random(n)
+    noise = np.random.default_rng(seed).random(n)
+    hits = np.where(noise < 0.5, u < rate, noise - 0.5 < rate / 2).astype(float)
+    return {**t, "objective": float(hits.mean()), "rows": {"score": [[h, 1.0] for h in hits]}}
+
+
+def test_setting_effects_carry_intervals_and_decide():
+    trials = [with_rows(trial(f"{r}{lr}", "m", 10, 0, rank=r, lr=lr), 0.3 if r == 4 else 0.6, seed=i)
+              for i, (r, lr) in enumerate([(4, 1e-3), (16, 1e-3), (4, 2e-3), (16, 2e-3)])]
+    eff = setting_effects(trials, "max", continuous={"lr"}, metric="score")["m"]
+    rank = eff["settings"]["lora_rank"]
+    assert rank["answer"] == "better" and rank["interval"]["lo"] > 0.15 and rank["best"] == "16"
+    assert eff["settings"]["lr"]["answer"] == "undecided"
+    assert eff["lines"][0].startswith("m: lora_rank matters most (+0.")
+
+
+def test_analyse_keeps_its_keys_and_adds_the_evidence():
+    import json
+
+    trials = [with_rows(trial(f"{m}{f}", m, p, 0, data=f), 0.4 + 0.1 * i + 0.1 * math.log2(f / 0.25), seed=k)
+              for k, (i, (m, p)) in enumerate((i, mp) for i, mp in enumerate([("s", 100), ("m", 400)])
+                                              for _ in (0.25, 1.0)) for f in [(0.25, 1.0)[k % 2]]]
+    a = analyse(trials, "score", "max", target=0.5)
+    for key in ("frontier_params", "frontier_cost", "frontier_tokens", "hypervolume", "target", "leverage",
+                "setting_effects", "iteration_time", "finetune_gain", "failed", "verdicts",
+                "source", "intervals", "decisions", "power_law"):
+        assert key in a, key
+    assert a["source"] == "validation" and set(a["intervals"]["trials"]) == {t["id"] for t in trials}
+    assert a["decisions"][0]["question"] == "leverage" and a["decisions"][1]["question"] == "target"
+    assert a["power_law"] == {"fitted": False, "reason": "needs 3+ model sizes and 3+ data fractions (this sweep "
+                                                         "has 2 and 2)"}
+    step = a["leverage"]["model"]["steps"][0]
+    assert step["interval"]["lo"] <= step["gain"] <= step["interval"]["hi"] and step["answer"] in (
+        "better", "worse", "undecided")
+    json.dumps(a, allow_nan=False)
+
+
+def test_format_report_prints_intervals_and_undecided_lines():
+    from ftray.frontier import trial_front as front
+    from ftray.report import format_report
+
+    extra = {"trainable_params": 1, "metrics": {}, "train_loss": None, "first_train_loss": None, "restarts": 0,
+             "steps": 10, "stopped_early": False, "checkpoint": None, "trial_dir": "/x", "outcome": None}
+    # Two sizes, two fractions, 64 rows, gains of a point: nothing here can be decided.
+    trials = [{**with_rows(trial(f"{m}{f}", m, p, 0, data=f), 0.5 + 0.01 * i, n=64, seed=i * 2 + j), **extra}
+              for i, (m, p) in enumerate([("s", 100), ("m", 400)]) for j, f in enumerate((0.5, 1.0))]
+    run = {"run_dir": "/tmp/r", "objective": {"metric": "score", "mode": "max"}, "trials": trials,
+           "frontier": front(trials, "max")}
+    text = format_report(run, {"analysis": analyse(trials, "score", "max", target=0.5)})
+    assert "Scores with 95% intervals over rows" in text
+    assert "undecided between more data and a bigger model" in text and "to decide:" in text
+    assert "repeats: one trial per cell cannot separate seed noise" in text
+    assert "power law (Zhang et al., ICLR 2024): not fitted" in text
+    assert " [" in text.split("Each step up the model ladder")[1]

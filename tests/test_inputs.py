@@ -307,16 +307,17 @@ def test_wandb_netrc_key_and_bad_mode(clean_wandb_env, tmp_path):
 
 
 def test_wandb_setup_message_says_mode_and_why_never_the_key(clean_wandb_env, capsys):
+    from ftray.config import TrialConfig
     from ftray.tracking import WandbTracking
 
     key = "s3cr3t" * 7
     clean_wandb_env.setenv("WANDB_API_KEY", key)
-    tracking = WandbTracking(WandB(mode="offline"), group="g", model_params={})
+    tracking = WandbTracking(WandB(mode="offline"), group="g", model_params={}, trial_config=TrialConfig.from_dict)
     tracking.setup()
     tracking.setup()  # said once
     out = capsys.readouterr().out
     assert out.count("ftray: W&B") == 1 and "W&B offline, because the sweep sets wandb.mode='offline'" in out
     assert "no API key" not in out and key not in out
     clean_wandb_env.setenv("WANDB_MODE", "disabled")
-    WandbTracking(WandB(), group="g", model_params={}).setup()
+    WandbTracking(WandB(), group="g", model_params={}, trial_config=TrialConfig.from_dict).setup()
     assert "W&B disabled, because WANDB_MODE=disabled in the environment" in capsys.readouterr().out

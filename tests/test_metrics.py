@@ -92,3 +92,53 @@ def test_rouge_l_worked_by_hand():
     assert rouge_l([REQUEST_REF.upper()], [REQUEST_REF]) == 1.0
     assert rouge_l(["a b"], ["c d"]) == 0.0
     assert exact_match([" Were there  even any TERRIBLE games in 2014? "], [REQUEST_REF]) == 1.0
+
+
+# ---- per-row scores: ratios of sums that give back the aggregates ---------------------------------
+def _old_micro_f1(predictions, references):
+    """The micro F1 as 2PR / (P + R), the way the aggregate was computed before rows existed."""
+    tp = n_pred = n_ref = 0
+    for p, r in zip(predictions, references):
+        ref, pred = parse_mr(r), parse_mr(p)
+        ref_pairs = ref.pairs() if ref else set()
+        n_ref += len(ref_pairs)
+        if pred is not None:
+            n_pred += len(pred.pairs())
+            tp += len(pred.pairs() & ref_pairs)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_ref if n_ref else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def test_rows_sum_to_the_aggregates_including_the_zero_cases():
+    from ftray.metrics import aggregate, mr_rows, ratio_of_sums
+
+    partial = ("confirm(name[Layers of Fear], genres[point-and-click, adventure, horror], "
+               "player_perspective[third person])")
+    cases = [
+        ([partial, "request(release_year[2014]", ATTRIBUTE], [CONFIRM, REQUEST, ATTRIBUTE]),
+        (["not an mr", "also not"], [CONFIRM, REQUEST]),  # nothing parses: no predicted pairs at all
+        (["inform(name[x])"], [ATTRIBUTE]),  # pairs predicted, none right: tp 0
+        (["request_attribute()"], ["request_attribute()"]),  # no pairs on either side: den 0
+        ([], []),
+    ]
+    for predictions, references in cases:
+        rows = mr_rows(predictions, references)
+        assert set(rows) == set(MR_METRIC_NAMES) and all(len(v) == len(references) for v in rows.values())
+        assert aggregate(rows) == mr_metrics(predictions, references)
+        assert ratio_of_sums(rows["slot_f1"]) == pytest.approx(_old_micro_f1(predictions, references), abs=1e-15)
+    # The worked example above: F1 rows sum to 2 * 4 true positives over 6 + 8 pairs.
+    rows = mr_rows(*cases[0])
+    assert sum(n for n, _ in rows["slot_f1"]) == 8 and sum(d for _, d in rows["slot_f1"]) == 14
+    assert rows["parse_failure_rate"] == [(0.0, 1.0), (1.0, 1.0), (0.0, 1.0)]
+
+
+def test_text_rows_are_means():
+    from ftray.metrics import exact_match_rows, ratio_of_sums, rouge_l_rows
+
+    preds, refs = ["were there any terrible games in 2014 ?", "a b c d"], [REQUEST_REF, "a c"]
+    assert rouge_l_rows(preds, refs) == [(pytest.approx(3 / 4), 1.0), (pytest.approx(2 / 3), 1.0)]
+    assert ratio_of_sums(rouge_l_rows(preds, refs)) == rouge_l(preds, refs)
+    assert exact_match_rows([REQUEST_REF.upper(), "x"], [REQUEST_REF, "y"]) == [(1.0, 1.0), (0.0, 1.0)]
+    with pytest.raises(ValueError):
+        exact_match_rows(["x"], [])

@@ -23,3 +23,29 @@ def test_parameter_axis_labels(params, expected, absent):
     plt.close(fig)
     assert expected <= major and not (absent & major), major
     assert not minor  # matplotlib's own minor labels are what overlapped
+
+
+def test_error_bars_where_intervals_exist(tmp_path):
+    import numpy as np
+
+    from ftray.plots import _error_bars, write_plots
+
+    fig, ax = plt.subplots()
+    _error_bars(ax, [1, 2, 3], [0.5, 0.6, 0.7], [{"lo": 0.4, "hi": 0.6}, None, {"lo": None, "hi": None}])
+    (bars,) = ax.containers
+    assert len(bars.lines[2][0].get_segments()) == 1  # only the point with an interval has a bar
+    plt.close(fig)
+
+    rng = np.random.default_rng(0)
+    trials = []
+    for i, (model, params) in enumerate([("s", 50_000), ("m", 200_000)]):
+        for f in (0.5, 1.0):
+            hits = (rng.random(40) < 0.4 + 0.2 * i).astype(float)
+            trials.append({"id": f"{model}{f}", "model": model, "params": params, "objective": float(hits.mean()),
+                           "data_fraction": f, "lora_rank": 8, "status": "TERMINATED", "reason": None,
+                           "config": {"model": model, "data_fraction": f}, "rows": {"acc": [[h, 1] for h in hits]}})
+    names = [p.rsplit("/", 1)[-1] for p in write_plots(trials, "acc", "max", str(tmp_path / "rows"))]
+    assert names == ["frontier.png", "data_fraction.png", "lora_rank.png"]
+    for t in trials:
+        t.pop("rows")  # an older run folder: the same plots, no bars
+    assert len(write_plots(trials, "acc", "max", str(tmp_path / "old"))) == 3

@@ -62,10 +62,69 @@ def test_bad_wandb_mode_names_the_field():
         WandB(mode="sometimes")
 
 
-def test_resolve_fills_defaults_and_alpha():
-    s = make(lora_rank=4, space={"lr": tune.loguniform(1e-4, 1e-2)})
-    r = s.resolve({"model": "tiny-s", "lr": 3e-3})
-    assert r["lr"] == 3e-3 and r["lora_rank"] == 4 and r["lora_alpha"] == 8 and r["data_fraction"] == 1.0
+def test_a_trial_is_the_defaults_with_the_sampled_values_replaced():
+    from ftray import ModelSpec, TrialConfig
+
+    s = make(lora_rank=4, space={"lr": tune.loguniform(1e-4, 1e-2)},
+             models=["tiny-xs", ModelSpec("tiny-s", batch_size=4)])
+    c = s.trial_config({"model": "tiny-s", "lr": 3e-3})
+    assert isinstance(c, TrialConfig)
+    assert (c.model, c.lr, c.lora_rank, c.lora_alpha, c.data_fraction, c.batch_size) == ("tiny-s", 3e-3, 4, 8, 1.0, 4)
+    assert s.trial_config({"model": "tiny-xs"}).batch_size == 16  # the rung's batch is its own
+    # The shorthand and the group say the same thing.
+    assert make(steps=30, lr=0.01).trial == make(trial=TrialConfig(steps=30, lr=0.01)).trial
+
+
+def test_trial_config_checks_every_field_and_names_it():
+    import numpy as np
+
+    from ftray import TrialConfig
+
+    for field, value in [("lora_rank", 0), ("lr", -1.0), ("warmup_ratio", 1.0), ("data_fraction", 0.0),
+                         ("batch_size", 2.5), ("eval_base", "yes"), ("max_length", 1), ("seed", -1)]:
+        with pytest.raises(FtrayInputError, match=rf"{field} must be .*got {value!r}"):
+            TrialConfig(**{field: value})
+    c = TrialConfig(lora_rank=np.int64(4), lr=np.float64(0.01))  # as Tune and Optuna sample them
+    assert type(c.lora_rank) is int and type(c.lr) is float
+    assert TrialConfig.from_dict(c.to_dict()) == c
+    assert TrialConfig(epochs=2.0).steps is None and TrialConfig().steps == 200
+
+
+def test_grouped_settings_and_a_misspelt_field():
+    from ftray import ASHA, Failure, Scaling, Search
+
+    s = make(scaling=Scaling(workers=1), search=Search(num_trials=3, asha=ASHA(grace_steps=50)),
+             failure=Failure(max_restarts=0), steps=100)
+    assert (s.scaling.workers, s.search.num_trials, s.failure.max_restarts, s.trial.steps) == (1, 3, 0, 100)
+    assert make(search="random").search.algorithm == "random"
+    with pytest.raises(FtrayInputError, match="no field 'lora_ranks'; did you mean 'lora_rank'"):
+        make(lora_ranks=4)
+    with pytest.raises(FtrayInputError, match="eval_every.*is set for the whole sweep"):
+        make(space={"eval_every": tune.choice([5, 10])})
+
+
+def test_grid_search_is_checked_and_cycled_with_the_ladder():
+    import optuna
+
+    from ftray.search import DefineByRun
+
+    with pytest.raises(FtrayInputError, match=r"space\['lora_rank'\]"):
+        make(space={"lora_rank": tune.grid_search([4, 0])})
+    s = make(space={"lora_rank": tune.grid_search([2, 8]), "lr": tune.loguniform(1e-4, 1e-2)})
+    space = DefineByRun(s)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    cells = [(c["model"], c["lora_rank"]) for c in (space(study.ask()) for _ in range(8))]
+    assert cells[:4] == [("tiny-xs", 2), ("tiny-xs", 8), ("tiny-s", 2), ("tiny-s", 8)] and cells[4:] == cells[:4]
+
+
+def test_a_sweep_is_rebuilt_from_its_description():
+    from ftray.sweep import Sweep, diff_descriptions
+
+    s = make(space={"lora_rank": tune.grid_search([2, 8]), "lr": tune.loguniform(1e-4, 1e-2),
+                    "grad_accum": tune.qrandint(1, 4, 1), "data_fraction": tune.choice([0.5, 1.0])}, steps=30)
+    rebuilt = Sweep.from_description(s.describe())
+    assert rebuilt is not None and diff_descriptions(s.describe(), rebuilt.describe()) == []
+    assert rebuilt.trial_config({"model": "tiny-s", "lr": 1e-3}) == s.trial_config({"model": "tiny-s", "lr": 1e-3})
 
 
 def test_load_sweep_errors_name_the_file(tmp_path):
@@ -105,7 +164,7 @@ def test_cli_validate_exit_status(tmp_path, capsys):
 
 
 def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
-    from ftray.search import train_env
+    from ftray.trial import train_env
 
     monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
@@ -119,10 +178,10 @@ def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
 
 
 def test_the_worker_loop_imports_without_ray_tune():
-    """Every Train worker of every trial imports ftray.train: Ray Tune (seconds of imports) stays out."""
+    """Every Train worker of every trial imports ftray.recipe: Ray Tune (seconds of imports) stays out."""
     import subprocess
     import sys
 
-    code = "import sys, ftray.train, ftray; assert 'ray.tune' not in sys.modules; ftray.Sweep; assert 'ray.tune' in sys.modules"
+    code = "import sys, ftray.recipe, ftray; assert 'ray.tune' not in sys.modules; ftray.Sweep; assert 'ray.tune' in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

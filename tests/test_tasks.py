@@ -187,3 +187,49 @@ def test_text_task_errors(tmp_path):
         TextTask(train=str(tmp_path / "empty.jsonl")).examples("train")
     with pytest.raises(FtrayInputError, match="exactly one of train"):
         TextTask()
+
+
+# ---- per-row scores ------------------------------------------------------------------------------
+
+def test_score_rows_give_back_score(tmp_path):
+    from ftray.metrics import aggregate
+
+    synthetic = SyntheticTask(n_train=50, n_valid=6)
+    valid = synthetic.examples("valid")
+    # Half right, one empty answer, one with a wrong slot value: every kind of row.
+    preds = [e.completion for e in valid[:3]] + ["", valid[4].completion.replace("[", "[x ", 1), "inform()"]
+    rows = synthetic.score_rows(preds, valid)
+    assert set(rows) == set(MR_METRIC_NAMES) and all(len(v) == 6 for v in rows.values())
+    assert aggregate(rows) == synthetic.score(preds, valid)
+
+    write_csv(tmp_path / "t.csv", [("What is 2+2?", "4"), ("Capital of France?", "Paris")], header=("input", "output"))
+    text = TextTask(train=str(tmp_path / "t.csv"), valid=str(tmp_path / "t.csv"),
+                    metrics=("mr", "exact_match", "rouge_l"))
+    ex = text.examples("valid")
+    rows = text.score_rows(["4", "Lyon"], ex)
+    assert rows["exact_match"] == [(1.0, 1.0), (0.0, 1.0)]  # the plain-text exact match, not the MR one
+    assert aggregate(rows) == text.score(["4", "Lyon"], ex)
+
+    two = OK + [("request(release_year[2014], specifier[terrible])", "Any terrible games in 2014?")]
+    for split in ("train", "valid", "test"):
+        write_csv(tmp_path / f"{split}.csv", two, header=("mr", "ref"))
+    for direction in ("text_to_mr", "mr_to_text"):
+        viggo = ViggoTask(path=str(tmp_path), direction=direction)
+        ex = viggo.examples("valid")
+        preds = [ex[0].completion, "nonsense"]
+        assert aggregate(viggo.score_rows(preds, ex)) == viggo.score(preds, ex)
+        assert viggo.score_rows(preds, ex)["exact_match"] == [(1.0, 1.0), (0.0, 1.0)]
+
+
+def test_a_custom_task_gets_per_row_means():
+    from ftray.tasks.base import Task
+
+    class Lengths(Task):  # a user's task that only knows how to score a batch
+        def score(self, predictions, examples):
+            return {"short": sum(len(p) < 3 for p in predictions) / len(predictions)}
+
+    task = Lengths()
+    ex = [Example("q", " a")] * 3
+    assert task.score_rows(["a", "abcd", "b"], ex) == {"short": [(1.0, 1.0), (0.0, 1.0), (1.0, 1.0)]}
+    with pytest.raises(ValueError):
+        task.score_rows(["a"], ex)

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 
+# Per metric, one (num, den) per row: the metric over any rows is sum(num) / sum(den).
+ScoreRows = dict[str, list[tuple[float, float]]]
+
+
 @dataclass(frozen=True)
 class Example:
     prompt: str
@@ -32,6 +36,21 @@ class Task:
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         """Score generated completions against the examples' reference completions."""
         raise NotImplementedError
+
+    def score_rows(self, predictions: Sequence[str], examples: Sequence[Example]) -> ScoreRows:
+        """Per row, each metric as (num, den): the metric over any subset of rows is sum(num) / sum(den).
+
+        These let the report put intervals on scores and pair two trials row by row. This default
+        scores each row alone and takes den 1 (a mean over rows); it equals `score` for metrics that
+        are means over rows. A metric pooled over rows (a micro F1) should override this.
+        """
+        if len(predictions) != len(examples):
+            raise ValueError(f"{len(predictions)} predictions for {len(examples)} examples")
+        out: ScoreRows = {}
+        for p, e in zip(predictions, examples):
+            for k, v in self.score([p], [e]).items():
+                out.setdefault(k, []).append((float(v), 1.0))
+        return out
 
     def examples_from_file(self, path: str) -> list[Example]:
         """Examples from a data file in the task's own format (for scoring saved adapters on new rows)."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError
-from ftray.metrics import mr_metrics
-from ftray.tasks.base import Example, Task
+from ftray.metrics import mr_metrics, mr_rows
+from ftray.tasks.base import Example, ScoreRows, Task
 from ftray.metrics import MR_METRIC_NAMES as MR_METRICS
 
 SYLLABLES = ["ka", "lo", "mir", "zen", "tor", "vel", "qua", "rin", "bo", "sha", "dra", "ex", "pol", "ny", "gar",
@@ -116,6 +116,9 @@ class SyntheticTask(Task):
 
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         return mr_metrics(predictions, [e.completion.strip() for e in examples])
+
+    def score_rows(self, predictions: Sequence[str], examples: Sequence[Example]) -> ScoreRows:
+        return mr_rows(predictions, [e.completion.strip() for e in examples])
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.metrics import MR_METRIC_NAMES, exact_match, mr_metrics, rouge_l
+from ftray.metrics import MR_METRIC_NAMES, aggregate, exact_match_rows, mr_rows, rouge_l_rows
 from ftray.tasks._files import read_rows
-from ftray.tasks.base import Example, Task
+from ftray.tasks.base import Example, ScoreRows, Task
 
 KNOWN_METRICS = ("exact_match", "rouge_l", "mr")
 SPLITS = ("train", "valid", "test")
@@ -103,15 +103,18 @@ class TextTask(Task):
         return list(_to_examples(self, read_rows(path), path))
 
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+        return aggregate(self.score_rows(predictions, examples))
+
+    def score_rows(self, predictions: Sequence[str], examples: Sequence[Example]) -> ScoreRows:
         refs = [e.completion.strip() for e in examples]
-        scores: dict[str, float] = {}
+        rows: ScoreRows = {}
         if "mr" in self.metrics:
-            scores.update(mr_metrics(predictions, refs))
-        if "exact_match" in self.metrics:
-            scores["exact_match"] = exact_match(predictions, refs)
+            rows.update(mr_rows(predictions, refs))
+        if "exact_match" in self.metrics:  # with "mr" too, exact_match is the plain-text one
+            rows["exact_match"] = exact_match_rows(predictions, refs)
         if "rouge_l" in self.metrics:
-            scores["rouge_l"] = rouge_l(predictions, refs)
-        return scores
+            rows["rouge_l"] = rouge_l_rows(predictions, refs)
+        return rows
 
 
 def _template_parts(template: str, where: str) -> tuple[tuple[str, str | None], ...]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.metrics import MR_METRIC_NAMES, exact_match, mr_metrics, parse_mr, rouge_l
+from ftray.metrics import MR_METRIC_NAMES, aggregate, exact_match_rows, mr_rows, parse_mr, rouge_l_rows
 from ftray.tasks._files import read_rows
-from ftray.tasks.base import Example, Task
+from ftray.tasks.base import Example, ScoreRows, Task
 
 DIRECTIONS = ("text_to_mr", "mr_to_text")
 SPLIT_FILES = {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"}
@@ -67,10 +67,13 @@ class ViggoTask(Task):
         return out
 
     def score(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+        return aggregate(self.score_rows(predictions, examples))
+
+    def score_rows(self, predictions: Sequence[str], examples: Sequence[Example]) -> ScoreRows:
         refs = [e.completion.strip() for e in examples]
         if self.direction == "text_to_mr":
-            return mr_metrics(predictions, refs)
-        return {"exact_match": exact_match(predictions, refs), "rouge_l": rouge_l(predictions, refs)}
+            return mr_rows(predictions, refs)
+        return {"exact_match": exact_match_rows(predictions, refs), "rouge_l": rouge_l_rows(predictions, refs)}
 
 
 @functools.lru_cache(maxsize=16)

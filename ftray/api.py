@@ -1,0 +1,72 @@
+"""The Python entry points, mirrored one to one by the CLI: `ftray.run(sweep)`, `ftray.resume(run_dir)`.
+
+Each runs the sweep (ftray/search.py), then finishes it as `ftray run` does: the checkpoints of
+trials off the frontier pruned, the report printed and written into the run folder, the W&B summary
+run logged. A sweep run from Python needs no sweep file: its recorded configuration rebuilds it
+for `ftray resume` and `ftray eval` (a task defined in Python needs its file, see runfolder.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftray import storage as st
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: str
+    report: dict  # `ftray report RUN_DIR --json`: trials, frontier, analysis
+    text: str  # the report as printed
+
+    @property
+    def frontier(self) -> list[str]:
+        return self.report["frontier"]
+
+
+def run(sweep, storage: str | None = None, name: str | None = None, *, new_run: bool = False,
+        ray_address: str | None = None, sweep_file: str | None = None, keep_all_checkpoints: bool = False,
+        quiet: bool = False) -> RunResult:
+    """Run a sweep (starting a local Ray unless RAY_ADDRESS names a cluster), report and prune."""
+    from ftray.search import Options
+    from ftray.search import run as run_sweep
+
+    run_dir = run_sweep(sweep, Options(storage=storage, name=name, new_run=new_run, ray_address=ray_address,
+                                       sweep_file=sweep_file))
+    return finish(run_dir, keep_all_checkpoints=keep_all_checkpoints, quiet=quiet)
+
+
+def resume(run_dir: str, *, ray_address: str | None = None, resume_errored: bool = False,
+           restart_errored: bool = False, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
+    """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""
+    from ftray.search import Options
+    from ftray.search import resume as resume_sweep
+
+    run_dir = resume_sweep(run_dir, Options(ray_address=ray_address, resume_errored=resume_errored,
+                                            restart_errored=restart_errored))
+    return finish(run_dir, keep_all_checkpoints=keep_all_checkpoints, quiet=quiet)
+
+
+def finish(run_dir: str, *, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
+    """The end of a run: checkpoints off the frontier pruned, the report written and sent to W&B."""
+    from ftray import runfolder as rf
+    from ftray.report import build_report, format_report, load_run, write_report_files
+    from ftray.tracking import log_sweep_summary
+
+    run = load_run(run_dir)
+    if not keep_all_checkpoints:
+        pruned = rf.prune_checkpoints(run["run_dir"], set(run["frontier"]), rf.tune_trials(run["run_dir"]))
+        if pruned and not quiet:
+            print(f"ftray: removed the checkpoints of {len(pruned)} trials off the frontier "
+                  "(--keep-all-checkpoints keeps them)", flush=True)
+        if pruned:
+            run = load_run(run_dir)
+    report = build_report(run)
+    written = write_report_files(run, report)
+    log_sweep_summary(run, report, written)
+    text = format_report(run, report)
+    if not quiet:
+        shown = st.redact(run["run_dir"])
+        print(f"\n{text}\n\nrun folder: {shown}\nreport:     ftray report {shown}   "
+              "(files: frontier.csv, report.json, *.png)", flush=True)
+    return RunResult(run["run_dir"], report, text)

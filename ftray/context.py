@@ -1,0 +1,94 @@
+"""Where the training recipe runs: Ray Train's workers (`RayContext`) or this one process (`LocalContext`).
+
+The recipe needs five things from its surroundings: its rank, the world size, its device, the
+checkpoint to resume from, and a way to report metrics with a checkpoint. Ray Train's calls are
+here and nowhere else in the worker code, so the same loop runs without Ray in the bench and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from typing import Callable, Iterator
+
+import torch
+
+
+class RayContext:
+    """Ray Train's calls, as the recipe uses them."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    @contextlib.contextmanager
+    def resume_folder(self) -> Iterator[str | None]:
+        """The latest reported checkpoint, when Train restarted this worker group from one."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield folder
+
+    def report(self, metrics: dict, save: Callable[[str], None] | None) -> None:
+        import ray.train
+
+        folder = tempfile.mkdtemp(prefix="ftray-ckpt-") if save else None
+        try:
+            checkpoint = None
+            if folder:
+                save(folder)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            # SYNC: report() returns once the files are copied to the run's storage, so the
+            # temporary folder can go right after it.
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=ray.train.CheckpointUploadMode.SYNC)
+        finally:
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            # Ray forwards worker stdout to the driver. Not print(): Train's patched print would send the
+            # line there twice, once as printed and once through its logger.
+            sys.stdout.write(f"ftray: {message}\n")
+            sys.stdout.flush()
+
+
+class LocalContext:
+    """One plain process, rank 0 of 1: keeps what is reported; checkpoint n goes to checkpoint_dir/step_{n:06d}."""
+
+    def __init__(self, checkpoint_dir: str | None = None, resume_from: str | None = None,
+                 device: torch.device | str = "cpu", verbose: bool = False):
+        self.rank, self.world, self.device = 0, 1, torch.device(device)
+        self.checkpoint_dir, self.resume_from, self.verbose = checkpoint_dir, resume_from, verbose
+        self.reports: list[dict] = []
+
+    @contextlib.contextmanager
+    def resume_folder(self) -> Iterator[str | None]:
+        yield self.resume_from
+
+    def report(self, metrics: dict, save: Callable[[str], None] | None) -> None:
+        if save and self.checkpoint_dir:
+            folder = local_checkpoint(self.checkpoint_dir, metrics["step"])
+            os.makedirs(folder, exist_ok=True)
+            save(folder)
+        self.reports.append(metrics)
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(f"ftray: {message}", flush=True)
+
+
+def local_checkpoint(checkpoint_dir: str, step: int) -> str:
+    """Where run_local puts the checkpoint of `step`."""
+    return os.path.join(checkpoint_dir, f"step_{step:06d}")

@@ -1,0 +1,81 @@
+"""Checks before any Ray work, shared by `ftray run` and `ftray validate`: data, models and LoRA
+targets, parameter counts, the presets' tokenizer, storage, and whether a trial fits the machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ftray import storage as st
+from ftray.errors import FtrayInputError, HubUnavailable
+
+
+@dataclass(frozen=True)
+class Prepared:
+    model_params: dict  # total parameters per model id (None: a hub id checked for form only)
+    tokenizer_json: str | None  # the presets' tokenizer, trained on the task's text
+    notes: list = field(default_factory=list)  # what could only be checked for form (no hub here)
+
+
+def prepare(sweep, hub_optional: bool = False) -> Prepared:
+    """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer."""
+    from ftray.models import build_tokenizer, param_counts, tokenizer_to_json
+
+    notes: list[str] = []
+    try:
+        sweep.task.check()
+        data_ok = True
+    except HubUnavailable as e:
+        if not hub_optional:
+            raise
+        notes.append(f"data not checked: {e}")
+        data_ok = False
+    tokenizer_json, vocab = None, None
+    if data_ok and any(m.is_preset for m in sweep.models):
+        # One tokenizer for the whole ladder, trained on the task's text, shipped to every worker.
+        tokenizer = build_tokenizer(t for e in sweep.task.examples("train") for t in (e.prompt, e.completion))
+        tokenizer_json, vocab = tokenizer_to_json(tokenizer), len(tokenizer)
+    model_params: dict[str, int | None] = {}
+    for m in sweep.models:
+        try:
+            # Counting with LoRA also checks that its targets match this model's layers.
+            lora = sweep.lora(sweep.trial_config({"model": m.id}))
+            model_params[m.id] = param_counts(m, vocab if m.is_preset else None, lora)[0]
+        except HubUnavailable:
+            if not hub_optional:
+                raise
+            notes.append(f"{m.id}: id checked for form only (no hub here)")
+            model_params[m.id] = None
+    return Prepared(model_params, tokenizer_json, notes)
+
+
+def check_storage(storage: str) -> None:
+    """Fail at the start, not after hours of training, when results could not be saved."""
+    if not st.is_uri(storage) and not os.path.isabs(os.path.expanduser(storage)) \
+            and "runtime_resources" in os.getcwd():
+        # Inside `ray job submit` the working directory is Ray's unpacked copy of --working-dir.
+        print(f"ftray: warning: storage {storage!r} is relative, so results go into the job's copy of its "
+              f"working directory ({os.getcwd()}), which Ray may delete; pass --storage with an absolute path "
+              "on shared storage or a URI (s3://...)", flush=True)
+    st.check_writable(st.normalize(storage), field="storage")
+
+
+def check_fits_here(sweep, ray_address: str | None) -> None:
+    """On a local Ray, a trial that cannot fit this machine fails now; on a cluster the check runs once
+    connected, against its resources."""
+    from ftray.resources import local_resources, plan_resources
+
+    if not (ray_address or os.environ.get("RAY_ADDRESS")):
+        try:
+            plan_resources(sweep, local_resources())
+        except FtrayInputError as e:
+            raise FtrayInputError(f"{e} (this machine; name a cluster with --address or RAY_ADDRESS)") from None
+
+
+def check_run_name(name: str) -> str:
+    """A run folder's name, as `--name` gives it: one folder inside the storage, never a path out of it."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise FtrayInputError(f"--name must be letters, digits, '_', '.', '-' (one folder name), got {name!r}")
+    return name

@@ -1,0 +1,230 @@
+"""The run folder: the one module that writes and reads what a sweep leaves on disk (local or a URI).
+
+    RUN_DIR/
+      ftray_run.json            RunRecord: the sweep as run, its objective, parameter counts per model
+      sweep.py                  the sweep file as run
+      <trial folder>/           Ray Tune's own: params.json, result.json (one line per report), error.txt
+        ftray_trial.json        TrialRecord: the trial's TrialConfig and its TrialOutcome
+      checkpoints/<trial id>/   adapter checkpoints (adapter, tokenizer, trainer state), best by the objective
+      report.json, frontier.csv, *.png
+
+Ray Tune's experiment-state file is read here only (to list the trials and their status); report,
+eval and resume go through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ftray import storage as st
+from ftray.config import TrialConfig
+from ftray.errors import FtrayInputError
+
+RUN_FILE = "ftray_run.json"
+SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothing else
+TRIAL_FILE = "ftray_trial.json"
+CHECKPOINTS = "checkpoints"
+OUTCOMES = ("ok", "diverged", "did-not-fit", "error")
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended: ok, diverged (NaN loss), did-not-fit (out of memory) or error, and why."""
+
+    kind: str
+    reason: str | None = None
+    restarts: int = 0  # restarts of its workers after a lost worker
+
+    def __post_init__(self):
+        if self.kind not in OUTCOMES:
+            raise ValueError(f"TrialOutcome.kind must be one of {OUTCOMES}, got {self.kind!r}")
+
+    def describe(self) -> str | None:
+        """The reason as the report shows it ("diverged: ..."), or None for a trial that went well."""
+        return None if self.kind == "ok" else f"{self.kind}: {self.reason or 'no reason recorded'}"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    config: TrialConfig
+    outcome: TrialOutcome | None = None  # None while the trial runs
+
+
+@dataclass
+class RunRecord:
+    """ftray_run.json: what the report needs without the sweep file, and what resume compares."""
+
+    sweep: dict  # Sweep.describe()
+    objective: dict  # {"metric": ..., "mode": ...}
+    model_params: dict  # parameters per model id, counted once on the driver
+    workers: dict  # Train workers per model id
+    gpus_per_worker: dict
+    metrics: list = field(default_factory=list)  # what each evaluation reports: eval_loss and the task's
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
+    resumed: list = field(default_factory=list)
+    sweep_file: str | None = None
+    resources: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunRecord:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# ---- the run record ------------------------------------------------------------------------------
+def read_record(run_dir: str) -> RunRecord | None:
+    path = st.join(run_dir, RUN_FILE)
+    if not st.is_file(path):
+        return None
+    try:
+        return RunRecord.from_json(json.loads(st.read_text(path)))
+    except (json.JSONDecodeError, TypeError):
+        raise FtrayInputError(f"{_shown(path)} is not a valid run record: the run folder is damaged") from None
+
+
+def require_record(run_dir: str) -> RunRecord:
+    record = read_record(run_dir)
+    if record is None:
+        raise FtrayInputError(f"{_shown(run_dir)} is not an ftray run folder (no {RUN_FILE}); "
+                              "pass the folder that `ftray run` printed")
+    return record
+
+
+def write_record(run_dir: str, record: RunRecord) -> None:
+    st.write_text(st.join(run_dir, RUN_FILE), json.dumps(asdict(record), indent=2))
+
+
+def copy_sweep_file(run_dir: str, sweep_file: str) -> None:
+    with open(sweep_file, encoding="utf-8") as f:
+        st.write_text(st.join(run_dir, SWEEP_COPY), f.read())
+
+
+def free_name(storage: str, name: str) -> str:
+    """NAME-2, NAME-3, ...: the first run folder name not taken under `storage`."""
+    i = 2
+    while st.exists(st.join(storage, f"{name}-{i}")):
+        i += 1
+    return f"{name}-{i}"
+
+
+def sweep_of_run(run_dir: str):
+    """The sweep a run folder was made by, rebuilt from its record where that is data.
+
+    A sweep whose task (or a search-space function) is defined in Python can only be rebuilt by
+    running its sweep file's code: the file where it still is, else the copy in the run folder."""
+    from ftray.sweep import Sweep
+    from ftray.sweepfile import load_sweep
+
+    record = require_record(run_dir)
+    sweep = Sweep.from_description(record.sweep)
+    if sweep is not None:
+        return sweep
+    if record.sweep_file and os.path.isfile(record.sweep_file):
+        print(f"ftray: the sweep's task is defined in Python: loading {record.sweep_file} (this runs its code)",
+              flush=True)
+        return load_sweep(record.sweep_file)
+    if not st.is_file(st.join(run_dir, SWEEP_COPY)):
+        raise FtrayInputError(f"{_shown(run_dir)}: the sweep's task is defined in Python and no sweep file was kept; "
+                              "run it again with `ftray run SWEEP.py --name NAME`")
+    print(f"ftray: the sweep's task is defined in Python: loading the copy of the sweep file kept in the run "
+          f"folder ({SWEEP_COPY}); this runs its code", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sweep_path = os.path.join(tmp, SWEEP_COPY)
+        with open(sweep_path, "w", encoding="utf-8") as f:
+            f.write(st.read_text(st.join(run_dir, SWEEP_COPY)))
+        return load_sweep(sweep_path)
+
+
+# ---- trials --------------------------------------------------------------------------------------
+def write_trial(trial_dir: str, record: TrialRecord) -> None:
+    data = {"config": record.config.to_dict(), "outcome": asdict(record.outcome) if record.outcome else None}
+    st.write_text(st.join(trial_dir, TRIAL_FILE), json.dumps(data, indent=2))
+
+
+def read_trial(trial_dir: str) -> TrialRecord | None:
+    data = _read_json(st.join(trial_dir, TRIAL_FILE))
+    if not data:
+        return None
+    outcome = TrialOutcome(**data["outcome"]) if data.get("outcome") else None
+    return TrialRecord(TrialConfig.from_dict(data["config"]), outcome)
+
+
+@dataclass(frozen=True)
+class TuneTrial:
+    """A trial as Ray Tune left it: its id, status, folder, reported results and sampled values."""
+
+    id: str
+    status: str  # Tune's: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
+    trial_dir: str
+    results: list = field(default_factory=list)  # every report, oldest first
+    params: dict = field(default_factory=dict)  # what was sampled (Tune's params.json)
+    record: TrialRecord | None = None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.results[-1] if self.results else {}
+
+
+def tune_trials(run_dir: str) -> list[TuneTrial]:
+    """The trials of a run, from Tune's latest experiment-state file and each trial's folder."""
+    states = [n for n in st.list_names(run_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
+    if not states:
+        return []
+    data = json.loads(st.read_text(st.join(run_dir, max(states))))
+    out = []
+    for state, meta in data["trial_data"]:
+        state = json.loads(state) if isinstance(state, str) else state
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        trial_dir = st.join(run_dir, state["relative_logdir"])
+        results = _read_jsonl(st.join(trial_dir, "result.json")) or ([meta["last_result"]] if meta.get("last_result") else [])
+        out.append(TuneTrial(state["trial_id"], state["status"], trial_dir, results,
+                             _read_json(st.join(trial_dir, "params.json")) or {}, read_trial(trial_dir)))
+    return sorted(out, key=lambda t: t.id)
+
+
+def trial_checkpoints(run_dir: str, trial_id: str) -> str:
+    return st.join(run_dir, CHECKPOINTS, trial_id)
+
+
+def prune_checkpoints(run_dir: str, keep: set[str], trials: list[TuneTrial]) -> list[str]:
+    """Delete the checkpoints of trials not in `keep` (whole-sweep checkpoints fill disks)."""
+    removed = []
+    for t in trials:
+        if t.id not in keep and t.status != "RUNNING":
+            path = trial_checkpoints(run_dir, t.id)
+            if st.exists(path):
+                st.remove_tree(path)
+                removed.append(t.id)
+    return removed
+
+
+def _shown(path: str) -> str:
+    return st.redact(path)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(st.read_text(path))
+    except (OSError, FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    try:
+        text = st.read_text(path)
+    except (OSError, FileNotFoundError):
+        return []
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut short by a crash: the ones before it still count
+    return rows

@@ -1,0 +1,74 @@
+"""Loading a sweep file (`sweeps/*.py`): every way it can fail becomes one line naming the file and line.
+
+A sweep file is Python, so loading it runs its code: anything it raises at import is the user's
+error, not ftray's, and is reported as such (exit status 2); `FTRAY_DEBUG=1` (or `--debug`) shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+from ftray.errors import FtrayInputError
+
+
+def debug() -> bool:
+    return os.environ.get("FTRAY_DEBUG", "") not in ("", "0")
+
+
+def load_sweep(path: str | Path):
+    """Import a sweep file and return its module-level `sweep`; errors name the file and line."""
+    from ftray.sweep import Sweep
+
+    path = Path(path)
+    if not path.is_file():
+        raise FtrayInputError(f"sweep file {str(path)!r} does not exist")
+    if path.suffix != ".py":
+        raise FtrayInputError(f"sweep file {str(path)!r} must be a Python file (.py)")
+    try:
+        source = path.read_text(encoding="utf-8")
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise FtrayInputError(f"sweep file {str(path)!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except (UnicodeDecodeError, ValueError) as e:  # not UTF-8, or a NUL byte in the source
+        raise FtrayInputError(f"sweep file {str(path)!r} cannot be read as Python source: {e}") from None
+    module_name = "ftray_sweep_" + re.sub(r"\W", "_", path.stem)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except FtrayInputError as e:
+        raise FtrayInputError(f"{path}{_line_in(e, path)}: {e}") from None
+    except Exception as e:
+        if debug():
+            raise
+        message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise FtrayInputError(f"{path}{_line_in(e, path)}: {type(e).__name__}"
+                              + (f": {message}" if message else "")
+                              + " (set FTRAY_DEBUG=1 for the traceback)") from None
+    # Classes a sweep file defines (a custom Task) travel to Ray workers by value: the workers cannot
+    # import the sweep file as a module.
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    sweep = getattr(module, "sweep", None)
+    if sweep is None:
+        raise FtrayInputError(f"sweep file {str(path)!r} does not define a module-level `sweep = Sweep(...)`")
+    if not isinstance(sweep, Sweep):
+        raise FtrayInputError(f"{path}: `sweep` must be a ftray.Sweep, got {type(sweep).__name__}")
+    return sweep
+
+
+def _line_in(error: BaseException, path: Path) -> str:
+    """", line N": the deepest frame of the traceback that is in the sweep file itself."""
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(path):
+            line = frame.lineno
+    return f", line {line}" if line else ""

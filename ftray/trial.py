@@ -1,0 +1,182 @@
+"""One Tune trial: the driver of a Ray Train run for one TrialConfig, its retries, and its outcome.
+
+The trial function builds a `TorchTrainer` whose workers run the recipe (ftray/recipe.py);
+`TuneReportCallback` forwards rank 0's reports (and checkpoint) to Tune. Hyperparameters were
+sampled once on the sweep's driver, so every worker of a trial trains the same configuration.
+How the trial ended is written into its folder as a typed `TrialOutcome`: a lost worker is
+restarted from the latest checkpoint, while a NaN loss, an out-of-memory or a bug in user code is
+recorded with its reason and not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from ftray import runfolder as rf
+from ftray import storage as st
+from ftray.config import TrialConfig
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What the sweep's driver hands every trial (besides its sampled values)."""
+
+    sweep: object  # ftray.sweep.Sweep
+    run_dir: str
+    tokenizer_json: str | None
+    cpus_per_worker: float
+    env: Mapping[str, str]
+
+
+def train_env(local: bool) -> dict[str, str]:
+    """Ray Train settings for the trials (Train passes them on from a trial's driver to its controller
+    and workers), where the user has not set them:
+
+    - the controller checks on its workers every 0.5 s instead of 2 s: a trial otherwise idles up to
+      2 s before its end is noticed, then again while its workers shut down;
+    - on a local Ray, no preemption watcher: one machine is never drained, and the watcher is one more
+      actor process to start per trial.
+    Together about 6 s less per trial on 2 CPUs (README, Benchmarks).
+    """
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    if local:
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
+def run_trial(sampled: dict, setup: TrialSetup) -> None:
+    """The Tune trial function: train `sampled` (the sweep's defaults with these values replaced)."""
+    import ray.train
+    from ray import tune
+
+    sweep = setup.sweep
+    config = sweep.trial_config(sampled)
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = st.join(setup.run_dir, os.path.basename(tune.get_context().get_trial_dir()))
+    rf.write_trial(trial_dir, rf.TrialRecord(config))
+    os.environ.update(setup.env)
+    job = _job(config, setup)
+    for restarts in range(sweep.failure.max_restarts + 1):
+        try:
+            result = _trainer(job, setup, trial_id, restarts).fit()
+        except ray.train.TrainingFailedError as e:
+            kind, message = classify_failure(e)
+            if kind == "lost-worker" and restarts < sweep.failure.max_restarts:
+                print(f"ftray: trial {trial_id}: {message}; restarting its workers from the latest checkpoint "
+                      f"({restarts + 1}/{sweep.failure.max_restarts})", flush=True)
+                continue
+            kind = "error" if kind == "lost-worker" else kind
+            rf.write_trial(trial_dir, rf.TrialRecord(config, rf.TrialOutcome(kind, message, restarts)))
+            if kind == "did-not-fit":
+                # Not an error of the sweep: this model and batch do not fit this hardware. The
+                # outcome says so, the report lists it, and the sweep goes on.
+                return
+            raise
+        diverged = bool((result.metrics or {}).get("diverged"))
+        outcome = rf.TrialOutcome("diverged", "the training loss became NaN or infinite", restarts) if diverged \
+            else rf.TrialOutcome("ok", None, restarts)
+        rf.write_trial(trial_dir, rf.TrialRecord(config, outcome))
+        return
+
+
+def _job(config: TrialConfig, setup: TrialSetup):
+    from ftray.recipe import TrialJob
+
+    sweep = setup.sweep
+    rung = sweep.model(config.model)
+    return TrialJob(config=config, task=sweep.task, model=rung, lora=sweep.lora(config),
+                    tokenizer_json=setup.tokenizer_json if rung.is_preset else None,
+                    threads=max(1, int(setup.cpus_per_worker)), faults=injected_faults(config.model))
+
+
+def _trainer(job, setup: TrialSetup, trial_id: str, restarts: int):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ftray.recipe import train_loop
+
+    sweep = setup.sweep
+    workers, gpus = sweep.workers_for(job.model.id), sweep.gpus_for(job.model.id)
+    per_worker = {"CPU": setup.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    # The same run name and storage each time: Train finds the trial's checkpoints and the workers go
+    # on from the latest one.
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job, "restarts": restarts, "launched_at": time.time()},
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=trial_id,
+            storage_path=st.join(setup.run_dir, rf.CHECKPOINTS),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=sweep.failure.keep_checkpoints,
+                checkpoint_score_attribute=sweep.objective,
+                checkpoint_score_order=sweep.mode,
+            ),
+            # ftray decides about retries itself: a lost worker is worth a restart, a bug or an
+            # out-of-memory is not.
+            failure_config=ray.train.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def injected_faults(model_id: str) -> dict:
+    """Fault injection for ftray's own tests: FTRAY_INJECT='{"nan_at_step": 3, "model": "tiny-s"}'."""
+    raw = os.environ.get("FTRAY_INJECT")
+    if not raw:
+        return {}
+    faults = json.loads(raw)
+    for f in faults if isinstance(faults, list) else [faults]:
+        if f.get("model", model_id) == model_id:
+            return f
+    return {}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """The one test for "did not fit": ftray's own error, torch's, the host's."""
+    import torch
+
+    from ftray.recipe import DidNotFitError
+
+    return isinstance(error, (DidNotFitError, torch.OutOfMemoryError, MemoryError))
+
+
+def classify_failure(error: Exception) -> tuple[str, str]:
+    """("lost-worker" | "did-not-fit" | "error", message) for a failed Train run.
+
+    When one worker dies the others fail too, with collateral collective errors; one dead actor
+    among the failures makes it a lost worker, which a restart from the checkpoint can fix.
+    """
+    from ray.exceptions import RayActorError
+
+    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
+    causes = [c for f in failures for c in _causes(f)]
+    text = "\n".join(str(f) for f in failures)
+    if any(is_out_of_memory(c) for c in causes):
+        return "did-not-fit", _last_line(text)
+    if any(isinstance(c, RayActorError) for c in causes):
+        return "lost-worker", "a Train worker was lost"
+    return "error", _last_line(text)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what it wraps: Ray Train wraps a worker's exception (UserExceptionWithTraceback)
+    and a dead worker (WorkerHealthCheckFailedError around a RayActorError) in its own types."""
+    out, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        out.append(error)
+        error = (getattr(error, "_base_exc", None) or getattr(error, "health_check_failure", None)
+                 or getattr(error, "cause", None) or error.__cause__)
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "unknown error"

@@ -1,0 +1,125 @@
+"""The training recipe in one plain process (no Ray): it learns, it resumes exactly, its checkpoints stand alone."""
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from ftray.config import TrialConfig
+from ftray.context import local_checkpoint
+from ftray.evaluate import evaluate
+from ftray.models import LoraSettings, ModelSpec, build_model, build_tokenizer, tokenizer_to_json
+from ftray.recipe import TRAINER_STATE, DidNotFitError, TrialJob, run_local
+from ftray.tasks import SyntheticTask
+
+TINY = ModelSpec("tiny-xs")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return SyntheticTask(n_train=200, n_valid=8, n_test=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(task):
+    return tokenizer_to_json(build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion)))
+
+
+def job(task, tokenizer_json, **settings) -> TrialJob:
+    config = TrialConfig(**{"model": TINY.id, "lr": 5e-3, "batch_size": 8, "max_length": 64, "eval_samples": 8,
+                            "max_new_tokens": 16, "eval_base": False, **settings})
+    return TrialJob(config=config, task=task, model=TINY, lora=LoraSettings(8, 16), tokenizer_json=tokenizer_json)
+
+
+def test_the_loop_lowers_the_training_loss(task, tokenizer_json):
+    reports = run_local(job(task, tokenizer_json, steps=30, eval_every=10))
+    assert [r["step"] for r in reports] == [10, 20, 30]
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"] - 0.5
+    assert reports[-1]["eval_loss"] < reports[0]["eval_loss"]
+    last = reports[-1]
+    for key in ("total_steps", "lr", "tokens", "train_tokens_per_s", "train_s", "step_s", "setup_s", "worker_start_s",
+                "params", "trainable_params", "train_examples", "restarts", "world_size", "diverged", "eval_s",
+                *task.metric_names):
+        assert key in last, key
+    assert last["tokens"] > reports[0]["tokens"] > 0 and last["diverged"] == 0 and last["world_size"] == 1
+
+
+def test_a_resumed_run_continues_at_the_batch_it_stopped_at(task, tokenizer_json, tmp_path):
+    # 40 rows in batches of 4, 2 micro-batches a step: 5 steps an epoch. The checkpoint of step 4 sits
+    # at position 8 of epoch 0, and the resumed steps 5..12 cross two epoch boundaries.
+    trial = job(task, tokenizer_json, data_fraction=0.2, batch_size=4, grad_accum=2, steps=12, eval_every=4,
+                eval_base=True)
+    full_trace: list = []
+    full = run_local(trial, str(tmp_path / "full"), trace=full_trace)
+    resumed_trace: list = []
+    resumed = run_local(trial, str(tmp_path / "resumed"), resume_from=local_checkpoint(str(tmp_path / "full"), 4),
+                        trace=resumed_trace)
+
+    expected = [t for t in full_trace if t[0] > 4]
+    assert [t[:4] for t in resumed_trace] == [t[:4] for t in expected]  # (step, epoch, position, rows)
+    assert resumed_trace[0][1:3] == (0, 8)  # not the start of the epoch
+    assert {t[1] for t in resumed_trace} == {0, 1, 2}
+    torch.testing.assert_close(torch.stack([t[4] for t in resumed_trace]), torch.stack([t[4] for t in expected]))
+
+    assert [r["step"] for r in resumed] == [8, 12]
+    for a, b in zip(full[1:], resumed):
+        assert a["tokens"] == b["tokens"] and a["lr"] == b["lr"]
+        for key in ("train_loss", "eval_loss", "base_eval_loss", "slot_f1"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+    from safetensors.torch import load_file
+
+    end_full = load_file(os.path.join(local_checkpoint(str(tmp_path / "full"), 12), "adapter_model.safetensors"))
+    end_resumed = load_file(os.path.join(local_checkpoint(str(tmp_path / "resumed"), 12), "adapter_model.safetensors"))
+    assert end_full.keys() == end_resumed.keys()
+    for name in end_full:
+        torch.testing.assert_close(end_full[name], end_resumed[name])
+
+    # Restored from the final checkpoint, a trial reports again instead of training again.
+    again_trace: list = []
+    again = run_local(trial, resume_from=local_checkpoint(str(tmp_path / "full"), 12), trace=again_trace)
+    assert again_trace == [] and [r["step"] for r in again] == [12]
+    assert again[0]["eval_loss"] == pytest.approx(full[-1]["eval_loss"], rel=1e-5)
+
+
+def test_a_checkpoint_reproduces_the_evaluation_outside_ftray(task, tokenizer_json, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    trial = job(task, tokenizer_json, steps=6, eval_every=6)
+    reported = run_local(trial, str(tmp_path))[-1]
+    folder = local_checkpoint(str(tmp_path), 6)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", TRAINER_STATE):
+        assert os.path.isfile(os.path.join(folder, name)), name
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = PeftModel.from_pretrained(build_model(TINY, tokenizer, seed=trial.config.seed), folder)
+    cfg = trial.config
+    metrics = evaluate(model=model, tokenizer=tokenizer, task=task, examples=task.examples("valid")[: cfg.eval_samples],
+                       batch_size=cfg.batch_size, max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens)
+    assert metrics.keys() == {"eval_loss", *task.metric_names}
+    for key, value in metrics.items():
+        assert value == pytest.approx(reported[key], rel=1e-5, abs=1e-6), key
+
+
+def test_the_trainer_state_is_tensors_and_plain_numbers(task, tokenizer_json, tmp_path):
+    run_local(job(task, tokenizer_json, steps=2, eval_every=2, eval_base=True), str(tmp_path))
+    state = torch.load(os.path.join(local_checkpoint(str(tmp_path), 2), TRAINER_STATE), weights_only=True)
+    assert state["trainer"]["step"] == 2 and state["trainer"]["tokens"] > 0
+    assert set(state["trainer"]["base_metrics"]) == {f"base_{k}" for k in ("eval_loss", *task.metric_names)}
+    assert state["optimizer"]["state"]  # AdamW's moments
+
+
+def test_a_nan_loss_stops_the_trial_at_that_step(task, tokenizer_json, tmp_path):
+    trial = job(task, tokenizer_json, steps=10, eval_every=5)
+    trial = dataclasses.replace(trial, faults={"nan_at_step": 3})
+    reports = run_local(trial, str(tmp_path))
+    assert [(r["step"], r["diverged"]) for r in reports] == [(3, 1)]
+    assert "eval_loss" not in reports[0] and not os.listdir(tmp_path)  # no evaluation, no checkpoint
+
+
+def test_out_of_memory_says_what_to_lower(task, tokenizer_json):
+    trial = dataclasses.replace(job(task, tokenizer_json, steps=10, eval_every=5), faults={"oom_at_step": 3})
+    with pytest.raises(DidNotFitError, match="lower batch_size"):
+        run_local(trial)
