@@ -1,6 +1,6 @@
 """ftray's benchmarks, side by side in one run: `python bench/run.py [--quick]`.
 
-Each ratio is measured A B A B ... (median of 3 repeats; 2 with --quick, whose figures are not to be
+Each ratio is measured A B A B ... (median of 3 repeats; 1 with --quick, whose figures are not to be
 quoted) on this machine with tiny models on CPU. The method of each is printed beside its number; the last
 stdout line is one JSON object. Results go to bench/results/<date>.json.
 """
@@ -364,8 +364,8 @@ def main() -> None:
     if args.ray_floor_child:
         return _ray_floor_child(json.loads(args.ray_floor_child))
     quick = args.quick
-    # --quick (CI) checks that every part runs: two repeats, one trial per sweep; its figures are not to be quoted
-    reps, k = (2, 1) if quick else (3, 3)
+    # --quick (CI) checks that every part runs: one repeat, one trial per sweep; its figures are not to be quoted
+    reps, k = (1, 1) if quick else (3, 3)
     cfg = dict(model="tiny-s" if quick else "tiny-m", rank=8, lr=5e-3, data_fraction=1.0, n_train=400 if quick else 2000,
                steps=20 if quick else 300, eval_every=10 if quick else 100, eval_samples=16, batch_size=16,
                max_length=96, max_new_tokens=40, seed=0, generate=True)
@@ -501,20 +501,33 @@ def main() -> None:
         print(f"  per-trial overhead split: {split}")
         floor = ", ".join(f"{k} {v:.1f}s" for k, v in results["ray_floor_per_trial_s"].items())
         print(f"  plain Ray, per trial: {floor}")
-    only = "" if parts == PARTS else "-only-" + "-".join(parts)
-    stem = f"{results['date']}{'-quick' if quick else ''}{only}"
-    out = args.out / f"{stem}.json"
-    for n in range(2, 1000):  # an earlier run's file of the same day is kept
-        if not out.exists():
-            break
-        out = args.out / f"{stem}-{n}.json"
-    out.write_text(json.dumps(results, indent=2))
+    out = write_results(results, args.out, parts, quick)
     print(f"  written to {out}")
     shutil.rmtree(tmp, ignore_errors=True)  # the sweeps' run folders and checkpoints (kept if a part failed)
-    keys_out = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
-                "padding_efficiency", "search_compute_ratio", "ray_floor_overhead_ratio", "overhead_ratio_vs_ray_floor",
-                "ray_floor_step_ratio")
-    print(json.dumps({k: results[k] for k in keys_out if k in results}))
+    print(json.dumps(headline(results)))
+
+
+# The figures of the last stdout line, in order.
+KEYS = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
+        "padding_efficiency", "search_compute_ratio", "ray_floor_overhead_ratio", "overhead_ratio_vs_ray_floor",
+        "ray_floor_step_ratio")
+
+
+def headline(results: dict) -> dict:
+    return {k: results[k] for k in KEYS if k in results}
+
+
+def write_results(results: dict, out_dir: Path, parts, quick: bool) -> Path:
+    """bench/results/<date>[-quick][-only-PARTS][-N].json: an earlier run's file of the same day is kept."""
+    only = "" if tuple(parts) == PARTS else "-only-" + "-".join(parts)
+    stem = f"{results['date']}{'-quick' if quick else ''}{only}"
+    out = out_dir / f"{stem}.json"
+    for n in range(2, 1000):
+        if not out.exists():
+            break
+        out = out_dir / f"{stem}-{n}.json"
+    out.write_text(json.dumps(results, indent=2))
+    return out
 
 
 if __name__ == "__main__":

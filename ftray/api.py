@@ -33,7 +33,7 @@ def run(sweep, storage: str | None = None, name: str | None = None, *, new_run: 
 
     run_dir = run_sweep(sweep, Options(storage=storage, name=name, new_run=new_run, ray_address=ray_address,
                                        sweep_file=sweep_file))
-    return finish(run_dir, keep_all_checkpoints=keep_all_checkpoints, quiet=quiet)
+    return finish(run_dir, sweep, keep_all_checkpoints=keep_all_checkpoints, quiet=quiet)
 
 
 def resume(run_dir: str, *, ray_address: str | None = None, resume_errored: bool = False,
@@ -47,13 +47,17 @@ def resume(run_dir: str, *, ray_address: str | None = None, resume_errored: bool
     return finish(run_dir, keep_all_checkpoints=keep_all_checkpoints, quiet=quiet)
 
 
-def finish(run_dir: str, *, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
-    """The end of a run: checkpoints off the frontier pruned, the report written and sent to W&B."""
+def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
+    """The end of a run: every finished trial scored on held-out test rows, checkpoints off the
+    frontier pruned, the report written and sent to W&B."""
     from ftray import runfolder as rf
     from ftray.report import build_report, format_report, load_run, write_report_files
+    from ftray.rescore import score_held_out
     from ftray.tracking import log_sweep_summary
 
     run = load_run(run_dir)
+    if score_held_out(run, sweep or rf.sweep_of_run(run["run_dir"]), quiet=quiet):
+        run = load_run(run_dir)
     if not keep_all_checkpoints:
         pruned = rf.prune_checkpoints(run["run_dir"], set(run["frontier"]), rf.tune_trials(run["run_dir"]))
         if pruned and not quiet:

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--target", type=float, help="the objective value the business needs: which is the smallest model that reaches it?")
     p.add_argument("--no-files", action="store_true", help="only print; do not write frontier.csv, report.json and PNGs")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the trials whose checkpoints are kept on the task's held-out test rows first")
 
     p = sub.add_parser("eval", help="score the frontier trials' saved adapters on new rows of the task")
     p.add_argument("run_dir")
@@ -133,6 +135,12 @@ def cmd_report(args) -> int:
     from ftray.report import build_report, format_report, load_run, write_report_files
 
     run = load_run(args.run_dir)
+    if args.rescore:
+        from ftray.rescore import score_held_out
+        from ftray.runfolder import sweep_of_run
+
+        if score_held_out(run, sweep_of_run(run["run_dir"])):
+            run = load_run(args.run_dir)
     report = build_report(run, target=args.target)
     written = [] if args.no_files else write_report_files(run, report)
     if args.json:

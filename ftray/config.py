@@ -83,6 +83,9 @@ class TrialConfig:
                                  searchable=False)
     max_new_tokens: int = _setting(64, "tokens generated per validation row at most", "an int > 0",
                                    _int_at_least(1), searchable=False)
+    test_samples: int = _setting(200, "held-out test rows each trial is scored on at the end of the sweep "
+                                 "(0: none; fewer when the split has fewer)", "an int >= 0", _int_at_least(0),
+                                 searchable=False)
     eval_base: bool = _setting(True, "also score the model before finetuning (the gain finetuning buys)",
                                "True or False", _bool, searchable=False)
 

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ftray.errors import FtrayInputError
+from ftray.prompts import cut_prompt, encode_completions, encode_prompts, resolve_format
 from ftray.tasks.base import Example
 
 IGNORE = -100  # the label value that the loss skips
@@ -56,26 +57,25 @@ def select(examples: Sequence[Example], fraction: float, seed: int,
     return [kept[i] for i in nested_subset(len(kept), fraction, seed)]
 
 
-def tokenize_examples(examples: Sequence[Example], tokenizer, max_length: int) -> list[dict]:
-    """Each example as {"input_ids": prompt + completion + eos, "labels": the same with the prompt -100}.
+def tokenize_examples(examples: Sequence[Example], tokenizer, max_length: int, fmt: str = "auto") -> list[dict]:
+    """Each example as {"input_ids": prompt + completion + end, "labels": the same with the prompt -100}.
 
-    Loss falls on the completion (and eos) only. Too long: the prompt loses tokens from its start first
-    (a prompt's end says what to answer), then the completion its end. At least one prompt token stays
-    whenever the prompt has one, so the first completion token is still predicted from something.
+    `fmt` is the prompt format ("auto", "chat" or "plain", ftray/prompts.py): the same one generation
+    must use. Loss falls on the completion and the token that ends it (EOS, or a chat template's
+    end-of-turn) only. Too long: the prompt loses tokens first, from just after its head (a BOS, a
+    chat template's system turn and user header), so its end, which says what to answer and holds
+    the template's generation prompt, stays; then the completion loses its end. At least one prompt
+    token stays whenever the prompt has one, so the first completion token is still predicted from something.
     """
     if not examples:
         return []
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos token: completions could never be taught to stop")
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    fmt = resolve_format(tokenizer, fmt)
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples], fmt)
+    answers = encode_completions(tokenizer, [e.completion for e in examples], fmt)
     out = []
-    for prompt, answer in zip(prompts, answers):
-        answer = answer + [eos]
+    for (prompt, head), answer in zip(prompts, answers):
         if len(prompt) + len(answer) > max_length:
-            keep = max(min(len(prompt), 1), max_length - len(answer))
-            prompt = prompt[len(prompt) - keep :]
+            prompt = cut_prompt(prompt, head, max(min(len(prompt), 1), max_length - len(answer)))
             answer = answer[: max_length - len(prompt)]
         out.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer})
     return out

@@ -29,7 +29,7 @@ import torch
 from ftray.config import TrialConfig
 from ftray.context import LocalContext, RayContext
 from ftray.data import batches, collate, select, tokenize_examples
-from ftray.evaluate import evaluate, sum_over_workers
+from ftray.evaluate import score, sum_over_workers
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, count_params, load_tokenizer
 from ftray.tasks.base import Task
 
@@ -40,6 +40,10 @@ LOG_EVERY_S = 30.0
 
 class DidNotFitError(RuntimeError):
     """The model and batch do not fit in the accelerator's (or the host's) memory: retrying cannot help."""
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite: the trial stopped, and retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class LoRARecipe:
         self.worker_start_s = max(0.0, self.started - (launched_at or self.started))
         self.trace = trace  # a list: gets (step, epoch, position, batch indices, loss) of each micro-batch
         self.state = TrainState()
+        self.diverged_at: int | None = None
         self._epoch_batches: tuple[int, list[list[int]]] | None = None
 
     def run(self) -> None:
@@ -111,7 +116,7 @@ class LoRARecipe:
         if self.cfg.eval_base and self.state.step == 0:
             # LoRA's B matrices start at zero, so this is the base model's own score.
             self.log("base evaluation")
-            base = self.evaluate()
+            base, _ = self.evaluate()
             self.state.base_metrics = {f"base_{k}": v for k, v in base.items()}
         self.train()
 
@@ -135,8 +140,8 @@ class LoRARecipe:
         filters = {cfg.data_filter_column: cfg.data_filter} if cfg.data_filter is not None else None
         train_examples = select(self.job.task.examples("train"), cfg.data_fraction, cfg.seed, filters)
         self.valid_examples = self.job.task.examples("valid")[: cfg.eval_samples]
-        self.train_data = tokenize_examples(train_examples, self.tokenizer, cfg.max_length)
-        self.valid_data = tokenize_examples(self.valid_examples, self.tokenizer, cfg.max_length)
+        self.train_data = tokenize_examples(train_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
+        self.valid_data = tokenize_examples(self.valid_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(self.train_data) / per_step))
 
@@ -226,7 +231,8 @@ class LoRARecipe:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
                 sync = micro == cfg.grad_accum - 1 or self.world == 1
                 with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
-                    loss = self._inject_faults(self.ddp(**batch).loss)
+                    # No KV cache: nothing is generated here, and building one per step costs memory.
+                    loss = self._inject_faults(self.ddp(**batch, use_cache=False).loss)
                     (loss / cfg.grad_accum).backward()
                 self.loss_sum[0] += loss.detach().double() * n_tokens
                 self.loss_sum[1] += n_tokens
@@ -280,14 +286,17 @@ class LoRARecipe:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_gpu else contextlib.nullcontext()
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> tuple[dict[str, float], dict]:
+        """The metrics; and each task metric's per-row parts (for the report's intervals) with the
+        generated answers, row by row."""
         t = time.time()
-        metrics = evaluate(model=self.model, tokenizer=self.tokenizer, task=self.job.task,
-                           examples=self.valid_examples, data=self.valid_data, batch_size=self.cfg.batch_size,
-                           max_length=self.cfg.max_length, max_new_tokens=self.cfg.max_new_tokens,
-                           device=self.device, rank=self.rank, world=self.world, autocast=self.autocast())
+        scores = score(model=self.model, tokenizer=self.tokenizer, task=self.job.task,
+                       examples=self.valid_examples, data=self.valid_data, batch_size=self.cfg.batch_size,
+                       max_length=self.cfg.max_length, max_new_tokens=self.cfg.max_new_tokens,
+                       prompt_format=self.cfg.prompt_format, device=self.device, rank=self.rank, world=self.world,
+                       autocast=self.autocast())
         self.state.eval_s += time.time() - t
-        return metrics
+        return scores.metrics, {"eval_rows": scores.rows, "eval_predictions": scores.predictions}
 
     def report(self, nan_now: bool) -> bool:
         """Evaluate, save a checkpoint (rank 0) and report; True when training must stop."""
@@ -322,11 +331,12 @@ class LoRARecipe:
             metrics["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if not diverged:
             self.log(f"evaluation at step {state.step}/{self.total_steps}")
-            metrics.update(self.evaluate())
-            metrics["eval_s"] = state.eval_s
+            scores, rows = self.evaluate()
+            metrics.update(scores, eval_s=state.eval_s, **rows)
         self.ctx.report(metrics, self.save_checkpoint if self.rank == 0 and not diverged else None)
         if diverged:
             self.log(f"diverged at step {state.step}: the loss is not a number; the trial stops")
+            self.diverged_at = state.step
             return True  # a NaN loss cannot recover: stop at once, the report marks the trial diverged
         self._start_interval()
         self.model.train()
@@ -367,6 +377,10 @@ def train_loop(loop_config: dict) -> None:
         recipe = LoRARecipe(job, RayContext(), restarts=int(loop_config.get("restarts", 0)),
                             launched_at=loop_config.get("launched_at"))
         recipe.run()
+    if recipe.diverged_at is not None:
+        # Ends the Train run as a failure its driver classifies (ftray/trial.py): every worker sees the
+        # same NaN gradient norm, so all of them stop here together.
+        raise DivergedError(f"the training loss became NaN or infinite at step {recipe.diverged_at}")
 
 
 def run_local(job: TrialJob, checkpoint_dir: str | None = None, *, resume_from: str | None = None,

@@ -73,16 +73,24 @@ def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord) -> dict:
         # What the trial held: GPUs where it had them, else its CPU workers.
         "accelerators": workers * gpus if gpus else workers,
         # None once removed (checkpoints off the frontier are pruned at the end of a sweep).
-        "checkpoint": _existing(last.get("checkpoint_path")),
+        "checkpoint": _existing(st.uri_of(trial.trial_dir, last["checkpoint_path"]) if last.get("checkpoint_path") else None),
         "trial_dir": trial.trial_dir,
+        # Each metric row by row at the last evaluation (the same validation rows for every trial).
+        "rows": last.get("eval_rows") if not reason else None,
+        "test": _test(trial.trial_dir),
     }
+
+
+def _test(trial_dir: str) -> dict | None:
+    scores = rf.read_test_scores(trial_dir)
+    return None if scores is None else {"metrics": scores.metrics, "rows": scores.rows, "n": scores.n, "of": scores.of}
 
 
 # Keys every report carries that are not task metrics.
 _BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s", "worker_start_s",
                 "step_s", "peak_gpu_mem_gib",
                 "params", "trainable_params", "train_examples", "restarts", "diverged", "eval_loss", "eval_s",
-                "world_size"}
+                "world_size", "eval_rows", "eval_predictions"}
 
 
 def _task_metric_keys(result: dict) -> list[str]:
@@ -111,9 +119,14 @@ def to_json(run: dict) -> dict:
     return {
         "run_dir": st.redact(run["run_dir"]),
         "objective": run["objective"],
-        "trials": [{k: t[k] for k in keys} for t in run["trials"]],
+        "trials": [dict({k: t[k] for k in keys}, test=_without_rows(t["test"])) for t in run["trials"]],
         "frontier": run["frontier"],
     }
+
+
+def _without_rows(test: dict | None) -> dict | None:
+    """Test scores as --json shows them: the metrics and how many rows (per-row parts stay in the folder)."""
+    return None if test is None else {k: v for k, v in test.items() if k != "rows"}
 
 
 def format_table(run: dict) -> str:

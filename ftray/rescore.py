@@ -33,14 +33,50 @@ def load_adapter(checkpoint: str, rung, device: str = "cpu"):
     return model, tokenizer, config
 
 
-def score_checkpoint(checkpoint: str, task, rung, examples, batch_size: int = 16) -> dict:
-    """The task's metrics for the adapter in `checkpoint` (local or a storage URI) on `examples`."""
-    from ftray.evaluate import evaluate
+def score_checkpoint(checkpoint: str, task, rung, examples, batch_size: int = 16):
+    """The task's metrics (and per-row parts) for the adapter in `checkpoint` (local or a URI) on `examples`."""
+    from ftray.evaluate import score
 
     with tempfile.TemporaryDirectory() as tmp:
         model, tokenizer, config = load_adapter(st.local_copy(checkpoint, tmp), rung)
-        return evaluate(model=model, tokenizer=tokenizer, task=task, examples=examples, batch_size=batch_size,
-                        max_length=config.max_length, max_new_tokens=config.max_new_tokens, device="cpu")
+        return score(model=model, tokenizer=tokenizer, task=task, examples=examples, batch_size=batch_size,
+                     max_length=config.max_length, max_new_tokens=config.max_new_tokens,
+                     prompt_format=config.prompt_format, device="cpu")
+
+
+def score_held_out(run: dict, sweep, quiet: bool = False) -> int:
+    """Score every finished trial's adapter on the task's held-out test rows; returns how many were scored.
+
+    The report's headline numbers then rest on rows that neither training nor selection saw (the
+    validation rows chose the best trials, so their scores lean optimistic). A trial already scored
+    on the same checkpoint and rows is not scored again. At most `test_samples` rows: a seeded subset of
+    the split, the same for every trial, so their scores pair up row by row.
+    """
+    import torch
+
+    from ftray import runfolder as rf
+    from ftray.data import nested_subset
+    from ftray.errors import HubUnavailable
+
+    n = sweep.trial.test_samples
+    try:
+        split = sweep.task.examples("test") if n else []
+    except HubUnavailable:
+        split = []
+    todo = [t for t in run["trials"] if t["objective"] is not None and t["checkpoint"]]
+    if not split or not todo:
+        return 0
+    examples = [split[i] for i in nested_subset(len(split), min(1.0, n / len(split)), seed=0)]
+    todo = [t for t in todo if (old := rf.read_test_scores(t["trial_dir"])) is None
+            or (old.checkpoint, old.n) != (t["checkpoint"], len(examples))]
+    if not quiet and todo:
+        print(f"ftray: scoring {len(todo)} trials on {len(examples)} held-out test rows (of {len(split)})", flush=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    for t in todo:
+        scores = score_checkpoint(t["checkpoint"], sweep.task, sweep.model(t["model"]), examples)
+        rf.write_test_scores(t["trial_dir"], rf.TestScores(scores.metrics, scores.rows, len(examples), len(split),
+                                                           t["checkpoint"]))
+    return len(todo)
 
 
 def rescore(run_dir: str, data_file: str, batch_size: int = 16) -> dict:
@@ -60,7 +96,7 @@ def rescore(run_dir: str, data_file: str, batch_size: int = 16) -> dict:
     for t in front:
         if not t.get("checkpoint"):
             raise FtrayInputError(f"trial {t['id']} has no checkpoint left to score")
-        metrics = score_checkpoint(t["checkpoint"], sweep.task, sweep.model(t["model"]), examples, batch_size)
+        metrics = score_checkpoint(t["checkpoint"], sweep.task, sweep.model(t["model"]), examples, batch_size).metrics
         rows.append(dict(t, old_objective=t["objective"], objective=metrics[obj["metric"]], new_metrics=metrics))
     new_front = trial_front(rows, obj["mode"])
     return {"run_dir": st.redact(run["run_dir"]), "data": os.path.abspath(data_file), "rows": len(examples),

@@ -28,7 +28,9 @@ from ftray.errors import FtrayInputError
 RUN_FILE = "ftray_run.json"
 SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothing else
 TRIAL_FILE = "ftray_trial.json"
+TEST_FILE = "ftray_test.json"  # the trial's adapter scored on the task's held-out test rows
 CHECKPOINTS = "checkpoints"
+CONFIRM = "confirm"  # Tune's experiment of the confirmation phase (Search.repeats), inside the run folder
 OUTCOMES = ("ok", "diverged", "did-not-fit", "error")
 
 
@@ -155,6 +157,26 @@ def read_trial(trial_dir: str) -> TrialRecord | None:
 
 
 @dataclass(frozen=True)
+class TestScores:
+    """A trial's adapter scored on held-out test rows (`n` of the split's `of`, the first n in its order)."""
+
+    metrics: dict
+    rows: dict  # metric -> [[num, den], ...] per row: the metric is sum(num) / sum(den)
+    n: int
+    of: int
+    checkpoint: str  # which of the trial's checkpoints was scored
+
+
+def write_test_scores(trial_dir: str, scores: TestScores) -> None:
+    st.write_text(st.join(trial_dir, TEST_FILE), json.dumps(asdict(scores)))
+
+
+def read_test_scores(trial_dir: str) -> TestScores | None:
+    data = _read_json(st.join(trial_dir, TEST_FILE))
+    return TestScores(**data) if data else None
+
+
+@dataclass(frozen=True)
 class TuneTrial:
     """A trial as Ray Tune left it: its id, status, folder, reported results and sampled values."""
 
@@ -171,16 +193,21 @@ class TuneTrial:
 
 
 def tune_trials(run_dir: str) -> list[TuneTrial]:
-    """The trials of a run, from Tune's latest experiment-state file and each trial's folder."""
-    states = [n for n in st.list_names(run_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
+    """The trials of a run (the search's, then the confirmation phase's), from Tune's latest
+    experiment-state file of each and each trial's folder."""
+    return _experiment_trials(run_dir) + _experiment_trials(st.join(run_dir, CONFIRM))
+
+
+def _experiment_trials(experiment_dir: str) -> list[TuneTrial]:
+    states = [n for n in st.list_names(experiment_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
     if not states:
         return []
-    data = json.loads(st.read_text(st.join(run_dir, max(states))))
+    data = json.loads(st.read_text(st.join(experiment_dir, max(states))))
     out = []
     for state, meta in data["trial_data"]:
         state = json.loads(state) if isinstance(state, str) else state
         meta = json.loads(meta) if isinstance(meta, str) else meta
-        trial_dir = st.join(run_dir, state["relative_logdir"])
+        trial_dir = st.join(experiment_dir, state["relative_logdir"])
         results = _read_jsonl(st.join(trial_dir, "result.json")) or ([meta["last_result"]] if meta.get("last_result") else [])
         out.append(TuneTrial(state["trial_id"], state["status"], trial_dir, results,
                              _read_json(st.join(trial_dir, "params.json")) or {}, read_trial(trial_dir)))

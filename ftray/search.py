@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ray.tune.search.optuna import OptunaSearch
+
 from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
@@ -81,11 +83,18 @@ def sampler(sweep: Sweep):
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, sweep.search.num_trials // 3)))
 
 
+class _OptunaSearch(OptunaSearch):
+    # A report without the objective (a trial that diverged stops before its evaluation) is not a
+    # point on its learning curve: Tune's OptunaSearch would fail on the missing key. The trial's end
+    # still reaches Optuna, as pruned.
+    def on_trial_result(self, trial_id, result):
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
 def searcher(sweep: Sweep):
     """Optuna over the define-by-run space (Tune's random search would not know the ladder's cycle)."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    return OptunaSearch(space=DefineByRun(sweep), metric=sweep.objective, mode=sweep.mode, sampler=sampler(sweep))
+    return _OptunaSearch(space=DefineByRun(sweep), metric=sweep.objective, mode=sweep.mode, sampler=sampler(sweep))
 
 
 def scheduler(sweep: Sweep):
@@ -201,22 +210,32 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     if options.sweep_file and previous is None:
         rf.copy_sweep_file(run_dir, options.sweep_file)
     _tuner(sweep, run_dir, record, prepared, resources, options, resume=previous is not None).fit()
+    if sweep.search.repeats:
+        _confirm(sweep, run_dir, record, prepared, resources, options)
     return run_dir
+
+
+def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
+    from ray import tune
+
+    from ftray.trial import TrialSetup, run_trial, train_env
+
+    local = not (options.ray_address or os.environ.get("RAY_ADDRESS"))
+    setup = TrialSetup(sweep=sweep, run_dir=run_dir, experiment_dir=experiment_dir,
+                       tokenizer_json=prepared.tokenizer_json, cpus_per_worker=resources.cpus_per_worker,
+                       env=train_env(local=local))
+    # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
+    # Optuna is told it was pruned, and the report lists why.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": TRIAL_DRIVER_CPU})
 
 
 def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources, options: Options, resume: bool):
     from ray import tune
 
     from ftray.tracking import WandbTracking
-    from ftray.trial import TrialSetup, run_trial, train_env
 
-    local = not (options.ray_address or os.environ.get("RAY_ADDRESS"))
-    setup = TrialSetup(sweep=sweep, run_dir=run_dir, tokenizer_json=prepared.tokenizer_json,
-                       cpus_per_worker=resources.cpus_per_worker, env=train_env(local=local))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": TRIAL_DRIVER_CPU})
-    # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
-    # Optuna is told it was pruned, and the report lists why.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    trainable = _trainable(sweep, run_dir, run_dir, prepared, resources, options)
     if resume and tune.Tuner.can_restore(run_dir):
         # Finished trials stay finished; unfinished ones go on from their latest checkpoints; the
         # searcher comes back with the state it had (and ASHA's rungs are refilled, schedulers.py).
@@ -238,6 +257,59 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
         ),
         run_config=tune.RunConfig(name=name, storage_path=st.dirname(run_dir), callbacks=callbacks, verbose=1),
     )
+
+
+def repeat_points(sweep: Sweep, trials: list[rf.TuneTrial]) -> list[dict]:
+    """The confirmation phase's trials: the best finished configuration of each rung, with
+    `sweep.search.repeats` more seeds each (seed + 1, seed + 2, ...)."""
+    sign = 1 if sweep.mode == "max" else -1
+    best: dict[str, tuple[float, dict]] = {}
+    for t in trials:
+        value = t.last.get(sweep.objective)
+        finished = t.last.get("step") == t.last.get("total_steps")  # not stopped early by ASHA
+        if t.record is None or t.record.outcome is None or t.record.outcome.kind != "ok" or value is None \
+                or not finished:
+            continue
+        model = t.record.config.model
+        if model not in best or sign * value > sign * best[model][0]:
+            best[model] = (value, t.params)
+    seed = lambda p: p.get("seed", sweep.trial.seed)  # noqa: E731
+    return [dict(params, seed=seed(params) + k) for _, params in best.values()
+            for k in range(1, sweep.search.repeats + 1)]
+
+
+def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources, options: Options) -> None:
+    """Search.repeats: the best configuration of each rung again with more seeds, as ordinary trials."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ftray.tracking import WandbTracking
+
+    confirm_dir = st.join(run_dir, rf.CONFIRM)
+    trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)
+    if tune.Tuner.can_restore(confirm_dir):
+        tune.Tuner.restore(confirm_dir, trainable, resume_unfinished=True, resume_errored=options.resume_errored,
+                           restart_errored=options.restart_errored).fit()
+        return
+    points = repeat_points(sweep, rf.tune_trials(run_dir))
+    if not points:
+        print("ftray: no trial finished with a score: nothing to repeat", flush=True)
+        return
+    print(f"ftray: confirmation phase: the best configuration of each rung with {sweep.search.repeats} more "
+          f"seeds ({len(points)} trials)", flush=True)
+    callbacks = [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
+                               trial_config=sweep.trial_config)]
+    # Tune takes preset points only for keys its param space has.
+    space = {k: tune.choice(sorted({p[k] for p in points}, key=repr)) for k in points[0]}
+    tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=sweep.objective, mode=sweep.mode, num_samples=len(points),
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources.max_concurrent_trials),
+            max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, callbacks=callbacks, verbose=1),
+    ).fit()
 
 
 def resume(run_dir: str, options: Options = Options()) -> str:

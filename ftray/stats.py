@@ -79,7 +79,8 @@ def seed_resampled_means(ratios: np.ndarray, groups: Sequence[Sequence[int]], se
 
     A group is one configuration run with several seeds; drawing its trials anew in each replicate
     puts the seed-to-seed spread into the interval (a two-level bootstrap: rows, then seeds). A
-    group of one trial keeps its row-only replicates: one seed cannot show seed noise.
+    group of one trial keeps its row-only replicates: one seed cannot show seed noise. With k seeds
+    the draws' variance is (k - 1) / k of the seeds' own, so 2-4 seeds understate it somewhat.
     """
     out = np.empty((ratios.shape[0], len(groups)))
     for g, cols in enumerate(groups):

@@ -131,6 +131,14 @@ def _scrub(text: str, uri: str) -> str:
     return text
 
 
+def uri_of(base: str, fs_path: str) -> str:
+    """`fs_path` as pyarrow gives it ("bucket/runs/x", scheme and query gone), as a URI of `base`'s store."""
+    if not is_uri(base) or is_uri(fs_path):
+        return fs_path
+    head, query = _split_query(base)
+    return f"{head.split('://', 1)[0]}://{fs_path}{query}"
+
+
 def _fs(path: str):
     import pyarrow.fs
 

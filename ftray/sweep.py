@@ -107,7 +107,7 @@ class Search:
     """How trials are chosen and stopped."""
 
     num_trials: int = 8
-    algorithm: str = "optuna"  # or "random" (Tune's random search, seeded)
+    algorithm: str = "optuna"  # Optuna's TPE, or "random" (Optuna's random sampler), seeded
     # Searched separately for each model, so no size is favoured by a value that suits another.
     per_model: tuple[str, ...] = ("lr",)
     # How trials pick their model: "round-robin" gives every rung of the ladder the same share of
@@ -115,11 +115,15 @@ class Search:
     # Optuna choose the model like any other setting.
     model_sampling: str = "round-robin"
     asha: ASHA | None = None
+    # After the search, train the best configuration of each rung again with this many more seeds
+    # (ordinary trials, full budget), so the report can tell seed noise from real differences.
+    repeats: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "per_model", (self.per_model,) if isinstance(self.per_model, str)
                            else tuple(self.per_model))
         _check(_is_int(self.num_trials, 1), f"num_trials must be an int >= 1, got {self.num_trials!r}")
+        _check(_is_int(self.repeats, 0), f"repeats must be an int >= 0, got {self.repeats!r}")
         _check(self.algorithm in ("optuna", "random"), f"search must be 'optuna' or 'random', got {self.algorithm!r}")
         _check(self.model_sampling in ("round-robin", "search"),
                f"model_sampling must be 'round-robin' or 'search', got {self.model_sampling!r}")

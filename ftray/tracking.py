@@ -182,13 +182,19 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
     group = st.basename(run["run_dir"])
     local_dir = run["run_dir"] if not st.is_uri(run["run_dir"]) else None
     front = set(report["frontier"])
-    columns = ["trial", "model", "params", "lora_rank", "data_fraction", "lr", "objective", "base_objective",
-               "wall_s", "on_front", "status"]
+    analysis = report["analysis"]
+    metric = run["objective"]["metric"]
+    # The interval is over the rows the report's numbers rest on (test rows where the trials have them).
+    intervals = (analysis.get("intervals") or {}).get("trials") or {}
+    columns = ["trial", "model", "params", "lora_rank", "data_fraction", "lr", "seed", "objective", "test_objective",
+               "interval_lo", "interval_hi", "interval_rows", "base_objective", "wall_s", "on_front", "status"]
     table = wandb.Table(columns=columns)
     for t in report["trials"]:
-        table.add_data(t["id"], t["model"], t["params"], t["lora_rank"], t["data_fraction"], t["lr"], t["objective"],
+        iv = intervals.get(t["id"]) or {}
+        test = (t.get("test") or {}).get("metrics", {}).get(metric)
+        table.add_data(t["id"], t["model"], t["params"], t["lora_rank"], t["data_fraction"], t["lr"],
+                       t["config"].get("seed"), t["objective"], test, iv.get("lo"), iv.get("hi"), iv.get("n"),
                        t["base_objective"], t["wall_s"], t["id"] in front, t["reason"] or t["status"])
-    analysis = report["analysis"]
     wb = wandb.init(
         project=settings.project, entity=settings.entity, group=group, job_type="frontier-summary",
         id=f"{group}-summary", name=f"{group}-frontier", dir=local_dir, mode=mode, resume="allow",

@@ -27,6 +27,7 @@ class TrialSetup:
 
     sweep: object  # ftray.sweep.Sweep
     run_dir: str
+    experiment_dir: str  # Tune's experiment folder: the run folder, or its confirm/ phase
     tokenizer_json: str | None
     cpus_per_worker: float
     env: Mapping[str, str]
@@ -56,7 +57,7 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
     sweep = setup.sweep
     config = sweep.trial_config(sampled)
     trial_id = tune.get_context().get_trial_id()
-    trial_dir = st.join(setup.run_dir, os.path.basename(tune.get_context().get_trial_dir()))
+    trial_dir = st.join(setup.experiment_dir, os.path.basename(tune.get_context().get_trial_dir()))
     rf.write_trial(trial_dir, rf.TrialRecord(config))
     os.environ.update(setup.env)
     job = _job(config, setup)
@@ -71,15 +72,12 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
                 continue
             kind = "error" if kind == "lost-worker" else kind
             rf.write_trial(trial_dir, rf.TrialRecord(config, rf.TrialOutcome(kind, message, restarts)))
-            if kind == "did-not-fit":
-                # Not an error of the sweep: this model and batch do not fit this hardware. The
-                # outcome says so, the report lists it, and the sweep goes on.
+            if kind in ("did-not-fit", "diverged"):
+                # Not an error of the sweep: this model and batch do not fit this hardware, or these
+                # settings diverge. The outcome says so, the report lists it, and the sweep goes on.
                 return
             raise
-        diverged = bool((result.metrics or {}).get("diverged"))
-        outcome = rf.TrialOutcome("diverged", "the training loss became NaN or infinite", restarts) if diverged \
-            else rf.TrialOutcome("ok", None, restarts)
-        rf.write_trial(trial_dir, rf.TrialRecord(config, outcome))
+        rf.write_trial(trial_dir, rf.TrialRecord(config, rf.TrialOutcome("ok", None, restarts)))
         return
 
 
@@ -148,7 +146,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def classify_failure(error: Exception) -> tuple[str, str]:
-    """("lost-worker" | "did-not-fit" | "error", message) for a failed Train run.
+    """("lost-worker" | "did-not-fit" | "diverged" | "error", message) for a failed Train run.
 
     When one worker dies the others fail too, with collateral collective errors; one dead actor
     among the failures makes it a lost worker, which a restart from the checkpoint can fix.
@@ -158,8 +156,12 @@ def classify_failure(error: Exception) -> tuple[str, str]:
     failures = list(getattr(error, "worker_failures", {}).values()) or [error]
     causes = [c for f in failures for c in _causes(f)]
     text = "\n".join(str(f) for f in failures)
+    from ftray.recipe import DivergedError
+
     if any(is_out_of_memory(c) for c in causes):
-        return "did-not-fit", _last_line(text)
+        return "did-not-fit", _reason(causes, text)
+    if any(isinstance(c, DivergedError) for c in causes):
+        return "diverged", _reason(causes, text)
     if any(isinstance(c, RayActorError) for c in causes):
         return "lost-worker", "a Train worker was lost"
     return "error", _last_line(text)
@@ -175,6 +177,14 @@ def _causes(error: BaseException) -> list[BaseException]:
         error = (getattr(error, "_base_exc", None) or getattr(error, "health_check_failure", None)
                  or getattr(error, "cause", None) or error.__cause__)
     return out
+
+
+def _reason(causes: list[BaseException], text: str) -> str:
+    """The message of ftray's own error among the causes, else the last line of the failure."""
+    from ftray.recipe import DidNotFitError, DivergedError
+
+    own = [c for c in causes if isinstance(c, (DidNotFitError, DivergedError))]
+    return str(own[0])[:500] if own else _last_line(text)
 
 
 def _last_line(text: str) -> str:

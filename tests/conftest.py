@@ -1,8 +1,10 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,10 +12,26 @@ from types import SimpleNamespace
 import pytest
 
 # No hub on the project's machines: make any accidental download fail fast instead of hanging.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_folder():
+    """Every Ray this session starts keeps its session folder (logs, sockets, spilled objects) in one
+    short folder of its own (socket paths have a length limit), removed at the end: nothing is left in
+    /tmp/ray."""
+    folder = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    yield folder
+    if before is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +89,7 @@ sweep = Sweep(
     max_new_tokens=40,
     batch_size=8,
     max_length=96,
+    repeats=1,  # then the best configuration of each size again with seed 1
     wandb=WandB(project="ftray-e2e", mode="offline"),
 )
 """
@@ -107,16 +126,21 @@ def write_synthetic_csvs(folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def shared_sweep(tmp_path_factory):
-    """`ftray run` of SHARED_SWEEP, with planted secrets in its environment and its own HOME and WANDB_DIR."""
+    """`ftray run` of SHARED_SWEEP, with planted secrets in its environment and its own HOME, WANDB_DIR and
+    Ray temp folder (its session logs are scanned for the secrets, then removed)."""
     tmp = tmp_path_factory.mktemp("e2e")
     (tmp / "home").mkdir()
     data = write_synthetic_csvs(tmp / "data")
     sweep_file = tmp / "e2e_sweep.py"
     sweep_file.write_text(textwrap.dedent(SHARED_SWEEP.format(**data)))
-    proc = ftray_cli("run", str(sweep_file), "--storage", str(tmp / "runs"), env=clean_env(tmp))
+    ray_tmp = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    env = dict(clean_env(tmp), RAY_TMPDIR=ray_tmp)
+    proc = ftray_cli("run", str(sweep_file), "--storage", str(tmp / "runs"), env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
-    return SimpleNamespace(run_dir=tmp / "runs" / "e2e", stdout=proc.stdout, log=log, tmp=tmp, data=data)
+    yield SimpleNamespace(run_dir=tmp / "runs" / "e2e", stdout=proc.stdout, log=log, tmp=tmp, data=data,
+                          ray_tmp=Path(ray_tmp))
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

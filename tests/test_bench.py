@@ -1,4 +1,5 @@
-"""The benchmark runs in its --quick form and reports every key as a finite number (no timing thresholds)."""
+"""The benchmark: its --quick form runs every part once and reports every key as a finite number (no
+timing thresholds); its result file and last line are assembled from one list of keys."""
 
 import json
 import math
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("overhead_ratio", "per_trial_overhead_s", "step_ratio_vs_bare", "tokens_per_s_ratio_vs_hf_trainer",
-        "padding_efficiency", "search_compute_ratio", "ray_floor_overhead_ratio", "overhead_ratio_vs_ray_floor",
-        "ray_floor_step_ratio")
+sys.path.insert(0, str(REPO / "bench"))
+
+import run as bench  # noqa: E402
 
 
 @pytest.mark.e2e
@@ -20,14 +21,45 @@ def test_bench_quick_reports_every_key(tmp_path):
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in KEYS:
+    assert tuple(last) == bench.KEYS
+    for key in bench.KEYS:
         assert isinstance(last[key], (int, float)) and math.isfinite(last[key]), key
     assert 0 < last["padding_efficiency"] <= 1
     assert 0 < last["search_compute_ratio"] <= 4
     saved = json.loads(next(tmp_path.glob("*-quick.json")).read_text())
-    assert {k: saved[k] for k in KEYS} == last
-    for key in KEYS:  # the method of each figure is printed beside it
+    assert bench.headline(saved) == last
+    for key in bench.KEYS:  # the method of each figure is printed beside it
         assert any(line.strip().startswith(key) for line in proc.stdout.splitlines()), key
+
+
+def test_results_are_never_overwritten_and_the_last_line_keeps_the_order(tmp_path):
+    results = {"date": "2026-11-29", "search_compute_ratio": 0.3, "overhead_ratio": 1.4, "other": 1}
+    first = bench.write_results(results, tmp_path, ("search",), quick=True)
+    second = bench.write_results(results, tmp_path, ("search",), quick=True)
+    full = bench.write_results(results, tmp_path, bench.PARTS, quick=False)
+    assert [first.name, second.name, full.name] == ["2026-11-29-quick-only-search.json",
+                                                    "2026-11-29-quick-only-search-2.json", "2026-11-29.json"]
+    assert json.loads(first.read_text()) == results
+    assert list(bench.headline(results)) == ["overhead_ratio", "search_compute_ratio"]
+
+
+def test_the_search_replay_uses_ftrays_own_searcher_and_asha():
+    """On made-up curves where the biggest model is best, every strategy finishes, and ASHA over all sizes
+    (Tune's way) spends more than ftray's per-size ASHA: it stops the small sizes the front needs."""
+    import random
+
+    rng = random.Random(0)
+    params = {"tiny-xs": 53_408, "tiny-s": 147_776, "tiny-m": 787_584}
+    bench._PARAMS.update(params)
+    curves = [{"config": {"model": m, "rank": r, "lr": lr, "data_fraction": 1.0}, "params": params[m],
+               "curve": [(s, 5 / (1 + s / 40) * (1 + 0.3 * rng.random()) * (1 if m == "tiny-m" else 1.3))
+                         for s in (10, 20, 30, 40)]}
+              for m in params for r in (4, 16) for lr in (2e-3, 1e-2)]
+    grid = sum(c["curve"][-1][0] for c in curves)
+    spent = {s: [bench.replay(curves, seed, s, 48) / grid for seed in range(3)]
+             for s in ("optuna", "optuna+asha", "optuna+asha-per-model", "random")}
+    assert all(0 < x <= 4 for xs in spent.values() for x in xs)
+    assert sum(spent["optuna+asha"]) > sum(spent["optuna+asha-per-model"])
 
 
 def test_only_names_a_part_or_exits_with_the_parts_listed(tmp_path):

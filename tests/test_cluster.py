@@ -3,6 +3,8 @@ and every sweep in sweeps/ passing `ftray validate`."""
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +54,27 @@ def test_cluster_yaml_passes_rays_own_schema():
     assert any("InstanceMarketOptions" in t["node_config"] for t in config["available_node_types"].values())
 
 
+def test_ray_up_prepares_the_config_with_and_without_a_secrets_file(tmp_path, monkeypatch):
+    """`ray up` hashes every file_mounts source on the laptop (ray.autoscaler._private.util.
+    hash_runtime_conf opens each: a missing one fails it): every source must exist on a laptop without
+    ~/.ftray. The only one is the checkout, with or without .ftray/secrets.env, which git and
+    `ray job submit` skip."""
+    from ray.autoscaler._private.util import hash_runtime_conf, prepare_config
+
+    config = prepare_config(yaml.safe_load((REPO / "cluster.yaml").read_text()))
+    monkeypatch.setenv("HOME", str(tmp_path))  # a laptop without ~/.ftray
+    monkeypatch.chdir(REPO)
+    for source in config["file_mounts"].values():
+        assert os.path.exists(os.path.expanduser(source)), source
+    # Ray's own hashing of the mounts, on a small stand-in for the checkout (hashing the real one reads
+    # its .venv, a gigabyte).
+    (tmp_path / "checkout").mkdir()
+    hash_runtime_conf({k: str(tmp_path / "checkout") for k in config["file_mounts"]}, None, config,
+                      generate_file_mounts_contents_hash=True)
+    assert ".ftray/" in (REPO / ".gitignore").read_text().splitlines()
+    assert all("~/ftray/.ftray/secrets.env" in c for c in config["head_start_ray_commands"][1:])
+
+
 @pytest.mark.parametrize("sweep", sorted(p.name for p in (REPO / "sweeps").glob("*.py")))
 def test_every_shipped_sweep_validates(sweep):
     # The GPU sweeps are checked for a cluster (its resources are checked when it runs), the rest here.
@@ -78,27 +101,37 @@ def job_run(tmp_path_factory):
     port, dash = free_port(), free_port()
     address = f"http://127.0.0.1:{dash}"
     temp_dir = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")  # socket paths must stay short
-    start = subprocess.run(
-        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--include-dashboard=true", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}"],
-        capture_output=True, text=True, env=env, timeout=180)
-    assert start.returncode == 0, start.stdout + start.stderr
+    # --block keeps `ray start` in the foreground as the parent of the cluster's processes, in a process
+    # group of its own: the test stops that group, and no other Ray on the machine.
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
-        # The job agent may come up after `ray start` returns (slowly, on a busy 2-core machine): until
-        # then the server answers "No available agent", and nothing has been submitted, so ask again.
-        for _ in range(24):
+        # The job server and its agent come up after the head starts (slowly, on a busy 2-core machine):
+        # until then nothing is submitted, so ask again.
+        for _ in range(48):
             submit = subprocess.run(
                 [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
                  "ftray", "run", "job_sweep.py", "--storage", uri],
                 # Ray 2.60's `ray start --head` turns on token auth when ~/.ray/auth_token exists, and the
                 # job CLI only sends the token when told to.
                 capture_output=True, text=True, env=dict(env, RAY_AUTH_MODE="token"), timeout=900)
-            if "No available agent" not in submit.stdout + submit.stderr:
+            text = submit.stdout + submit.stderr
+            if "No available agent" not in text and "Failed to connect" not in text \
+                    and "Connection refused" not in text:
                 break
+            assert head.poll() is None, "the Ray head exited"
             time.sleep(5)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     return SimpleNamespace(submit=submit, uri=uri, tmp_path=tmp_path)
 
 

@@ -1,11 +1,14 @@
 """Nested subsets, filters, completion-only labels, truncation, batches and padding."""
 
+import copy
+
 import pytest
 import torch
 
 from ftray.data import (batches, collate, filter_examples, nested_subset, padding_efficiency, select,
                         tokenize_examples)
 from ftray.errors import FtrayInputError
+from ftray.prompts import encode_prompt, end_of_answer_id, resolve_format, stop_token_ids
 from ftray.tasks import Example, SyntheticTask
 
 
@@ -118,3 +121,68 @@ def test_collate_pads_to_the_longest_in_the_batch():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert all(t.dtype == torch.long and t.shape == (2, 3) for t in batch.values())
     assert padding_efficiency([[{"input_ids": [5, 6, 7]}, {"input_ids": [8]}]]) == pytest.approx(4 / 6)
+
+
+# ---- prompt formats (ftray/prompts.py); the real SmolLM2 tokenizer: tests/test_real_model.py -------------
+def _copy(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(tok.backend_tokenizer), eos_token=tok.eos_token,
+                                   bos_token=tok.bos_token, pad_token=tok.pad_token)
+
+
+def test_preset_tokenizer_prompts_are_unchanged_in_every_format(tiny_tokenizer):
+    """The presets' tokenizer adds no special tokens and has no chat template: auto is plain is bare text."""
+    tok = tiny_tokenizer
+    e = Example("Sentence: Did you mean Kalo Quest?\nMeaning representation:", " confirm(name[Kalo Quest])")
+    assert tok(e.prompt, add_special_tokens=True)["input_ids"] == tok(e.prompt, add_special_tokens=False)["input_ids"]
+    assert resolve_format(tok, "auto") == "plain" and end_of_answer_id(tok) == tok.eos_token_id
+    bare = tokenize_examples([e], tok, 256)
+    assert tokenize_examples([e], tok, 256, fmt="auto") == tokenize_examples([e], tok, 256, fmt="plain") == bare
+    assert encode_prompt(tok, e.prompt) == tok(e.prompt, add_special_tokens=False)["input_ids"]
+    with pytest.raises(FtrayInputError, match="no chat template"):
+        tokenize_examples([e], tok, 256, fmt="chat")
+    with pytest.raises(FtrayInputError, match="prompt_format must be"):
+        encode_prompt(tok, e.prompt, "chatml")
+
+
+def test_plain_prompts_keep_a_bos_and_drop_a_trailing_eos(tiny_tokenizer):
+    from tokenizers.processors import TemplateProcessing
+
+    tok = _copy(tiny_tokenizer)
+    bos, eos = tok.bos_token_id, tok.eos_token_id  # the same token here: a tokenizer that adds both
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A <|endoftext|>",
+                                                              special_tokens=[("<|endoftext|>", eos)])
+    e = Example("Sentence: " + "word " * 60 + "the end\nMeaning representation:", " confirm(name[X])")
+    text = tok(e.prompt, add_special_tokens=False)["input_ids"]
+    assert tok(e.prompt)["input_ids"] == [bos, *text, eos]
+    assert encode_prompt(tok, e.prompt, "plain") == [bos, *text]
+    [t] = tokenize_examples([e], tok, 1024)
+    answer = tok(e.completion, add_special_tokens=False)["input_ids"] + [eos]
+    assert t["input_ids"] == [bos, *text, *answer] and t["labels"] == [-100] * (1 + len(text)) + answer
+    [cut] = tokenize_examples([e], tok, 24)  # too long: the BOS stays, the prompt's start goes
+    keep = 24 - len(answer) - 1
+    assert cut["input_ids"] == [bos, *text[-keep:], *answer]
+    assert encode_prompt(tok, e.prompt, "plain", max_length=10) == [bos, *text[-9:]]
+
+
+def test_chat_prompts_use_the_template_and_end_answers_with_its_end_of_turn(tiny_tokenizer):
+    tok = _copy(tiny_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    tok.chat_template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}<|end|>{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+    end = tok.convert_tokens_to_ids("<|end|>")
+    e = Example("Sentence: " + "word " * 60 + "the end\nMeaning representation:", " confirm(name[X])")
+    assert resolve_format(tok, "auto") == "chat" and end_of_answer_id(tok) == end != tok.eos_token_id
+    assert stop_token_ids(tok) == [end, tok.eos_token_id] and stop_token_ids(tok, "plain") == [tok.eos_token_id]
+    rendered = tok.apply_chat_template([{"role": "user", "content": e.prompt}], add_generation_prompt=True, tokenize=False)
+    prompt = encode_prompt(tok, e.prompt)
+    assert prompt == tok(rendered, add_special_tokens=False)["input_ids"]
+    [t] = tokenize_examples([e], tok, 512, fmt="auto")
+    answer = tok("confirm(name[X])", add_special_tokens=False)["input_ids"] + [end]  # no leading space in a chat
+    assert t["input_ids"] == prompt + answer and t["labels"] == [-100] * len(prompt) + answer
+    head = tok("[user] ", add_special_tokens=False)["input_ids"]
+    [cut] = tokenize_examples([e], tok, 40, fmt="chat")  # the header and the end (generation prompt) stay
+    assert cut["input_ids"][: len(head)] == head and cut["input_ids"][-len(answer):] == answer
+    assert len(cut["input_ids"]) == 40 and cut["input_ids"][len(head):-len(answer)] == prompt[-(40 - len(head) - len(answer)):]
+    assert tok.decode(cut["input_ids"][:-len(answer)]).endswith("Meaning representation:<|end|>[assistant] ")

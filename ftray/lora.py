@@ -1,0 +1,165 @@
+"""LoRA on any model of the ladder: its settings, the check that every target reaches a layer, and counts."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+
+from ftray.errors import FtrayInputError
+
+if TYPE_CHECKING:
+    from ftray.models import ModelSpec
+
+ALL_LINEAR = "all-linear"
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _targets(value, where: str):
+    """LoRA targets as peft takes them: "all-linear", another string (a regex peft fullmatches
+    against module paths), or a tuple of layer names (lists become tuples, so specs stay hashable)."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, tuple) and value and all(isinstance(x, str) and x for x in value):
+        return value
+    raise FtrayInputError(
+        f"{where}: lora_targets must be 'all-linear' or a list of layer names such as ['q_proj', 'v_proj'], got {value!r}"
+    )
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int
+    alpha: float
+    dropout: float = 0.05
+    targets: str | tuple[str, ...] = ALL_LINEAR
+
+    def __post_init__(self):
+        if not (_is_int(self.rank) and self.rank >= 1):
+            raise FtrayInputError(f"lora_rank must be an int >= 1, got {self.rank!r}")
+        if not (_is_number(self.alpha) and self.alpha > 0):
+            raise FtrayInputError(f"lora_alpha must be a number > 0, got {self.alpha!r}")
+        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
+            raise FtrayInputError(f"lora_dropout must be a number in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "rank", int(self.rank))  # Tune may sample numpy ints
+        object.__setattr__(self, "targets", _targets(self.targets, "LoRA settings"))
+
+
+def _linear_modules(model) -> list[str]:
+    """Full names of the layers "all-linear" can reach: nn.Linear, and GPT-2 style Conv1D."""
+    from transformers.pytorch_utils import Conv1D
+
+    return [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+
+
+def linear_module_names(model) -> list[str]:
+    """The distinct last names of the model's linear layers, the head left out (what LoRA targets name)."""
+    names = {n.split(".")[-1] for n in _linear_modules(model)}
+    names.discard("lm_head")
+    return sorted(names)
+
+
+def _matches(target: str, module_name: str) -> bool:
+    # peft's rule for a list of targets: the module's full name, or a suffix of it at a dot.
+    return module_name == target or module_name.endswith("." + target)
+
+
+def _embedding_module_names(model) -> list[str]:
+    """The names of the input embeddings and the head, whatever the architecture calls them."""
+    wanted = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    return sorted({n.split(".")[-1] for n, m in model.named_modules() if any(m is w for w in wanted)})
+
+
+def _ties_embeddings(model) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and getattr(head, "weight", None) is model.get_input_embeddings().weight
+
+
+def _lora_config(model, spec: ModelSpec, lora: LoraSettings):
+    from peft import LoraConfig
+
+    extra = {}
+    if spec.trains_embeddings:
+        # The presets start from random weights: frozen random embeddings and head cap what LoRA can
+        # learn (the loss barely moves), so they train in full beside the adapters.
+        extra["modules_to_save"] = _embedding_module_names(model)
+        if _ties_embeddings(model) and "ensure_weight_tying" in {f.name for f in fields(LoraConfig)}:
+            # Otherwise peft gives the embeddings and the head separate trainable copies, untying them.
+            extra["ensure_weight_tying"] = True
+    return LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.targets if isinstance(lora.targets, str) else list(lora.targets),
+        task_type="CAUSAL_LM", **extra,
+    )
+
+
+def _no_match(spec: ModelSpec, targets, layer_names: list[str], peft_said: str = "") -> FtrayInputError:
+    hint = ""
+    if isinstance(targets, str) and targets != ALL_LINEAR:
+        hint = " (a string other than 'all-linear' is a regular expression over full module paths; give a list for layer names)"
+    said = f" (peft: {peft_said})" if peft_said else ""
+    return FtrayInputError(
+        f"LoRA targets {targets!r} match no layer of model {spec.id!r}{hint}; "
+        f"its linear layers are: {', '.join(layer_names)}{said}"
+    )
+
+
+def apply_lora(model, spec: ModelSpec, lora: LoraSettings):
+    """Wrap the model with LoRA adapters (in place), and fail clearly when a target matches no layer.
+
+    peft only errors when *no* target matches anything; a ladder mixing families (q_proj vs c_attn)
+    would then silently train far fewer layers on one of its models. So every named target must
+    reach a layer of every model: checked before peft (a clear message) and after it (what was built).
+    """
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    layer_names = linear_module_names(model)  # before peft adds its own lora_A/lora_B layers
+    if not isinstance(lora.targets, str):
+        linear = _linear_modules(model)
+        missing = [t for t in lora.targets if not any(_matches(t, n) for n in linear)]
+        if missing:
+            raise _no_match(spec, missing, layer_names)
+    try:
+        with warnings.catch_warnings():
+            # peft reads transformers' deprecated `is_gradient_checkpointing`: noise in every trial's log.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, _lora_config(model, spec, lora))
+    except ValueError as e:  # peft's "Target modules ... not found in the base model", and the like
+        if isinstance(e, FtrayInputError):
+            raise
+        raise _no_match(spec, lora.targets, layer_names, str(e).strip().splitlines()[0][:200]) from None
+
+    adapted = [n for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+    if isinstance(lora.targets, str):
+        if not adapted:
+            raise _no_match(spec, lora.targets, layer_names)
+    else:  # e.g. a target that is also in modules_to_save, which peft leaves without adapter, silently
+        missing = [t for t in lora.targets if not any(_matches(t, n) for n in adapted)]
+        if missing:
+            raise _no_match(spec, missing, layer_names)
+    return peft_model
+
+
+def count_params(model) -> tuple[int, int]:
+    """(base parameters, trainable parameters) of a (peft) model.
+
+    Adapters and peft's trainable copies of embeddings/head (modules_to_save) are not base parameters;
+    shared (tied) tensors count once.
+    """
+    total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
