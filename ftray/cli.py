@@ -162,6 +162,7 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from ftray.frontier import default_reference, front_hypervolume
+    from ftray import storage as st
     from ftray.plots import compare_plot
     from ftray.report import load_run
 
@@ -171,9 +172,9 @@ def cmd_compare(args) -> int:
         raise FtrayInputError(f"the runs have different objectives ({sorted(objectives)}); compare runs of one objective")
     metric, mode = objectives.pop()
     ref = default_reference([r["trials"] for r in runs], mode)
-    rows = [{"run_dir": r["run_dir"], "trials": len(r["trials"]), "frontier": r["frontier"],
+    rows = [{"run_dir": st.redact(r["run_dir"]), "trials": len(r["trials"]), "frontier": r["frontier"],
              "hypervolume": front_hypervolume(r["trials"], mode, ref)} for r in runs]
-    plot = compare_plot([(os.path.basename(r["run_dir"]), r["trials"]) for r in runs], metric, mode, args.out)
+    plot = compare_plot([(st.basename(r["run_dir"]), r["trials"]) for r in runs], metric, mode, args.out)
     if args.json:
         print(json.dumps({"objective": {"metric": metric, "mode": mode}, "reference": list(ref), "runs": rows,
                           "plot": plot}))

@@ -76,6 +76,12 @@ class TrialConfig:
     prompt_format: str = _setting("auto", "how a prompt reaches the model: the tokenizer's chat template ('chat'), "
                                   "plain text ('plain'), or chat where the tokenizer has a template ('auto')",
                                   "'auto', 'chat' or 'plain'", lambda v: v in ("auto", "chat", "plain"))
+    # ---- speed: how batches are laid out (the loss is the same either way, to float rounding)
+    pad_to_multiple: int = _setting(1, "training batch widths rounded up to a multiple of this (64 suits GPUs whose "
+                                    "attention kernels are built per input shape; 1: the batch's longest row)",
+                                    "an int > 0", _int_at_least(1), searchable=False)
+    pack: bool = _setting(False, "each micro-batch's rows end to end in one row with no padding, each row attending "
+                          "to itself only (evaluation stays unpacked)", "True or False", _bool, searchable=False)
     # ---- evaluation
     eval_every: int = _setting(50, "optimizer steps between evaluations (and checkpoints)", "an int > 0",
                                _int_at_least(1), searchable=False)

@@ -1,8 +1,9 @@
 """Data for one trial: nested subsets, filters, completion-only labels, length-grouped batches.
 
 Subsets are nested: for one seed the 10% subset lies inside the 25% subset, so "more data" in a sweep
-adds rows and never swaps them. Batches pad to their own longest example (no fixed-length padding),
-and examples of similar length are batched together so little compute goes into padding.
+adds rows and never swaps them. Batches pad to their own longest example (no fixed-length padding; or up
+to a multiple of `pad_to_multiple`), and examples of similar length are batched together so little compute
+goes into padding. Packed batches (`collate_packed`) hold no padding at all.
 """
 
 from __future__ import annotations
@@ -119,9 +120,23 @@ def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, r
     return [step[rank] for step in steps]
 
 
-def collate(samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample of this batch: input_ids (pad_id), labels (-100), attention_mask."""
-    width = max(len(s["input_ids"]) for s in samples)
+def _round_up(width: int, multiple: int) -> int:
+    if multiple < 1:
+        raise ValueError(f"pad_to_multiple must be >= 1, got {multiple}")
+    return -(-width // multiple) * multiple
+
+
+def collate(samples: Sequence[dict], pad_id: int, pad_to_multiple: int = 1,
+            pack: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest sample of this batch: input_ids (pad_id), labels (-100), attention_mask.
+
+    `pad_to_multiple` rounds the width up to a multiple of it: fewer distinct shapes, for kernels that are
+    built (or autotuned) per input shape; the extra positions are masked, so the loss does not change.
+    `pack`: all samples in one row instead (`collate_packed`).
+    """
+    if pack:
+        return collate_packed(samples, pad_id, pad_to_multiple)
+    width = _round_up(max(len(s["input_ids"]) for s in samples), pad_to_multiple)
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
@@ -131,6 +146,34 @@ def collate(samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :k] = torch.tensor(s["labels"], dtype=torch.long)
         attention_mask[row, :k] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def collate_packed(samples: Sequence[dict], pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """The samples end to end in one row (batch dimension 1): input_ids, labels, position_ids; no padding
+    between them, and deliberately no attention_mask.
+
+    position_ids restart at 0 at each sample. Given position_ids and no attention_mask, transformers reads
+    the restarts as sequence boundaries (masking_utils.find_packed_sequence_indices) and builds a
+    block-diagonal causal mask for the sdpa, eager and flex paths; the flash-attention paths take the same
+    boundaries from the position_ids for their varlen kernels. An attention_mask, or a KV cache (call the
+    model with use_cache=False), switches that detection off, and the rows would attend to each other.
+    Each sample's first label is -100: the token before it ends another sample, so nothing is predicted
+    across a boundary. Padding up to `pad_to_multiple` is one more sequence of its own, all labels -100.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for s in samples:
+        k = len(s["input_ids"])
+        input_ids += s["input_ids"]
+        labels += [IGNORE] * min(k, 1) + list(s["labels"][1:])
+        position_ids += range(k)
+    pad = _round_up(len(input_ids), pad_to_multiple) - len(input_ids)
+    input_ids += [pad_id] * pad
+    labels += [IGNORE] * pad
+    position_ids += range(pad)
+    as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
+    return {"input_ids": as_row(input_ids), "labels": as_row(labels), "position_ids": as_row(position_ids)}
 
 
 def padding_efficiency(batches_of_samples: Sequence[Sequence[dict]]) -> float:

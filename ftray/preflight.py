@@ -54,7 +54,7 @@ def check_storage(storage: str) -> None:
     if not st.is_uri(storage) and not os.path.isabs(os.path.expanduser(storage)) \
             and "runtime_resources" in os.getcwd():
         # Inside `ray job submit` the working directory is Ray's unpacked copy of --working-dir.
-        print(f"ftray: warning: storage {storage!r} is relative, so results go into the job's copy of its "
+        print(f"ftray: warning: storage {st.redact(storage)!r} is relative, so results go into the job's copy of its "
               f"working directory ({os.getcwd()}), which Ray may delete; pass --storage with an absolute path "
               "on shared storage or a URI (s3://...)", flush=True)
     st.check_writable(st.normalize(storage), field="storage")

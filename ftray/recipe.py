@@ -22,7 +22,7 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -31,6 +31,7 @@ from ftray.context import LocalContext, RayContext
 from ftray.data import batches, collate, select, tokenize_examples
 from ftray.evaluate import score, sum_over_workers
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, count_params, load_tokenizer
+from ftray.steps import forward_backward, lr_lambda, make_optimizer  # noqa: F401 (lr_lambda: bench/ imports it here)
 from ftray.tasks.base import Task
 
 TRAINER_STATE = "trainer_state.pt"
@@ -57,18 +58,6 @@ class TrialJob:
     tokenizer_json: str | None = None  # the presets' tokenizer, built on the driver
     threads: int = 1
     faults: Mapping[str, Any] = field(default_factory=dict)  # test hooks, e.g. {"nan_at_step": 5}
-
-
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warmup, then cosine decay to 10% of the peak (not to 0: the last steps still learn)."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 @dataclass
@@ -163,7 +152,7 @@ class LoRARecipe:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     def _setup_optimizer(self) -> None:
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.optimizer = make_optimizer(self.trainable, self.cfg, self.on_gpu)
         # The learning rate is a function of the step alone (set before each step): nothing to save.
         self.lr_factor = lr_lambda(int(self.cfg.warmup_ratio * self.total_steps), self.total_steps)
 
@@ -225,15 +214,15 @@ class LoRARecipe:
                 group["lr"] = cfg.lr * self.lr_factor(state.step)
             for micro in range(cfg.grad_accum):
                 epoch, position, idx = state.epoch, state.position, self.next_batch()
-                cpu_batch = collate([self.train_data[i] for i in idx], self.tokenizer.pad_token_id)
+                samples = [self.train_data[i] for i in idx]
+                cpu_batch = collate(samples, self.tokenizer.pad_token_id, cfg.pad_to_multiple, pack=cfg.pack)
                 n_tokens = int((cpu_batch["labels"][:, 1:] != -100).sum())  # counted on the host: no wait
-                self.tokens_seen += int(cpu_batch["attention_mask"].sum())
+                self.tokens_seen += sum(len(s["input_ids"]) for s in samples)
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
                 sync = micro == cfg.grad_accum - 1 or self.world == 1
-                with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
-                    # No KV cache: nothing is generated here, and building one per step costs memory.
-                    loss = self._inject_faults(self.ddp(**batch, use_cache=False).loss)
-                    (loss / cfg.grad_accum).backward()
+                loss = forward_backward(self.ddp, batch, autocast=self.autocast(), accum=cfg.grad_accum,
+                                        no_sync=contextlib.nullcontext() if sync else self.ddp.no_sync(),
+                                        on_loss=self._inject_faults)
                 self.loss_sum[0] += loss.detach().double() * n_tokens
                 self.loss_sum[1] += n_tokens
                 if self.trace is not None:

@@ -119,7 +119,8 @@ def to_json(run: dict) -> dict:
     return {
         "run_dir": st.redact(run["run_dir"]),
         "objective": run["objective"],
-        "trials": [dict({k: t[k] for k in keys}, test=_without_rows(t["test"])) for t in run["trials"]],
+        "trials": [dict({k: t[k] for k in keys}, test=_without_rows(t["test"]), trial_dir=st.redact(t["trial_dir"]),
+                        checkpoint=t["checkpoint"] and st.redact(t["checkpoint"])) for t in run["trials"]],
         "frontier": run["frontier"],
     }
 

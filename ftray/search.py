@@ -176,7 +176,7 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     storage = options.storage or sweep.storage
     name = check_run_name(options.name) if options.name else sweep.name
     check_storage(storage)
-    storage = st.normalize(storage)
+    storage = st.without_credentials(st.normalize(storage))
     run_dir, previous = _run_folder(sweep, storage, name, options.resume, options.new_run)
     print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     prepared = prepare(sweep)

@@ -131,6 +131,41 @@ def _scrub(text: str, uri: str) -> str:
     return text
 
 
+# S3 credentials a URI may carry, as pyarrow's query parameters, and the environment variable each
+# belongs in (which pyarrow, boto and Ray's workers on this machine read).
+S3_CREDENTIALS = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+                  "session_token": "AWS_SESSION_TOKEN"}
+
+
+def without_credentials(uri: str) -> str:
+    """An s3:// URI with its credentials moved into this process's environment (AWS_ACCESS_KEY_ID, ...).
+
+    Ray Tune records its storage path in its own experiment files, out of ftray's reach: handed the
+    URI without them, it records none. Ray's local workers inherit the environment; on a cluster the
+    nodes need credentials of their own (an IAM role, or .ftray/secrets.env, see cluster.yaml).
+    """
+    from urllib.parse import unquote
+
+    uri = str(uri)
+    if not uri.startswith("s3://"):
+        return uri
+    rest, query = _split_query(uri[len("s3://"):])
+    at = _user_info_end(rest)
+    if at >= 0:
+        key, _, secret = rest[:at].partition(":")
+        os.environ.update({"AWS_ACCESS_KEY_ID": unquote(key), **({"AWS_SECRET_ACCESS_KEY": unquote(secret)}
+                                                                  if secret else {})})
+        rest = rest[at + 1:]
+    kept = []
+    for param in query[1:].split("&") if query else []:
+        name, _, value = param.partition("=")
+        if name in S3_CREDENTIALS:
+            os.environ[S3_CREDENTIALS[name]] = unquote(value)
+        else:
+            kept.append(param)
+    return f"s3://{rest}" + ("?" + "&".join(kept) if kept else "")
+
+
 def uri_of(base: str, fs_path: str) -> str:
     """`fs_path` as pyarrow gives it ("bucket/runs/x", scheme and query gone), as a URI of `base`'s store."""
     if not is_uri(base) or is_uri(fs_path):

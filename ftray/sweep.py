@@ -289,7 +289,9 @@ class Sweep:
     def describe(self) -> dict:
         """The sweep as JSON data: recorded in the run folder, compared on resume, and read back by
         `Sweep.from_description` where the task is one of ftray's own."""
-        d = {"name": self.name, "objective": self.objective, "mode": self.mode, "storage": self.storage}
+        from ftray.storage import redact
+
+        d = {"name": self.name, "objective": self.objective, "mode": self.mode, "storage": redact(self.storage)}
         for group in (*GROUPS, "wandb"):
             d[group] = asdict(getattr(self, group))
         d["task"] = {"type": type(self.task).__name__, "module": type(self.task).__module__, **asdict(self.task)}

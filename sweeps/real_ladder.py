@@ -52,12 +52,13 @@ sweep = Sweep(
     search="random",  # nothing is searched: the learning rate is the same for every rung
     workers=2,
     batch_size=4,
-    steps=25,
+    steps=20,
     lr=1e-3,
     lora_rank=8,
     max_length=192,  # every ViGGO row fits in SmolLM2's chat template (the longest is 191 tokens)
     prompt_format="auto",
-    eval_every=25,
-    eval_samples=32,
+    eval_every=20,
+    eval_samples=24,
+    test_samples=24,  # held-out test rows, scored at the end on the driver (one process)
     max_new_tokens=48,
 )

@@ -54,7 +54,7 @@ def tiny_tokenizer():
 
 
 # --- One real sweep shared by tests/test_e2e.py and tests/test_report_e2e.py --------------------------
-# A sweep on a local Ray cluster takes about two minutes on 2 cores, so both files read the same run
+# A sweep on a local Ray cluster takes minutes on 2 cores, so both files read the same run
 # folder instead of each running its own. The task is a TextTask over CSV files written here (your own
 # data) whose rows are SyntheticTask(n_train=600, n_valid=40, n_test=40, seed=1)'s, prompt and completion
 # alike (sentence -> meaning representation), scored with the "mr" metrics and ROUGE-L; the objective is slot_f1. The tests that use the folder only read it or
@@ -82,7 +82,8 @@ sweep = Sweep(
     }},
     objective="slot_f1",
     num_trials=3,
-    workers=2,
+    workers=1,  # DDP is tested where it is the point (tests/test_faults.py, the real model, the cluster)
+    cpus_per_worker=0.9,  # so two trials run at once on 2 cores
     steps=24,
     eval_every=12,
     eval_samples=16,

@@ -16,7 +16,9 @@ import run as bench  # noqa: E402
 
 
 @pytest.mark.e2e
+@pytest.mark.bench
 def test_bench_quick_reports_every_key(tmp_path):
+    """Minutes of Ray sweeps, bare loops and the Trainer: run with `pytest -m bench` (not by default)."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]

@@ -321,3 +321,14 @@ def test_wandb_setup_message_says_mode_and_why_never_the_key(clean_wandb_env, ca
     clean_wandb_env.setenv("WANDB_MODE", "disabled")
     WandbTracking(WandB(), group="g", model_params={}, trial_config=TrialConfig.from_dict).setup()
     assert "W&B disabled, because WANDB_MODE=disabled in the environment" in capsys.readouterr().out
+
+
+def test_s3_credentials_leave_the_uri_for_the_environment(monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    plain = st.without_credentials("s3://KEY:SE%2FCRET@bucket/runs?endpoint_override=h:9000&session_token=T0K")
+    assert plain == "s3://bucket/runs?endpoint_override=h:9000"
+    assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_SESSION_TOKEN"]) \
+        == ("KEY", "SE/CRET", "T0K")
+    assert st.without_credentials("gs://bucket/runs") == "gs://bucket/runs"
+    assert st.without_credentials("/local/runs") == "/local/runs"

@@ -1,0 +1,129 @@
+"""Shape-stable padding and padding-free packing change how batches are laid out, never the loss or its gradients."""
+
+import pytest
+import torch
+
+from ftray.config import TrialConfig
+from ftray.data import IGNORE, collate, collate_packed, tokenize_examples
+from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer, tokenizer_to_json
+from ftray.recipe import TrialJob, run_local
+from ftray.tasks import SyntheticTask
+
+TINY = ModelSpec("tiny-xs")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return SyntheticTask(n_train=64, n_valid=8, n_test=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(task):
+    return build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
+
+
+@pytest.fixture(scope="module")
+def samples(task, tok):
+    data = tokenize_examples(task.examples("train")[:6], tok, max_length=48)
+    assert len({len(s["input_ids"]) for s in data}) > 1  # rows of different lengths: padding matters
+    return data
+
+
+def lora_model(tok, attn: str = "sdpa"):
+    model = apply_lora(build_model(TINY, tok, seed=0), TINY, LoraSettings(8, 16, dropout=0.0))
+    model.set_attn_implementation(attn)
+    # LoRA's B starts at zero; give it weights, so that the adapters change the output and get gradients of A too.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    return model.eval()  # no dropout: the two layouts must see the same function
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch, use_cache=False).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g.abs().sum() > 0 for g in grads.values())
+    return loss.detach(), grads
+
+
+def assert_same(a, b):
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+    assert a[1].keys() == b[1].keys()
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pad_to_multiple_rounds_the_width_up_and_masks_the_rest():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    batch = collate(rows, pad_id=1, pad_to_multiple=64)
+    assert batch["input_ids"].shape == (2, 64)
+    assert batch["attention_mask"].sum(1).tolist() == [3, 1]
+    assert (batch["labels"][:, 3:] == IGNORE).all() and (batch["input_ids"][:, 3:] == 1).all()
+    assert collate(rows, pad_id=1, pad_to_multiple=3)["input_ids"].shape == (2, 3)  # already a multiple
+    for key, value in collate(rows, pad_id=1).items():  # the default: as before
+        torch.testing.assert_close(value, collate(rows, pad_id=1, pad_to_multiple=1)[key])
+    with pytest.raises(ValueError):
+        collate(rows, pad_id=1, pad_to_multiple=0)
+
+
+def test_packing_puts_the_rows_end_to_end_with_restarting_positions():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    batch = collate(rows, pad_id=1, pack=True)
+    assert batch.keys() == {"input_ids", "labels", "position_ids"}  # an attention_mask would undo the isolation
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # 8 would be predicted from the other row's 7
+    padded = collate_packed(rows, pad_id=1, pad_to_multiple=8)
+    assert padded["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 1, 1]]
+    assert padded["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]  # the padding: a sequence of its own
+    assert padded["labels"][0, 5:].eq(IGNORE).all()
+
+
+def test_padding_to_a_multiple_of_64_leaves_the_loss_and_gradients_as_they_are(tok, samples):
+    model = lora_model(tok)
+    wide = collate(samples, tok.pad_token_id, pad_to_multiple=64)
+    assert wide["input_ids"].shape[1] == 64 > collate(samples, tok.pad_token_id)["input_ids"].shape[1]
+    assert_same(loss_and_grads(model, collate(samples, tok.pad_token_id)), loss_and_grads(model, wide))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("pad_to_multiple", [1, 64])
+def test_a_packed_batch_has_the_loss_and_gradients_of_the_padded_one(tok, samples, attn, pad_to_multiple):
+    model = lora_model(tok, attn)
+    padded = collate(samples, tok.pad_token_id)
+    packed = collate(samples, tok.pad_token_id, pad_to_multiple, pack=True)
+    assert packed["input_ids"].shape[0] == 1
+    # The recipe's loss normalisation: the same completion tokens in both layouts.
+    assert (padded["labels"][:, 1:] != IGNORE).sum() == (packed["labels"][:, 1:] != IGNORE).sum()
+    assert_same(loss_and_grads(model, padded), loss_and_grads(model, packed))
+
+
+def test_each_packed_row_sees_only_itself(tok, samples):
+    model = lora_model(tok)
+    with torch.no_grad():
+        alone = model(**collate(samples[1:2], tok.pad_token_id, pack=True), use_cache=False).logits[0]
+        packed = model(**collate(samples[:3], tok.pad_token_id, pack=True), use_cache=False).logits[0]
+    start = len(samples[0]["input_ids"])
+    torch.testing.assert_close(packed[start : start + len(alone)], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_recipe_trains_the_same_packed_or_padded(task, tok):
+    tokenizer_json = tokenizer_to_json(tok)
+
+    def run(**layout):
+        config = TrialConfig(model=TINY.id, lr=5e-3, batch_size=4, grad_accum=2, max_length=64, steps=4, eval_every=2,
+                             eval_samples=8, max_new_tokens=8, eval_base=False, lora_dropout=0.0, **layout)
+        job = TrialJob(config=config, task=task, model=TINY, lora=LoraSettings(8, 16, dropout=0.0),
+                       tokenizer_json=tokenizer_json)
+        trace: list = []
+        return run_local(job, trace=trace), trace
+
+    (plain, plain_trace), (packed, packed_trace) = run(), run(pack=True, pad_to_multiple=64)
+    assert [t[:4] for t in packed_trace] == [t[:4] for t in plain_trace]  # the same rows in the same order
+    for a, b in zip(plain, packed):
+        assert a["step"] == b["step"] and a["tokens"] == b["tokens"]
+        for key in ("train_loss", "eval_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
