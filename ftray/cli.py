@@ -132,6 +132,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from ftray import storage as st
     from ftray.report import build_report, format_report, load_run, write_report_files
 
     run = load_run(args.run_dir)
@@ -148,7 +149,7 @@ def cmd_report(args) -> int:
     else:
         print(format_report(run, report))
         if written:
-            print("\nwritten: " + ", ".join(written))
+            print("\nwritten: " + ", ".join(st.redact(w) for w in written))
     return 0
 
 

@@ -19,7 +19,7 @@ def load_run(run_dir: str) -> dict:
     """
     run_dir = st.normalize(run_dir)
     record = rf.require_record(run_dir)
-    trials = [_trial_record(t, record) for t in rf.tune_trials(run_dir)]
+    trials = [_trial_record(t, record, run_dir) for t in rf.tune_trials(run_dir)]
     return {
         "run_dir": run_dir,  # where to read and write; shown through st.redact
         "objective": record.objective,
@@ -29,14 +29,14 @@ def load_run(run_dir: str) -> dict:
     }
 
 
-def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord) -> dict:
+def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord, run_dir: str) -> dict:
     objective = record.objective
     last = trial.last
     config = trial.record.config.to_dict() if trial.record else dict(trial.params)
     outcome = trial.record.outcome if trial.record else None
     reason = outcome.describe() if outcome else None
     if reason is None and trial.status == "ERROR":  # the trial's driver itself was lost: no outcome written
-        reason = f"error: no outcome recorded (see {st.join(trial.trial_dir, 'error.txt')})"
+        reason = f"error: no outcome recorded (see {st.redact(st.join(trial.trial_dir, 'error.txt'))})"
     model = config.get("model")
     workers = record.workers.get(model, last.get("world_size", 1))
     gpus = record.gpus_per_worker.get(model, 0)
@@ -73,7 +73,7 @@ def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord) -> dict:
         # What the trial held: GPUs where it had them, else its CPU workers.
         "accelerators": workers * gpus if gpus else workers,
         # None once removed (checkpoints off the frontier are pruned at the end of a sweep).
-        "checkpoint": _existing(st.uri_of(trial.trial_dir, last["checkpoint_path"]) if last.get("checkpoint_path") else None),
+        "checkpoint": rf.trial_checkpoint(run_dir, trial.id, last.get("checkpoint_path")),
         "trial_dir": trial.trial_dir,
         # Each metric row by row at the last evaluation (the same validation rows for every trial).
         "rows": last.get("eval_rows") if not reason else None,
@@ -101,10 +101,6 @@ def _task_metric_keys(result: dict) -> list[str]:
     return [k for k, v in result.items()
             if k not in _BOOKKEEPING and k not in NOT_LOGGED and k not in tune_keys and not k.startswith("base_")
             and isinstance(v, (int, float))]
-
-
-def _existing(path: str | None) -> str | None:
-    return path if path and st.exists(path) else None
 
 
 def _finite(v):

@@ -218,6 +218,18 @@ def trial_checkpoints(run_dir: str, trial_id: str) -> str:
     return st.join(run_dir, CHECKPOINTS, trial_id)
 
 
+def trial_checkpoint(run_dir: str, trial_id: str, reported: str | None) -> str | None:
+    """The trial's checkpoint: the one its last report names where it is still there, else the newest
+    kept (a trial restored from its final checkpoint reports again without saving a new one)."""
+    if reported:
+        path = st.uri_of(run_dir, reported)
+        if st.exists(path):
+            return path
+    folder = trial_checkpoints(run_dir, trial_id)
+    kept = [n for n in st.list_names(folder) if n.startswith("checkpoint_")]
+    return st.join(folder, max(kept)) if kept else None
+
+
 def prune_checkpoints(run_dir: str, keep: set[str], trials: list[TuneTrial]) -> list[str]:
     """Delete the checkpoints of trials not in `keep` (whole-sweep checkpoints fill disks)."""
     removed = []

@@ -173,10 +173,11 @@ class Options:
 
 def run(sweep: Sweep, options: Options = Options()) -> str:
     """Run a sweep, or go on with it when its run folder already holds the same sweep; returns the folder."""
-    storage = options.storage or sweep.storage
+    # Credentials go from the URI into the environment first: Ray records the URI it is given.
+    storage = st.without_credentials(options.storage or sweep.storage)
     name = check_run_name(options.name) if options.name else sweep.name
     check_storage(storage)
-    storage = st.without_credentials(st.normalize(storage))
+    storage = st.normalize(storage)
     run_dir, previous = _run_folder(sweep, storage, name, options.resume, options.new_run)
     print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     prepared = prepare(sweep)
@@ -215,9 +216,23 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     return run_dir
 
 
+# Ray Tune copies these from the driver's environment into every trial actor's runtime_env
+# (ray/tune/execution/class_cache.py), and Ray's runtime-env agent writes that into its log. Secrets stay
+# out of runtime_env: a local Ray's workers inherit the environment Ray was started in anyway, and a
+# cluster's nodes need credentials of their own (an IAM role, or .ftray/secrets.env: cluster.yaml).
+CREDENTIALS_NOT_PROPAGATED = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
+
+
+def _keep_credentials_out_of_runtime_env() -> None:
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIALS_NOT_PROPAGATED
+
+
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
     from ray import tune
 
+    _keep_credentials_out_of_runtime_env()
     from ftray.trial import TrialSetup, run_trial, train_env
 
     local = not (options.ray_address or os.environ.get("RAY_ADDRESS"))

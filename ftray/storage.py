@@ -138,7 +138,8 @@ S3_CREDENTIALS = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_A
 
 
 def without_credentials(uri: str) -> str:
-    """An s3:// URI with its credentials moved into this process's environment (AWS_ACCESS_KEY_ID, ...).
+    """An s3:// URI with its credentials (`s3://KEY:SECRET@bucket/...`, or `access_key=` / `secret_key=` /
+    `session_token=` in the query, which pyarrow itself refuses) moved into this process's environment.
 
     Ray Tune records its storage path in its own experiment files, out of ftray's reach: handed the
     URI without them, it records none. Ray's local workers inherit the environment; on a cluster the

@@ -127,7 +127,7 @@ class WandbTracking(tune.Callback):
             project=self.settings.project, entity=self.settings.entity, group=self.group,
             id=f"{self.group}-{trial.trial_id}", name=name, config=config, dir=trial.local_path,
             mode=self.mode, resume="allow", reinit="create_new",
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            settings=_wandb_settings(),
         )
         self._runs[trial.trial_id] = run
         return run
@@ -160,6 +160,14 @@ class WandbTracking(tune.Callback):
     def on_experiment_end(self, trials, **info):
         for trial in trials:
             self._finish(trial, str(trial.status))
+
+
+def _wandb_settings():
+    """No console capture, no system stats, and no system metadata: the metadata holds the command line,
+    and a storage URI on it may carry credentials (`--storage s3://KEY:SECRET@...`)."""
+    import wandb
+
+    return wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_meta=True)
 
 
 def _is_number(v) -> bool:
@@ -199,7 +207,7 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
         project=settings.project, entity=settings.entity, group=group, job_type="frontier-summary",
         id=f"{group}-summary", name=f"{group}-frontier", dir=local_dir, mode=mode, resume="allow",
         reinit="create_new", config={"sweep_run": group, "objective": run["objective"]},
-        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        settings=_wandb_settings(),
     )
     row = {"frontier": table}
     for path in files:
