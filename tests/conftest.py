@@ -135,7 +135,8 @@ def shared_sweep(tmp_path_factory):
     sweep_file = tmp / "e2e_sweep.py"
     sweep_file.write_text(textwrap.dedent(SHARED_SWEEP.format(**data)))
     ray_tmp = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")  # Ray's socket paths must stay short
-    env = dict(clean_env(tmp), RAY_TMPDIR=ray_tmp)
+    (tmp / "tmp").mkdir()  # the sweep's temporary files (checkpoints before Ray copies them) go here
+    env = dict(clean_env(tmp), RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp / "tmp"))
     proc = ftray_cli("run", str(sweep_file), "--storage", str(tmp / "runs"), env=env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]

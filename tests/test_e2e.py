@@ -114,7 +114,8 @@ def test_frontier_checkpoints_carry_the_adapter_and_tokenizer_and_the_rest_are_p
         else:  # removed at the end of the sweep; the report says so instead of naming a missing folder
             assert t["checkpoint"] is None
             assert not (run_dir / "checkpoints" / t["id"]).exists()
-    assert not list(Path("/tmp").glob("ftray-ckpt-*")), "temporary checkpoint folders are removed once reported"
+    # The sweep's TMPDIR (conftest): temporary checkpoint folders are removed once reported.
+    assert not list((run_dir.parent.parent / "tmp").glob("ftray-ckpt-*"))
 
 
 def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_run, shared_report):
