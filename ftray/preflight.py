@@ -74,8 +74,8 @@ def check_fits_here(sweep, ray_address: str | None) -> None:
 
 def check_run_name(name: str) -> str:
     """A run folder's name, as `--name` gives it: one folder inside the storage, never a path out of it."""
-    import re
+    from ftray.sweep import is_folder_name
 
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+    if not is_folder_name(name):
         raise FtrayInputError(f"--name must be letters, digits, '_', '.', '-' (one folder name), got {name!r}")
     return name

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Mapping, Sequence
 
 from ray.tune.search.sample import Categorical
@@ -31,6 +31,11 @@ from ftray.errors import FtrayInputError
 from ftray.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
 from ftray.space import candidate_values, domain_from_data, domain_to_data, is_grid
 from ftray.tasks.base import Task
+
+
+def is_folder_name(name) -> bool:
+    """A run folder's name (Sweep.name, --name): one folder inside the storage, never a path out of it."""
+    return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and ".." not in name
 
 
 def _check(ok: bool, message: str) -> None:
@@ -201,7 +206,7 @@ class Sweep:
 
     # ---- validation -------------------------------------------------------------------------
     def _validate(self):
-        _check(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name) is not None,
+        _check(is_folder_name(self.name),
                f"name must be letters, digits, '_', '.', '-' (a folder name), got {self.name!r}")
         _check(isinstance(self.task, Task), "task must be a ftray task (SyntheticTask, ViggoTask, TextTask), "
                                             f"got {type(self.task).__name__}")

@@ -63,7 +63,7 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
     job = _job(config, setup)
     for restarts in range(sweep.failure.max_restarts + 1):
         try:
-            result = _trainer(job, setup, trial_id, restarts).fit()
+            _trainer(job, setup, trial_id, restarts).fit()
         except ray.train.TrainingFailedError as e:
             kind, message = classify_failure(e)
             if kind == "lost-worker" and restarts < sweep.failure.max_restarts:

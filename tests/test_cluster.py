@@ -159,7 +159,7 @@ def test_ray_job_submit_runs_on_the_cluster(job_run):
     out = submit.stdout + submit.stderr
     assert submit.returncode == 0, out[-5000:]
     assert "succeeded" in out.lower()
-    assert f"joined the Ray cluster" in out  # not a second, local Ray
+    assert "joined the Ray cluster" in out  # not a second, local Ray
     assert "trial" in out.lower()  # progress is in the job's logs
     report = json.loads(ftray("report", str(job_run.tmp_path / "bucket" / "runs" / "job"), "--json").stdout)
     assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
