@@ -220,13 +220,15 @@ def trial_checkpoints(run_dir: str, trial_id: str) -> str:
 
 def trial_checkpoint(run_dir: str, trial_id: str, reported: str | None) -> str | None:
     """The trial's checkpoint: the one its last report names where it is still there, else the newest
-    kept (a trial restored from its final checkpoint reports again without saving a new one)."""
+    kept (a trial restored from its final checkpoint reports again without saving a new one; a trial
+    stopped by ASHA can report one that Train's retention then deleted). Checkpoints are Train's
+    checkpoint_<time> folders; its checkpoint_manager_snapshot.json beside them is not one."""
     if reported:
         path = st.uri_of(run_dir, reported)
         if st.exists(path):
             return path
     folder = trial_checkpoints(run_dir, trial_id)
-    kept = [n for n in st.list_names(folder) if n.startswith("checkpoint_")]
+    kept = [n for n in st.list_names(folder, folders_only=True) if n.startswith("checkpoint_")]
     return st.join(folder, max(kept)) if kept else None
 
 

@@ -240,8 +240,9 @@ def write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def list_names(path: str) -> list[str]:
-    """Names of the entries directly inside a folder (empty when it does not exist)."""
+def list_names(path: str, folders_only: bool = False) -> list[str]:
+    """Names of the entries directly inside a folder (empty when it does not exist); with
+    `folders_only`, of the folders among them."""
     import pyarrow.fs
 
     fs, p = _fs(path)
@@ -249,7 +250,8 @@ def list_names(path: str) -> list[str]:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(p, allow_not_found=True))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(posixpath.basename(i.path) for i in infos)
+    return sorted(posixpath.basename(i.path) for i in infos
+                  if not folders_only or i.type == pyarrow.fs.FileType.Directory)
 
 
 def check_writable(path: str, field: str) -> None:

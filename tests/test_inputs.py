@@ -191,6 +191,26 @@ def test_check_writable_names_the_uri_without_secrets(tmp_path):
     assert "SUPERSECRET" not in message and "secret_key=***" in message and "cannot be written" in message
 
 
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_a_trial_whose_reported_checkpoint_is_gone_gets_its_newest_kept_folder(tmp_path, scheme):
+    """Train keeps checkpoint_manager_snapshot.json beside a trial's checkpoint folders: a file that sorts
+    after them, and no checkpoint (a job on file:// storage once tried to score it)."""
+    from ftray import runfolder as rf
+
+    folder = tmp_path / "run" / rf.CHECKPOINTS / "t1"
+    for name in ("checkpoint_2026-11-29_17-42-35.959666", "checkpoint_2026-11-29_17-42-38.000001"):
+        (folder / name).mkdir(parents=True)
+    (folder / "checkpoint_manager_snapshot.json").write_text("{}")
+    run_dir = f"{scheme}{tmp_path / 'run'}"
+    gone = str(folder / "checkpoint_2026-11-29_17-42-40.000000")
+    newest = f"{scheme}{folder / 'checkpoint_2026-11-29_17-42-38.000001'}"
+    assert rf.trial_checkpoint(run_dir, "t1", gone) == newest
+    assert rf.trial_checkpoint(run_dir, "t1", None) == newest
+    kept = str(folder / "checkpoint_2026-11-29_17-42-35.959666")
+    assert rf.trial_checkpoint(run_dir, "t1", kept) == f"{scheme}{kept}"  # the reported one, while it is there
+    assert rf.trial_checkpoint(run_dir, "t2", None) is None
+
+
 def test_file_uri_writes_are_atomic(tmp_path, monkeypatch):
     target = tmp_path / "run" / "record.json"
     uri = f"file://{target}"
