@@ -1,7 +1,8 @@
-"""From laptop to cluster: `ray job submit` against a real local cluster, storage URIs, cluster.yaml,
-and every sweep in sweeps/ passing `ftray validate`."""
+"""From laptop to cluster: `ray job submit` against a real local cluster (its sweep is also the test of
+ASHA's per-size rungs), storage URIs, cluster.yaml, and every sweep in sweeps/ passing `ftray validate`."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -17,17 +18,38 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from ftray.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-SMALL = """
+# The sweep sent to the cluster is also the test of ASHA's per-size rungs (one sweep for both: each
+# costs minutes on 2 cores). The grid (lr 1e-6 or 2e-2) is cycled over the ladder, so each size has a
+# hopeless and a good learning rate, and trials 5 and 6 repeat cells 1 and 2 after ASHA has seen them.
+JOB_SWEEP = """
 from ray import tune
-from ftray import Sweep, SyntheticTask, WandB
+from ftray import ASHA, Sweep, SyntheticTask, WandB
 
-sweep = Sweep(name="{name}", task=SyntheticTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs", "tiny-s"],
-              space={{"lora_rank": tune.choice([2, 4])}}, num_trials=2, workers=2, steps=10, eval_every=5,
-              eval_samples=8, max_new_tokens=8, batch_size=8, max_length=96, eval_base=False,
-              wandb=WandB(mode="offline"))
+sweep = Sweep(
+    name="job",
+    task=SyntheticTask(n_train=300, n_valid=16, n_test=16, seed=2),
+    models=["tiny-s", "tiny-xs"],
+    space={"lora_rank": 4, "data_fraction": 1.0, "lr": tune.grid_search([1e-6, 2e-2])},
+    objective="eval_loss",
+    num_trials=6,
+    workers=1,
+    cpus_per_worker=0.9,  # two one-worker trials at a time on the 2-CPU cluster
+    steps=16,
+    eval_every=4,
+    eval_samples=8,
+    max_new_tokens=24,
+    batch_size=8,
+    max_length=96,
+    eval_base=False,
+    test_samples=8,
+    asha=ASHA(grace_steps=4, reduction_factor=2),
+    wandb=WandB(mode="offline"),
+)
 """
 
 
@@ -76,12 +98,14 @@ def test_ray_up_prepares_the_config_with_and_without_a_secrets_file(tmp_path, mo
 
 
 @pytest.mark.parametrize("sweep", sorted(p.name for p in (REPO / "sweeps").glob("*.py")))
-def test_every_shipped_sweep_validates(sweep):
+def test_every_shipped_sweep_validates(sweep, capsys):
     # The GPU sweeps are checked for a cluster (its resources are checked when it runs), the rest here.
+    # In this process, as the bad-input table does: the CLI's imports are paid once, not once per sweep.
     cluster = ["--address", "ray://head:10001"] if "gpu" in sweep or "frontier" in sweep else []
-    proc = ftray("validate", str(REPO / "sweeps" / sweep), *cluster, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert ": ok: sweep" in proc.stdout
+    status = main(["validate", str(REPO / "sweeps" / sweep), *cluster])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert ": ok: sweep" in out
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +118,7 @@ def job_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("cluster")
     work = tmp_path / "work"
     work.mkdir()
-    (work / "job_sweep.py").write_text(textwrap.dedent(SMALL.format(name="job")))
+    (work / "job_sweep.py").write_text(textwrap.dedent(JOB_SWEEP))
     uri = f"file://{tmp_path}/bucket/runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -135,22 +159,31 @@ def job_run(tmp_path_factory):
     return SimpleNamespace(submit=submit, uri=uri, tmp_path=tmp_path)
 
 
+def local(uri_or_path: str) -> Path:
+    return Path(uri_or_path.removeprefix("file://"))
+
+
+def job_report(job_run) -> dict:
+    rep = ftray("report", f"{job_run.uri}/job", "--json")
+    assert rep.returncode == 0, rep.stderr
+    return json.loads(rep.stdout)
+
+
 @pytest.mark.e2e
 def test_storage_uri_round_trip(job_run):
     tmp_path, uri = job_run.tmp_path, job_run.uri
     proc = job_run.submit
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert (tmp_path / "bucket" / "runs" / "job" / "ftray_run.json").is_file()
-    rep = ftray("report", f"{uri}/job", "--json")
-    assert rep.returncode == 0, rep.stderr
-    report = json.loads(rep.stdout)
+    report = job_report(job_run)
     assert report["run_dir"] == f"{uri}/job"
-    assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
+    assert len(report["trials"]) == 6 and all(t["status"] == "TERMINATED" for t in report["trials"])
     assert (tmp_path / "bucket" / "runs" / "job" / "frontier.png").is_file()
     frontier = [t for t in report["trials"] if t["id"] in report["frontier"]]
     assert frontier
     for t in frontier:  # the kept checkpoints are in the storage too
-        assert t["checkpoint"].startswith(str(tmp_path / "bucket")) or t["checkpoint"].startswith("file://")
+        assert local(t["checkpoint"]).is_relative_to(tmp_path / "bucket"), t["checkpoint"]
+        assert t["test"]["n"] == 8  # held-out scores, read from the storage's checkpoints
 
 
 @pytest.mark.e2e
@@ -161,5 +194,35 @@ def test_ray_job_submit_runs_on_the_cluster(job_run):
     assert "succeeded" in out.lower()
     assert "joined the Ray cluster" in out  # not a second, local Ray
     assert "trial" in out.lower()  # progress is in the job's logs
-    report = json.loads(ftray("report", str(job_run.tmp_path / "bucket" / "runs" / "job"), "--json").stdout)
-    assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
+
+
+@pytest.mark.e2e
+def test_asha_stops_trials_that_trail_their_own_model_size(job_run):
+    """ASHA's rungs are per size, so the small size's good trial runs on even when the bigger size's
+    trials did better at the same step."""
+    out = job_run.submit.stdout + job_run.submit.stderr
+    assert job_run.submit.returncode == 0, out[-5000:]
+    trials = job_report(job_run)["trials"]
+    assert len(trials) == 6 and all(t["status"] == "TERMINATED" and not t["reason"] for t in trials)
+    # Trial i takes cell i of the cycle over the ladder and the grid: every cell ran, two of them twice.
+    cells = [(t["model"], t["lr"]) for t in trials]
+    assert set(cells) == {("tiny-s", 1e-6), ("tiny-s", 2e-2), ("tiny-xs", 1e-6), ("tiny-xs", 2e-2)}
+    early = [t for t in trials if t["stopped_early"]]
+    assert early, [(t["id"], t["model"], t["lr"], t["steps"]) for t in trials]
+    assert "stopped early by ASHA" in out
+    history = {t["id"]: [json.loads(line) for line in open(local(t["trial_dir"]) / "result.json")] for t in trials}
+    curves = {i: {h["step"]: h["eval_loss"] for h in rows} for i, rows in history.items()}
+    for t in early:
+        assert t["steps"] < 16
+        # Stopped at a rung where a trial of the same size that had reached it did better.
+        assert any(o["id"] != t["id"] and o["model"] == t["model"]
+                   and curves[o["id"]].get(t["steps"], math.inf) < curves[t["id"]][t["steps"]] for o in trials), t["id"]
+    # Each size's best trial ran its whole budget, the small one too, though it trailed the big ones.
+    for model in ("tiny-s", "tiny-xs"):
+        best = min((t for t in trials if t["model"] == model), key=lambda t: t["objective"])
+        assert best["steps"] == 16 and not best["stopped_early"], model
+    small = min((t for t in trials if t["model"] == "tiny-xs"), key=lambda t: t["objective"])
+    assert min(curves[t["id"]][4] for t in trials if t["model"] == "tiny-s") < curves[small["id"]][4]
+    # A stopped trial lets go of its Train workers: a trial after it still ran (none waits forever).
+    stopped_at = min(history[t["id"]][-1]["timestamp"] for t in early)
+    assert any(rows[-1]["timestamp"] > stopped_at for rows in history.values())

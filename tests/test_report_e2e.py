@@ -85,21 +85,22 @@ def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, sh
 
 
 def test_compare_ranks_two_runs_by_their_fronts(run_dir, shared_report, tmp_path):
-    # A second run: the same folder with its best trial's last score lowered.
-    worse = tmp_path / "worse"
-    shutil.copytree(run_dir, worse, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
-    best = max((t for t in shared_report["trials"] if t["objective"] is not None), key=lambda t: t["objective"])
-    result = worse / Path(best["trial_dir"]).relative_to(run_dir) / "result.json"
+    # A second run: the same folder with its smallest trial's last score raised above every other, so
+    # its front dominates the first run's whatever the sweep reached.
+    better = tmp_path / "better"
+    shutil.copytree(run_dir, better, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    scored = [t for t in shared_report["trials"] if t["objective"] is not None]
+    small = min(scored, key=lambda t: (t["params"], -t["objective"]))
+    result = better / Path(small["trial_dir"]).relative_to(run_dir) / "result.json"
     lines = result.read_text().splitlines()
     last = json.loads(lines[-1])
-    last["slot_f1"] = 0.0
+    last["slot_f1"] = max(t["objective"] for t in scored) + 0.5
     result.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
-    proc = ftray("compare", str(run_dir), str(worse), "--json", "--out", str(tmp_path / "cmp.png"))
+    proc = ftray("compare", str(run_dir), str(better), "--json", "--out", str(tmp_path / "cmp.png"))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert [r["run_dir"] for r in out["runs"]] == [str(run_dir), str(worse)]
-    if best["objective"] > 0:
-        assert out["runs"][0]["hypervolume"] > out["runs"][1]["hypervolume"]
+    assert [r["run_dir"] for r in out["runs"]] == [str(run_dir), str(better)]
+    assert out["runs"][1]["hypervolume"] > out["runs"][0]["hypervolume"]
     assert matplotlib.image.imread(tmp_path / "cmp.png").shape[0] > 100
 
 
