@@ -17,6 +17,17 @@ from typing import Callable, Iterator
 import torch
 
 
+def _quiet_train_report_lines() -> None:
+    """Ray Train logs every report with all its metrics, the per-row scores and generations included
+    (tens of kB a line on a full validation set), on every worker; ftray prints its own progress line.
+    Its logger is named after its file; should Ray move it, the lines come back and nothing else changes."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 class RayContext:
     """Ray Train's calls, as the recipe uses them."""
 
@@ -27,6 +38,7 @@ class RayContext:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        _quiet_train_report_lines()
 
     @contextlib.contextmanager
     def resume_folder(self) -> Iterator[str | None]:

@@ -1,0 +1,100 @@
+"""Where a sweep's CPU goes, by process kind: `python bench/trial_cpu.py [SWEEP_FILE]`.
+
+Runs `ftray run` on the sweep file (default: two one-worker trials of tiny-xs, 4 steps each, so the
+trials' fixed cost is nearly all there is), samples every process on the machine every 0.3 s with
+psutil, and adds up the CPU seconds (user + system) each new process used, grouped by its Ray name
+(ray::RayTrainWorker, ray::TrainController, ...) or its command. It also reports how busy the
+machine's CPUs were over the run (/proc/stat). A process that lives less than one sampling interval
+is missed, so the totals are a floor. The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+DEFAULT_SWEEP = """
+from ftray import Sweep, SyntheticTask, WandB
+
+sweep = Sweep(name="cpu", task=SyntheticTask(n_train=200, n_valid=8, n_test=8), models=["tiny-xs"],
+              num_trials=2, workers=1, cpus_per_worker=0.9, steps=4, eval_every=4, eval_samples=8,
+              max_new_tokens=8, batch_size=8, max_length=96, eval_base=False, test_samples=0,
+              wandb=WandB(mode="disabled"))
+"""
+
+
+def kind(cmdline: list[str]) -> str:
+    """ray::Name for Ray's actors and workers, else the program and its first argument, by file name."""
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split()[0]
+    return " ".join(os.path.basename(part) for part in cmdline[:2])[:60] or "?"
+
+
+def busy_jiffies() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:8]]
+    return sum(values) - values[3] - values[4], sum(values)  # all but idle and iowait; all
+
+
+def measure(sweep_file: str, storage: str) -> dict:
+    before = {p.pid for p in psutil.process_iter()}
+    busy0, total0 = busy_jiffies()
+    started = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "ftray.cli", "run", sweep_file, "--storage", storage],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: dict[int, tuple[str, float]] = {}
+    while proc.poll() is None:
+        for p in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            if p.info["pid"] in before or p.info["cpu_times"] is None:
+                continue
+            t = p.info["cpu_times"]
+            seen[p.info["pid"]] = (kind(p.info["cmdline"] or []), t.user + t.system)
+        time.sleep(0.3)
+    busy1, total1 = busy_jiffies()
+    groups: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
+    for name, cpu in seen.values():
+        groups[name][0] += 1
+        groups[name][1] += cpu
+    return {
+        "returncode": proc.returncode,
+        "wall_s": round(time.time() - started, 1),
+        "machine_busy": round((busy1 - busy0) / max(1, total1 - total0), 3),
+        "cpu_s_by_kind": {k: {"processes": n, "cpu_s": round(c, 1)}
+                          for k, (n, c) in sorted(groups.items(), key=lambda kv: -kv[1][1])},
+        "cpu_s_total": round(sum(c for _, c in groups.values()), 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_file", nargs="?", help="a sweep file (default: two tiny one-worker trials)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ftray-cpu-") as tmp:
+        sweep_file = args.sweep_file
+        if sweep_file is None:
+            sweep_file = str(Path(tmp) / "cpu_sweep.py")
+            Path(sweep_file).write_text(textwrap.dedent(DEFAULT_SWEEP))
+        result = measure(sweep_file, str(Path(tmp) / "runs"))
+    print("method: `ftray run` in a subprocess; every new process sampled every 0.3 s with psutil, CPU seconds "
+          "(user + system) summed by Ray process name; machine busy share from /proc/stat over the run")
+    print(f"wall {result['wall_s']} s, machine busy {result['machine_busy']:.0%}, "
+          f"CPU {result['cpu_s_total']} s (exit status {result['returncode']})")
+    for name, row in result["cpu_s_by_kind"].items():
+        if row["cpu_s"] >= 0.5:
+            print(f"  {row['cpu_s']:6.1f} s  {row['processes']:3d} x  {name}")
+    print(json.dumps(result))
+    return 0 if result["returncode"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
