@@ -58,7 +58,10 @@ def measure(sweep_file: str, storage: str) -> dict:
             if p.info["pid"] in before or p.info["cpu_times"] is None:
                 continue
             t = p.info["cpu_times"]
-            seen[p.info["pid"]] = (kind(p.info["cmdline"] or []), t.user + t.system)
+            name = kind(p.info["cmdline"] or [])
+            if name == "?" and p.info["pid"] in seen:  # an exited process keeps the name it was seen with
+                name = seen[p.info["pid"]][0]
+            seen[p.info["pid"]] = (name, t.user + t.system)
         time.sleep(0.3)
     busy1, total1 = busy_jiffies()
     groups: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
