@@ -15,9 +15,33 @@ NOT_ENOUGH = ("not enough trials to compare data with model size (need one model
               "2+ models at one data fraction)")
 
 
-def lever_stats(values: Mapping[tuple, np.ndarray], counts: Mapping[tuple, int], sign: float) -> dict:
+def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple], list[tuple]]:
+    """The steps up the ladder and the same-size comparisons, from the cells' point values keyed
+    (params, model, fraction). At each data fraction the ladder runs through the distinct sizes, each
+    size represented by its best cell; another cell of a size already on the ladder (a randomly
+    initialised control beside its pretrained model, say) is compared with that best, not counted as a
+    step up. Chosen once, from the point values, so the replicates are taken over the same pairs."""
+    steps, same = [], []
+    for frac in sorted({k[2] for k in point}):
+        by_size: dict[float, list[tuple]] = {}
+        for k in point:
+            if k[2] == frac and k[0] > 0:  # a size of 0 is unknown: off the ladder
+                by_size.setdefault(k[0], []).append(k)
+        best = {}
+        for size, keys in by_size.items():
+            keys.sort(key=lambda k: (-sign * point[k], k[1]))
+            best[size] = keys[0]
+            same += [(keys[0], k) for k in keys[1:]]
+        sizes = sorted(best)
+        steps += [(best[a], best[b]) for a, b in zip(sizes, sizes[1:])]
+    return steps, same
+
+
+def lever_stats(values: Mapping[tuple, np.ndarray], counts: Mapping[tuple, int], sign: float,
+                ladder: list[tuple], same: list[tuple]) -> dict:
     """The levers from cell values keyed (params, model, fraction): each value a number or an array of
-    bootstrap replicates, so the one function gives the point estimates and their replicates."""
+    bootstrap replicates, so the one function gives the point estimates and their replicates.
+    `ladder` and `same`: the cell pairs of `ladder_pairs`."""
     per_model = {}
     for _, model in sorted({(p, m) for p, m, _ in values}):
         keys = sorted(k for k in values if k[1] == model)
@@ -30,13 +54,12 @@ def lever_stats(values: Mapping[tuple, np.ndarray], counts: Mapping[tuple, int],
             "slope": np.tensordot(xc, ys - ys.mean(axis=0), axes=1) / (xc ** 2).sum(),
             "n": sum(counts[k] for k in keys), "fractions": [k[2] for k in keys],
             "steps": [(k0[2], k1[2], sign * (values[k1] - values[k0])) for k0, k1 in zip(keys, keys[1:])]}
-    steps = []
-    for frac in sorted({k[2] for k in values}):
-        ladder = sorted(k for k in values if k[2] == frac and k[0] > 0)  # a size of 0 is unknown: off the ladder
-        steps += [{"frac": frac, "k0": k0, "k1": k1, "gain": sign * (values[k1] - values[k0]),
-                   "n": counts[k0] + counts[k1]} for k0, k1 in zip(ladder, ladder[1:])]
+    steps = [{"frac": k0[2], "k0": k0, "k1": k1, "gain": sign * (values[k1] - values[k0]), "n": counts[k0] + counts[k1]}
+             for k0, k1 in ladder]
     n_data = sum(v["n"] for v in per_model.values())
     return {"per_model": per_model, "steps": steps,
+            "same": [{"frac": k0[2], "k0": k0, "k1": k1, "gain": sign * (values[k0] - values[k1]),
+                      "n": counts[k0] + counts[k1]} for k0, k1 in same],
             "data": sum(v["slope"] * v["n"] for v in per_model.values()) / n_data if per_model else None,
             "model": sum(s["gain"] for s in steps) / len(steps) if steps else None,
             "params_ratio": float(np.exp(np.mean([np.log(s["k1"][0] / s["k0"][0]) for s in steps]))) if steps else None}
@@ -52,11 +75,13 @@ def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective", ev
     ev = evidence or Evidence(scored, metric)
     cell_map = cells(scored, mode)
     counts = {k: c["n"] for k, c in cell_map.items()}
-    point = lever_stats({k: np.float64(mean_objective(c["group"])) for k, c in cell_map.items()}, counts, sign)
+    means = {k: np.float64(mean_objective(c["group"])) for k, c in cell_map.items()}
+    pairs = ladder_pairs(means, sign)
+    point = lever_stats(means, counts, sign, *pairs)
     reps = rows = None
     if cell_map and all(ev.covers(c["group"]) for c in cell_map.values()):
-        reps = lever_stats({k: ev.reps(c["group"]) for k, c in cell_map.items()}, counts, sign)
-        rows = lever_stats({k: ev.reps(c["group"], seeds=False) for k, c in cell_map.items()}, counts, sign)
+        reps = lever_stats({k: ev.reps(c["group"]) for k, c in cell_map.items()}, counts, sign, *pairs)
+        rows = lever_stats({k: ev.reps(c["group"], seeds=False) for k, c in cell_map.items()}, counts, sign, *pairs)
     n_rows = ev.rows(scored)
 
     def iv(value, rep):
@@ -92,9 +117,14 @@ def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective", ev
         model = {"gain_per_step": float(point["model"]), "params_ratio": point["params_ratio"],
                  "n_trials": len({t["id"] for t in scored}), "steps": steps,
                  "interval": iv(point["model"], reps and reps["model"])}
+    same_size = []
+    for i, s in enumerate(point["same"]):
+        same_iv = iv(s["gain"], reps and reps["same"][i]["gain"])
+        same_size.append({"data_fraction": s["frac"], "best": s["k0"][1], "other": s["k1"][1], "params": s["k0"][0],
+                          "gain": float(s["gain"]), "n_trials": s["n"], "interval": same_iv, "answer": answer(same_iv)})
     decision = _decide(data, model, reps, rows, ev, cell_map, metric, scored)
-    return {"data": data, "model": model, "comparison": decision.get("comparison"), "verdict": decision["text"],
-            "decision": decision}
+    return {"data": data, "model": model, "same_size": same_size, "comparison": decision.get("comparison"),
+            "verdict": decision["text"], "decision": decision}
 
 
 def _decide(data, model, reps, rows, ev: Evidence, cell_map, metric: str, scored) -> dict:

@@ -299,6 +299,11 @@ def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
             lines.append(f"  data {s['data_fraction']:g}: {s['from']} -> {s['to']}: "
                          f"{format_interval(s.get('interval'), True, s['gain'])} at {s['params_ratio']:.1f}x params "
                          f"({s['n_trials']} trials){said(s)}")
+    if lev.get("same_size"):
+        lines += ["", "Models of the same size (the size's best first: not a step up the ladder; paired intervals)"]
+        for s in lev["same_size"]:
+            lines.append(f"  data {s['data_fraction']:g}: {s['best']} over {s['other']} at {_human(s['params'])} params: "
+                         f"{format_interval(s.get('interval'), True, s['gain'])} ({s['n_trials']} trials){said(s)}")
     if lev["data"]:
         lines += ["", "Each doubling of the data (slope of the best configuration per fraction, per model)"]
         for model, d in lev["data"]["per_model"].items():

@@ -95,6 +95,28 @@ def test_leverage_recovers_known_slopes():
     assert "not enough trials" in leverage([trial("a", "s", 1, 0.5)], "max")["verdict"]
 
 
+def test_a_control_of_the_same_size_is_compared_beside_the_ladder_not_stepped_onto():
+    # s -> m -> l gains 0.1 a step; m's randomly initialised control (same size) scores 0.2.
+    ladder = [("s", 100, 0.5), ("m", 400, 0.6), ("l", 1600, 0.7)]
+    trials = [trial(f"{m}{f}", m, p, y + 0.05 * math.log2(f), data=f) for m, p, y in ladder for f in (0.5, 1.0)]
+    trials += [trial(f"m-random{f}", "m-random", 400, 0.2, data=f) for f in (0.5, 1.0)]
+    lev = leverage(trials, "max", "score")
+    assert [(s["from"], s["to"]) for s in lev["model"]["steps"]] == [("s", "m"), ("m", "l")] * 2
+    assert lev["model"]["gain_per_step"] == pytest.approx(0.1)
+    assert [(c["best"], c["other"], c["params"]) for c in lev["same_size"]] == [("m", "m-random", 400)] * 2
+    assert [c["gain"] for c in lev["same_size"]] == pytest.approx([0.35, 0.4])
+    from ftray.frontier import trial_front
+    from ftray.report import format_report
+
+    extra = {"trainable_params": 1, "metrics": {}, "train_loss": None, "first_train_loss": None, "restarts": 0,
+             "steps": 10, "stopped_early": False, "checkpoint": None, "trial_dir": "/x", "outcome": None}
+    trials = [{**t, **extra} for t in trials]
+    run = {"run_dir": "/tmp/r", "objective": {"metric": "score", "mode": "max"}, "trials": trials,
+           "frontier": trial_front(trials, "max")}
+    text = format_report(run, {"analysis": analyse(trials, "score", "max")})
+    assert "data 1: m over m-random at 400 params: +0.4" in text
+
+
 def test_setting_effects_rank_what_matters():
     trials = [trial("a", "m", 10, 0.2, rank=4, lr=1e-3), trial("b", "m", 10, 0.6, rank=16, lr=1e-3),
               trial("c", "m", 10, 0.25, rank=4, lr=2e-3), trial("d", "m", 10, 0.65, rank=16, lr=2e-3)]
