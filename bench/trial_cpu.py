@@ -1,8 +1,8 @@
 """Where a sweep's CPU goes, by process kind: `python bench/trial_cpu.py [SWEEP_FILE]`.
 
 Runs `ftray run` on the sweep file (default: two one-worker trials of tiny-xs, 4 steps each, so the
-trials' fixed cost is nearly all there is), samples every process on the machine every 0.3 s with
-psutil, and adds up the CPU seconds (user + system) each new process used, grouped by its Ray name
+trials' fixed cost is nearly all there is), samples it and every process under it (its local Ray
+included) every 0.3 s with psutil, and adds up the CPU seconds (user + system) each used, grouped by its Ray name
 (ray::RayTrainWorker, ray::TrainController, ...) or its command. It also reports how busy the
 machine's CPUs were over the run (/proc/stat). A process that lives less than one sampling interval
 is missed, so the totals are a floor. The last stdout line is one JSON object.
@@ -47,21 +47,25 @@ def busy_jiffies() -> tuple[int, int]:
 
 
 def measure(sweep_file: str, storage: str) -> dict:
-    before = {p.pid for p in psutil.process_iter()}
     busy0, total0 = busy_jiffies()
     started = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "ftray.cli", "run", sweep_file, "--storage", storage],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: dict[int, tuple[str, float]] = {}
+    root = psutil.Process(proc.pid)
     while proc.poll() is None:
-        for p in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
-            if p.info["pid"] in before or p.info["cpu_times"] is None:
+        try:
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in family:
+            try:
+                t, name = p.cpu_times(), kind(p.cmdline())
+            except psutil.Error:  # gone since the listing
                 continue
-            t = p.info["cpu_times"]
-            name = kind(p.info["cmdline"] or [])
-            if name == "?" and p.info["pid"] in seen:  # an exited process keeps the name it was seen with
-                name = seen[p.info["pid"]][0]
-            seen[p.info["pid"]] = (name, t.user + t.system)
+            if name == "?" and p.pid in seen:  # an exiting process keeps the name it was seen with
+                name = seen[p.pid][0]
+            seen[p.pid] = (name, t.user + t.system)
         time.sleep(0.3)
     busy1, total1 = busy_jiffies()
     groups: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
@@ -88,7 +92,7 @@ def main() -> int:
             sweep_file = str(Path(tmp) / "cpu_sweep.py")
             Path(sweep_file).write_text(textwrap.dedent(DEFAULT_SWEEP))
         result = measure(sweep_file, str(Path(tmp) / "runs"))
-    print("method: `ftray run` in a subprocess; every new process sampled every 0.3 s with psutil, CPU seconds "
+    print("method: `ftray run` in a subprocess; it and every process under it sampled every 0.3 s with psutil, CPU seconds "
           "(user + system) summed by Ray process name; machine busy share from /proc/stat over the run")
     print(f"wall {result['wall_s']} s, machine busy {result['machine_busy']:.0%}, "
           f"CPU {result['cpu_s_total']} s (exit status {result['returncode']})")

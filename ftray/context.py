@@ -20,11 +20,14 @@ import torch
 def _quiet_train_report_lines() -> None:
     """Ray Train logs every report with all its metrics, the per-row scores and generations included
     (tens of kB a line on a full validation set), on every worker; ftray prints its own progress line.
-    Its logger is named after its file; should Ray move it, the lines come back and nothing else changes."""
+    Its logger is named after its file; should Ray move that file, the lines come back and nothing else
+    changes."""
     import logging
 
-    from ray.train.v2._internal.execution import context as train_context
-
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 

@@ -12,15 +12,18 @@ from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, 
                             trials_need)
 
 NOT_ENOUGH = ("not enough trials to compare data with model size (need one model at 2+ data fractions and "
-              "2+ models at one data fraction)")
+              "2+ model sizes at one data fraction; models of one size are compared on their own line)")
 
 
-def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple], list[tuple]]:
-    """The steps up the ladder and the same-size comparisons, from the cells' point values keyed
-    (params, model, fraction). At each data fraction the ladder runs through the distinct sizes, each
-    size represented by its best cell; another cell of a size already on the ladder (a randomly
-    initialised control beside its pretrained model, say) is compared with that best, not counted as a
-    step up. Chosen once, from the point values, so the replicates are taken over the same pairs."""
+def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple], list[tuple], set[str]]:
+    """The steps up the ladder, the same-size comparisons and the models off the ladder, from the
+    cells' point values keyed (params, model, fraction). At each data fraction the ladder runs through
+    the distinct sizes, each size represented by its best cell; another cell of a size already on the
+    ladder (a randomly initialised control beside its pretrained model, say) is compared with that best,
+    not counted as a step up. A model that is never its size's best is off the ladder, and out of the
+    data lever too. Chosen once, from the point values, so the replicates are taken over the same pairs
+    (picking each size's best from the values that are then compared leans the gains a little
+    optimistic when a size has 3+ models)."""
     steps, same = [], []
     for frac in sorted({k[2] for k in point}):
         by_size: dict[float, list[tuple]] = {}
@@ -34,16 +37,18 @@ def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple]
             same += [(keys[0], k) for k in keys[1:]]
         sizes = sorted(best)
         steps += [(best[a], best[b]) for a, b in zip(sizes, sizes[1:])]
-    return steps, same
+    on_ladder = {k[1] for k, _ in same} | {k[1] for pair in steps for k in pair}
+    off = {k[1] for _, k in same} - on_ladder
+    return steps, same, off
 
 
 def lever_stats(values: Mapping[tuple, np.ndarray], counts: Mapping[tuple, int], sign: float,
-                ladder: list[tuple], same: list[tuple]) -> dict:
+                ladder: list[tuple], same: list[tuple], off: set[str]) -> dict:
     """The levers from cell values keyed (params, model, fraction): each value a number or an array of
     bootstrap replicates, so the one function gives the point estimates and their replicates.
-    `ladder` and `same`: the cell pairs of `ladder_pairs`."""
+    `ladder`, `same` and `off`: what `ladder_pairs` chose."""
     per_model = {}
-    for _, model in sorted({(p, m) for p, m, _ in values}):
+    for _, model in sorted({(p, m) for p, m, _ in values if m not in off}):
         keys = sorted(k for k in values if k[1] == model)
         if len(keys) < 2:
             continue

@@ -82,7 +82,7 @@ sweep = Sweep(
     }},
     objective="slot_f1",
     num_trials=3,
-    workers=1,  # DDP is tested where it is the point (tests/test_faults.py, the real model, the cluster)
+    workers=1,  # DDP is tested where it is the point (tests/test_faults.py, the real model)
     cpus_per_worker=0.9,  # so two trials run at once on 2 cores
     steps=24,
     eval_every=12,

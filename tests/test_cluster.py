@@ -110,10 +110,10 @@ def test_every_shipped_sweep_validates(sweep, capsys):
 
 @pytest.fixture(scope="module")
 def job_run(tmp_path_factory):
-    """One small sweep, sent with `ray job submit` to a real local cluster, its storage a file:// URI.
+    """JOB_SWEEP, sent with `ray job submit` to a real local cluster, its storage a file:// URI.
 
-    Both tests below read it: the job test what ran and where, the storage test the run folder
-    behind the URI (one sweep instead of a second one, started by `ftray run` alone, for the URI).
+    The three tests below read it: the job test what ran and where, the storage test the run folder
+    behind the URI, the ASHA test the trials' curves (one sweep instead of three).
     """
     tmp_path = tmp_path_factory.mktemp("cluster")
     work = tmp_path / "work"

@@ -103,6 +103,9 @@ def test_a_control_of_the_same_size_is_compared_beside_the_ladder_not_stepped_on
     lev = leverage(trials, "max", "score")
     assert [(s["from"], s["to"]) for s in lev["model"]["steps"]] == [("s", "m"), ("m", "l")] * 2
     assert lev["model"]["gain_per_step"] == pytest.approx(0.1)
+    # The control is off the ladder, so out of the data lever too (its flat line would halve nothing here
+    # but pull the average down).
+    assert lev["data"]["gain_per_doubling"] == pytest.approx(0.05) and set(lev["data"]["per_model"]) == {"s", "m", "l"}
     assert [(c["best"], c["other"], c["params"]) for c in lev["same_size"]] == [("m", "m-random", 400)] * 2
     assert [c["gain"] for c in lev["same_size"]] == pytest.approx([0.35, 0.4])
     from ftray.frontier import trial_front

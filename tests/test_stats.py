@@ -141,6 +141,21 @@ def test_a_clear_model_lever_is_named():
     assert d["answer"] == "model", d["text"]
 
 
+def test_a_same_size_control_gets_its_own_paired_line_and_leaves_the_levers_alone():
+    # +0.2 per 4x step; beside m, a control of m's size that scores 0.1 at every fraction.
+    trials = make_trials(lambda i, p, f: 0.3 + 0.2 * i)
+    control = make_trials(lambda i, p, f: 0.1, seed=1)
+    trials += [dict(t, id="ctl-" + t["id"], model="m-random", config=dict(t["config"], model="m-random"))
+               for t in control if t["model"] == "m"]
+    lev = leverage(trials, "max", "acc")
+    assert lev["decision"]["answer"] == "model", lev["decision"]["text"]
+    assert [(s["from"], s["to"]) for s in lev["model"]["steps"]] == [("s", "m"), ("m", "l")] * 3
+    assert set(lev["data"]["per_model"]) == {"s", "m", "l"}
+    for c in lev["same_size"]:  # m (0.5) over its control (0.1), on the same rows: an interval above zero
+        assert (c["best"], c["other"]) == ("m", "m-random") and c["answer"] == "better"
+        assert c["interval"]["lo"] <= c["gain"] <= c["interval"]["hi"] and abs(c["gain"] - 0.4) < 0.1
+
+
 def test_a_difference_inside_the_noise_is_undecided_and_says_what_would_decide_it():
     # Both levers gain half a point on 64 rows: the intervals are several points wide.
     trials = make_trials(lambda i, p, f: 0.5 + 0.005 * i + 0.005 * math.log2(f / 0.25), n_rows=64)
