@@ -24,7 +24,7 @@ def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple]
     data lever too. Chosen once, from the point values, so the replicates are taken over the same pairs
     (picking each size's best from the values that are then compared leans the gains a little
     optimistic when a size has 3+ models)."""
-    steps, same = [], []
+    steps, same, bests = [], [], set()
     for frac in sorted({k[2] for k in point}):
         by_size: dict[float, list[tuple]] = {}
         for k in point:
@@ -37,9 +37,8 @@ def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple]
             same += [(keys[0], k) for k in keys[1:]]
         sizes = sorted(best)
         steps += [(best[a], best[b]) for a, b in zip(sizes, sizes[1:])]
-    on_ladder = {k[1] for k, _ in same} | {k[1] for pair in steps for k in pair}
-    off = {k[1] for _, k in same} - on_ladder
-    return steps, same, off
+        bests |= {k[1] for k in best.values()}
+    return steps, same, {k[1] for k in point if k[0] > 0} - bests
 
 
 def lever_stats(values: Mapping[tuple, np.ndarray], counts: Mapping[tuple, int], sign: float,

@@ -232,8 +232,9 @@ def _keep_credentials_out_of_runtime_env() -> None:
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
     from ray import tune
 
-    _keep_credentials_out_of_runtime_env()
     from ftray.trial import TrialSetup, run_trial, train_env
+
+    _keep_credentials_out_of_runtime_env()
 
     local = not (options.ray_address or os.environ.get("RAY_ADDRESS"))
     setup = TrialSetup(sweep=sweep, run_dir=run_dir, experiment_dir=experiment_dir,

@@ -12,7 +12,7 @@ LoRA only. Task: ViGGO, text -> meaning representation; prompts in the model's c
 Sized to finish in under 30 minutes on 2 cores: 2 Train workers of 1 core, 4 rows each per step,
 20 steps; 16 validation rows generated greedily (48 new tokens at most) before and after, 16 held-out
 test rows at the end. Measured with 24 validation and 24 test rows (README, "A real model"): 29 min 25 s
-with the GGUF conversion already cached (it takes about 45 s once per machine); the rows were cut to 16
+with the GGUF conversion already cached (49 s once per machine, measured the same day); the rows were cut to 16
 after that run to leave room for the conversion. A pruned rung answers badly before finetuning (its
 cut layers left a gap): finetuning "heals" it, or, in 20 steps here, does not yet.
 
