@@ -1,11 +1,15 @@
 """Where a sweep's CPU goes, by process kind: `python bench/trial_cpu.py [SWEEP_FILE]`.
 
-Runs `ftray run` on the sweep file (default: two one-worker trials of tiny-xs, 4 steps each, so the
-trials' fixed cost is nearly all there is), samples it and every process under it (its local Ray
-included) every 0.3 s with psutil, and adds up the CPU seconds (user + system) each used, grouped by its Ray name
-(ray::RayTrainWorker, ray::TrainController, ...) or its command. It also reports how busy the
+Runs `ftray run` on the sweep file, samples it and every process under it (its local Ray included)
+every 0.3 s with psutil, and adds up the CPU seconds (user + system) each used, grouped by its Ray
+name (ray::RayTrainWorker, ray::TrainController, ...) or its command. It also reports how busy the
 machine's CPUs were over the run (/proc/stat). A process that lives less than one sampling interval
 is missed, so the totals are a floor. The last stdout line is one JSON object.
+
+Without a sweep file it measures two one-worker trials of tiny-xs (4 steps each, so the trials' fixed
+cost is nearly all there is) twice, side by side: trained in their Tune trials' processes (ftray's
+default) and on a Ray Train worker group each (Scaling(one_worker_in_trial=False)), and prints the
+ratios.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from ftray import Sweep, SyntheticTask, WandB
 sweep = Sweep(name="cpu", task=SyntheticTask(n_train=200, n_valid=8, n_test=8), models=["tiny-xs"],
               num_trials=2, workers=1, cpus_per_worker=0.9, steps=4, eval_every=4, eval_samples=8,
               max_new_tokens=8, batch_size=8, max_length=96, eval_base=False, test_samples=0,
-              wandb=WandB(mode="disabled"))
+              one_worker_in_trial={in_trial}, wandb=WandB(mode="disabled"))
 """
+SIDES = {"in_trial": True, "on_train": False}  # Scaling.one_worker_in_trial
 
 
 def kind(cmdline: list[str]) -> str:
@@ -82,25 +87,40 @@ def measure(sweep_file: str, storage: str) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_file", nargs="?", help="a sweep file (default: two tiny one-worker trials)")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="ftray-cpu-") as tmp:
-        sweep_file = args.sweep_file
-        if sweep_file is None:
-            sweep_file = str(Path(tmp) / "cpu_sweep.py")
-            Path(sweep_file).write_text(textwrap.dedent(DEFAULT_SWEEP))
-        result = measure(sweep_file, str(Path(tmp) / "runs"))
-    print("method: `ftray run` in a subprocess; it and every process under it sampled every 0.3 s with psutil, CPU seconds "
-          "(user + system) summed by Ray process name; machine busy share from /proc/stat over the run")
-    print(f"wall {result['wall_s']} s, machine busy {result['machine_busy']:.0%}, "
+def show(label: str, result: dict) -> None:
+    print(f"{label}wall {result['wall_s']} s, machine busy {result['machine_busy']:.0%}, "
           f"CPU {result['cpu_s_total']} s (exit status {result['returncode']})")
     for name, row in result["cpu_s_by_kind"].items():
         if row["cpu_s"] >= 0.5:
             print(f"  {row['cpu_s']:6.1f} s  {row['processes']:3d} x  {name}")
-    print(json.dumps(result))
-    return 0 if result["returncode"] == 0 else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_file", nargs="?", help="a sweep file (default: two tiny one-worker trials, both ways)")
+    args = parser.parse_args()
+    print("method: `ftray run` in a subprocess; it and every process under it sampled every 0.3 s with psutil, CPU seconds "
+          "(user + system) summed by Ray process name; machine busy share from /proc/stat over the run"
+          + ("" if args.sweep_file else "; the default sweep run once each way, one after the other"))
+    with tempfile.TemporaryDirectory(prefix="ftray-cpu-") as tmp:
+        if args.sweep_file:
+            result = measure(args.sweep_file, str(Path(tmp) / "runs"))
+            show("", result)
+            print(json.dumps(result))
+            return 0 if result["returncode"] == 0 else 1
+        out = {}
+        for side, in_trial in SIDES.items():
+            sweep_file = Path(tmp) / f"cpu_{side}.py"
+            sweep_file.write_text(textwrap.dedent(DEFAULT_SWEEP).format(in_trial=in_trial))
+            out[side] = measure(str(sweep_file), str(Path(tmp) / f"runs_{side}"))
+            show(f"{side} (one_worker_in_trial={in_trial}): ", out[side])
+    a, b = out["in_trial"], out["on_train"]
+    out["cpu_ratio_in_trial_vs_train"] = round(a["cpu_s_total"] / b["cpu_s_total"], 3)
+    out["wall_ratio_in_trial_vs_train"] = round(a["wall_s"] / b["wall_s"], 3)
+    print(f"in the trial's process / on Ray Train: CPU {out['cpu_ratio_in_trial_vs_train']:.2f}, "
+          f"wall {out['wall_ratio_in_trial_vs_train']:.2f}")
+    print(json.dumps(out))
+    return 0 if a["returncode"] == b["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":

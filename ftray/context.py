@@ -1,8 +1,9 @@
-"""Where the training recipe runs: Ray Train's workers (`RayContext`) or this one process (`LocalContext`).
+"""Where the training recipe runs: Ray Train's workers (`RayContext`), a Tune trial's own process
+(`TrialContext`, a one-worker trial) or this one process (`LocalContext`, the bench and tests).
 
 The recipe needs five things from its surroundings: its rank, the world size, its device, the
-checkpoint to resume from, and a way to report metrics with a checkpoint. Ray Train's calls are
-here and nowhere else in the worker code, so the same loop runs without Ray in the bench and tests.
+checkpoint to resume from, and a way to report metrics with a checkpoint. Ray's calls are here and
+nowhere else in the worker code, so the same loop runs without Ray in the bench and tests.
 """
 
 from __future__ import annotations
@@ -77,6 +78,52 @@ class RayContext:
             # line there twice, once as printed and once through its logger.
             sys.stdout.write(f"ftray: {message}\n")
             sys.stdout.flush()
+
+
+class TrialContext:
+    """A one-worker trial in its Tune trial's process, without a Train worker group: reports go to Tune,
+    and ftray stores the checkpoints itself in the trial's checkpoints folder of the run (runfolder.py),
+    keeping the best `keep` by the objective and the latest, as Train does for larger trials."""
+
+    def __init__(self, run_dir: str, trial_id: str, *, keep: int, objective: str, mode: str,
+                 device: torch.device, report: Callable[[dict], None] | None = None):
+        from ftray import runfolder as rf
+
+        self.rank, self.world, self.device = 0, 1, device
+        self.run_dir, self.trial_id, self.keep, self.objective, self.mode = run_dir, trial_id, keep, objective, mode
+        self._report = report
+        self.kept = rf.stored_checkpoints(run_dir, trial_id)  # from an earlier try of this trial
+
+    @contextlib.contextmanager
+    def resume_folder(self) -> Iterator[str | None]:
+        if not self.kept:
+            yield None
+            return
+        from ftray import storage as st
+
+        with tempfile.TemporaryDirectory(prefix="ftray-resume-") as tmp:
+            yield st.local_copy(self.kept[-1].path, tmp)
+
+    def report(self, metrics: dict, save: Callable[[str], None] | None) -> None:
+        from ftray import runfolder as rf
+        from ftray import storage as st
+
+        if save:
+            with tempfile.TemporaryDirectory(prefix="ftray-ckpt-") as folder:
+                save(folder)
+                stored = rf.store_checkpoint(self.run_dir, self.trial_id, folder, metrics["step"],
+                                             metrics.get(self.objective))
+            self.kept = rf.drop_checkpoints(self.kept + [stored], self.keep, self.mode)
+            metrics = dict(metrics, checkpoint_path=st.fs_path(stored.path))  # as Train reports its own
+        if self._report is None:
+            from ray import tune
+
+            self._report = tune.report
+        self._report(metrics)
+
+    def log(self, message: str) -> None:
+        sys.stdout.write(f"ftray: {message}\n")
+        sys.stdout.flush()
 
 
 class LocalContext:

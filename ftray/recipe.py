@@ -1,12 +1,14 @@
-"""The training recipe: the code that trains one trial, on each Ray Train worker or in one plain process.
+"""The training recipe: the code that trains one trial, on each Ray Train worker, in a one-worker
+trial's Tune process, or in one plain process.
 
 Reads in the order it runs: `setup` (tokenizer, data, model with LoRA, optimizer, and the checkpoint
 to resume from), the base evaluation, then `train`: get a batch, forward, backward, step, and every
 `eval_every` steps `report` (evaluate, save a checkpoint, hand both to the context).
 
-Ray Train is behind a small context (ftray/context.py's `RayContext`): rank, world size, device, the
-checkpoint to resume from, and report. `LocalContext` is the same for one plain process (rank 0 of 1),
-which is how the bench and the unit tests run this very loop (`run_local`).
+Ray is behind a small context (ftray/context.py): rank, world size, device, the checkpoint to resume
+from, and report. `RayContext` is a Train worker's, `TrialContext` a Tune trial's; `LocalContext` is
+one plain process (rank 0 of 1), which is how the bench and the unit tests run this very loop
+(`run_local`).
 
 A checkpoint folder holds all a resumed run needs, and all an evaluation outside ftray needs: peft's
 adapter files, the tokenizer, the trial's settings (trial_config.json) and trainer_state.pt (tensors
@@ -27,7 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from ftray.config import TrialConfig
-from ftray.context import LocalContext, RayContext
+from ftray.context import LocalContext, RayContext, TrialContext
 from ftray.data import batches, collate, select, tokenize_examples
 from ftray.evaluate import score, sum_over_workers
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, count_params, load_tokenizer
@@ -84,7 +86,7 @@ class TrainState:
 class LoRARecipe:
     """One trial's LoRA finetune: setup, base evaluation, the loop, evaluations and checkpoints."""
 
-    def __init__(self, job: TrialJob, ctx: RayContext | LocalContext, *, restarts: int = 0,
+    def __init__(self, job: TrialJob, ctx: RayContext | TrialContext | LocalContext, *, restarts: int = 0,
                  launched_at: float | None = None, trace: list | None = None):
         self.job, self.cfg, self.ctx = job, job.config, ctx
         self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device
@@ -361,14 +363,17 @@ def train_loop(loop_config: dict) -> None:
     loop_config: {"job": TrialJob, "restarts": int, "launched_at": time.time() when the trial's driver
     launched the Train run}.
     """
-    job: TrialJob = loop_config["job"]
+    run_recipe(loop_config["job"], RayContext(), restarts=int(loop_config.get("restarts", 0)),
+               launched_at=loop_config.get("launched_at"))
+
+
+def run_recipe(job: TrialJob, ctx, *, restarts: int = 0, launched_at: float | None = None) -> None:
+    """The recipe under a context; a NaN loss ends it with DivergedError, which the trial classifies
+    (ftray/trial.py). On Train, every worker sees the same NaN gradient norm, so all stop here together."""
     with _memory_errors(job):
-        recipe = LoRARecipe(job, RayContext(), restarts=int(loop_config.get("restarts", 0)),
-                            launched_at=loop_config.get("launched_at"))
+        recipe = LoRARecipe(job, ctx, restarts=restarts, launched_at=launched_at)
         recipe.run()
     if recipe.diverged_at is not None:
-        # Ends the Train run as a failure its driver classifies (ftray/trial.py): every worker sees the
-        # same NaN gradient norm, so all of them stop here together.
         raise DivergedError(f"the training loss became NaN or infinite at step {recipe.diverged_at}")
 
 

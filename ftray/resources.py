@@ -39,11 +39,12 @@ def plan_resources(sweep, cluster: Mapping[str, float]) -> Resources:
     per_trial_gpu = []
     for m in model_ids:
         w, g = sweep.workers_for(m), sweep.gpus_for(m)
-        need_cpu = w * cpw + TRIAL_DRIVER_CPU
+        driver = 0.0 if sweep.in_trial_process(m) else TRIAL_DRIVER_CPU
+        need_cpu = w * cpw + driver
         if need_cpu > cpus + 1e-9:
             raise FtrayInputError(
-                f"a trial of {m!r} needs {w} workers x {cpw:g} CPUs (+{TRIAL_DRIVER_CPU} for its driver) = "
-                f"{need_cpu:g} CPUs, but the cluster has {cpus:g}: lower `workers` or `cpus_per_worker`"
+                f"a trial of {m!r} needs {w} workers x {cpw:g} CPUs" + (f" (+{driver} for its driver)" if driver else "")
+                + f" = {need_cpu:g} CPUs, but the cluster has {cpus:g}: lower `workers` or `cpus_per_worker`"
             )
         if w * g > gpus + 1e-9:
             raise FtrayInputError(
@@ -62,11 +63,21 @@ def plan_resources(sweep, cluster: Mapping[str, float]) -> Resources:
     return Resources(cpw, concurrent, dict(cluster))
 
 
+def trial_request(sweep, model_id: str, cpus_per_worker: float) -> dict[str, float]:
+    """What Tune reserves for a trial of this model: its one worker when it trains in the Tune trial's
+    own process, else its idle driver only (Ray Train reserves the workers)."""
+    if not sweep.in_trial_process(model_id):
+        return {"CPU": TRIAL_DRIVER_CPU}
+    g = sweep.gpus_for(model_id)
+    return {"CPU": cpus_per_worker, **({"GPU": g} if g else {})}
+
+
 def trial_shapes(sweep, resources: Resources) -> str:
     """"2 Train workers x 1 CPU", or one such per distinct shape when model rungs override it."""
-    shapes = sorted({(sweep.workers_for(m), sweep.gpus_for(m)) for m in sweep.models_in_space()})
-    return " or ".join(f"{w} Train worker{'s' * (w > 1)} x {resources.cpus_per_worker:g} CPU" + (f" x {g:g} GPU" if g else "")
-                       for w, g in shapes)
+    shapes = sorted({(sweep.workers_for(m), sweep.gpus_for(m), sweep.in_trial_process(m)) for m in sweep.models_in_space()})
+    return " or ".join(("1 worker in its Tune trial" if here else f"{w} Train worker{'s' * (w > 1)}")
+                       + f" x {resources.cpus_per_worker:g} CPU" + (f" x {g:g} GPU" if g else "")
+                       for w, g, here in shapes)
 
 
 def local_resources() -> dict[str, float]:

@@ -5,7 +5,9 @@
       sweep.py                  the sweep file as run
       <trial folder>/           Ray Tune's own: params.json, result.json (one line per report), error.txt
         ftray_trial.json        TrialRecord: the trial's TrialConfig and its TrialOutcome
-      checkpoints/<trial id>/   adapter checkpoints (adapter, tokenizer, trainer state), best by the objective
+      checkpoints/<trial id>/   adapter checkpoints (adapter, tokenizer, trainer state), best by the objective:
+                                Train's checkpoint_<time>/, or checkpoint_step_<n>/ of a trial trained in its
+                                Tune trial's process (with ftray_checkpoint.json, written last)
       report.json, frontier.csv, *.png
 
 Ray Tune's experiment-state file is read here only (to list the trials and their status); report,
@@ -15,6 +17,7 @@ eval and resume go through this module.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -30,6 +33,7 @@ SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothin
 TRIAL_FILE = "ftray_trial.json"
 TEST_FILE = "ftray_test.json"  # the trial's adapter scored on the task's held-out test rows
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_MARK = "ftray_checkpoint.json"  # {"step", "score"}: the last file of a checkpoint ftray stored itself
 CONFIRM = "confirm"  # Tune's experiment of the confirmation phase (Search.repeats), inside the run folder
 OUTCOMES = ("ok", "diverged", "did-not-fit", "error")
 
@@ -230,6 +234,51 @@ def trial_checkpoint(run_dir: str, trial_id: str, reported: str | None) -> str |
     folder = trial_checkpoints(run_dir, trial_id)
     kept = [n for n in st.list_names(folder, folders_only=True) if n.startswith("checkpoint_")]
     return st.join(folder, max(kept)) if kept else None
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint ftray stored itself (a one-worker trial trained in its Tune trial, trial.py)."""
+
+    path: str
+    step: int
+    score: float | None  # the objective at that step
+
+
+def store_checkpoint(run_dir: str, trial_id: str, local_dir: str, step: int, score: float | None) -> StoredCheckpoint:
+    """Copy a checkpoint folder to the trial's checkpoints, beside where Train keeps those of larger
+    trials; its mark, written last, says the copy is whole."""
+    path = st.join(trial_checkpoints(run_dir, trial_id), f"checkpoint_step_{step:06d}")
+    st.upload_tree(local_dir, path)
+    st.write_text(st.join(path, CHECKPOINT_MARK), json.dumps({"step": step, "score": score}))
+    return StoredCheckpoint(path, step, score)
+
+
+def stored_checkpoints(run_dir: str, trial_id: str) -> list[StoredCheckpoint]:
+    """The whole checkpoints of a trial, oldest first. A copy cut short (its process died during the
+    upload) has no mark: it is removed, so nothing else can take it for the newest."""
+    folder = trial_checkpoints(run_dir, trial_id)
+    out = []
+    for name in st.list_names(folder, folders_only=True):
+        mark = _read_json(st.join(folder, name, CHECKPOINT_MARK))
+        if mark is None:
+            st.remove_tree(st.join(folder, name))
+        else:
+            out.append(StoredCheckpoint(st.join(folder, name), int(mark["step"]), mark["score"]))
+    return sorted(out, key=lambda c: c.step)
+
+
+def drop_checkpoints(kept: list[StoredCheckpoint], keep: int, mode: str) -> list[StoredCheckpoint]:
+    """Keep the `keep` best by the objective and the latest (a resumed trial goes on from it), as Train's
+    CheckpointConfig does; remove the others. Returns what is kept, oldest first."""
+    sign = 1 if mode == "max" else -1
+    best = sorted(kept, key=lambda c: -math.inf if c.score is None else sign * c.score, reverse=True)[:keep]
+    latest = max(kept, key=lambda c: c.step, default=None)
+    stays = [c for c in kept if c in best or c is latest]
+    for c in kept:
+        if c not in stays:
+            st.remove_tree(c.path)
+    return stays
 
 
 def prune_checkpoints(run_dir: str, keep: set[str], trials: list[TuneTrial]) -> list[str]:

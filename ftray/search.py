@@ -6,6 +6,7 @@ what the run leaves on disk, ftray/runfolder.py.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import time
@@ -19,7 +20,7 @@ from ftray import storage as st
 from ftray.errors import FtrayInputError
 from ftray.preflight import check_fits_here, check_run_name, check_storage, prepare
 from ftray.space import is_domain, is_grid
-from ftray.resources import TRIAL_DRIVER_CPU, fmt_resources, plan_resources, trial_shapes
+from ftray.resources import fmt_resources, plan_resources, trial_request, trial_shapes
 from ftray.sweep import Sweep, default_mode, diff_descriptions
 
 
@@ -243,7 +244,14 @@ def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resour
     # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
     # Optuna is told it was pruned, and the report lists why.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": TRIAL_DRIVER_CPU})
+    request = functools.partial(_trial_resources, sweep=sweep, cpus_per_worker=resources.cpus_per_worker)
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup), request)
+
+
+def _trial_resources(sampled: dict, sweep: Sweep, cpus_per_worker: float):
+    from ray import tune
+
+    return tune.PlacementGroupFactory([trial_request(sweep, sweep.trial_config(sampled).model, cpus_per_worker)])
 
 
 def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources, options: Options, resume: bool):

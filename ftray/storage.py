@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import uuid
 
 # Query parameters that hold secrets, matched as substrings of the lowercased name (pyarrow's S3
@@ -175,6 +176,11 @@ def uri_of(base: str, fs_path: str) -> str:
     return f"{head.split('://', 1)[0]}://{fs_path}{query}"
 
 
+def fs_path(path: str) -> str:
+    """The path within its file system, as pyarrow (and Ray) give it: no scheme, no query."""
+    return _fs(path)[1]
+
+
 def _fs(path: str):
     import pyarrow.fs
 
@@ -281,10 +287,21 @@ def local_copy(path: str, dest_dir: str) -> str:
     return dest_dir
 
 
+def upload_tree(local_dir: str, path: str) -> None:
+    """Copy a local folder's files to `path` (a local folder or a URI), creating it."""
+    import pyarrow.fs
+
+    local = local_path(path)
+    if local is not None:
+        shutil.copytree(local_dir, local, dirs_exist_ok=True)
+        return
+    fs, p = _fs(path)
+    fs.create_dir(p, recursive=True)
+    pyarrow.fs.copy_files(local_dir, p, destination_filesystem=fs)
+
+
 def remove_tree(path: str) -> None:
     """Delete a folder and everything in it (no error when it is already gone)."""
-    import shutil
-
     if not is_uri(path):
         shutil.rmtree(path, ignore_errors=True)
         return

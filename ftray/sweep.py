@@ -96,9 +96,16 @@ class Scaling:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # default: 1, or less when the cluster is smaller
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources fit
+    # A one-worker trial trains in its Tune trial's own process: no Train worker group to start, about
+    # 25 CPU-seconds less a trial (README, Benchmarks). False starts Ray Train for it too, for Train's
+    # restarts of a lost worker (max_restarts); in its own process, a lost trial is resumed with
+    # `ftray resume --resume-errored`.
+    one_worker_in_trial: bool = True
 
     def __post_init__(self):
         _check(_is_int(self.workers, 1), f"workers must be an int >= 1, got {self.workers!r}")
+        _check(isinstance(self.one_worker_in_trial, bool),
+               f"one_worker_in_trial must be True or False, got {self.one_worker_in_trial!r}")
         _check(_is_number(self.gpus_per_worker) and self.gpus_per_worker >= 0,
                f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
         _check(self.cpus_per_worker is None or (_is_number(self.cpus_per_worker) and self.cpus_per_worker > 0),
@@ -142,7 +149,7 @@ class Search:
 class Failure:
     """What happens when a trial fails."""
 
-    max_restarts: int = 2  # restarts of a trial's workers after a lost worker, from the latest checkpoint
+    max_restarts: int = 2  # restarts of a Train trial's workers after a lost worker, from the latest checkpoint
     keep_checkpoints: int = 1  # adapter checkpoints kept per trial, best by the objective
 
     def __post_init__(self):
@@ -279,6 +286,10 @@ class Sweep:
     def workers_for(self, model_id: str) -> int:
         return self.model(model_id).workers or self.scaling.workers
 
+    def in_trial_process(self, model_id: str) -> bool:
+        """Whether this model's trials train in their Tune trial's process rather than on Train workers."""
+        return self.scaling.one_worker_in_trial and self.workers_for(model_id) == 1
+
     def gpus_for(self, model_id: str) -> float:
         g = self.model(model_id).gpus_per_worker
         return self.scaling.gpus_per_worker if g is None else g
@@ -339,6 +350,8 @@ def diff_descriptions(old: Mapping, new: Mapping, prefix: str = "") -> list[str]
     """What changed between two `Sweep.describe()` results, one "field: old -> new" line each."""
     out = []
     for key in sorted(set(old) | set(new)):
+        if key not in old and prefix[:-1] in (*GROUPS, "wandb"):
+            continue  # a setting added to ftray since the run was made: the run goes on with its default
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += diff_descriptions(a, b, f"{prefix}{key}.")

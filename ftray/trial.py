@@ -1,11 +1,11 @@
-"""One Tune trial: the driver of a Ray Train run for one TrialConfig, its retries, and its outcome.
+"""One Tune trial: one TrialConfig trained, its retries, and its outcome.
 
-The trial function builds a `TorchTrainer` whose workers run the recipe (ftray/recipe.py);
-`TuneReportCallback` forwards rank 0's reports (and checkpoint) to Tune. Hyperparameters were
-sampled once on the sweep's driver, so every worker of a trial trains the same configuration.
-How the trial ended is written into its folder as a typed `TrialOutcome`: a lost worker is
-restarted from the latest checkpoint, while a NaN loss, an out-of-memory or a bug in user code is
-recorded with its reason and not retried.
+A one-worker trial runs the recipe (ftray/recipe.py) in the Tune trial's own process. A larger one
+drives a Ray Train run: a `TorchTrainer` whose workers run the recipe, with `TuneReportCallback`
+forwarding rank 0's reports (and checkpoint path) to Tune; hyperparameters were sampled once on the
+sweep's driver, so every worker trains the same configuration. How the trial ended is written into
+its folder as a typed `TrialOutcome`: a lost Train worker is restarted from the latest checkpoint,
+while a NaN loss, an out-of-memory or a bug in user code is recorded with its reason and not retried.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ def train_env(local: bool) -> dict[str, str]:
 
 def run_trial(sampled: dict, setup: TrialSetup) -> None:
     """The Tune trial function: train `sampled` (the sweep's defaults with these values replaced)."""
-    import ray.train
     from ray import tune
 
     sweep = setup.sweep
@@ -59,26 +58,63 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     trial_dir = st.join(setup.experiment_dir, os.path.basename(tune.get_context().get_trial_dir()))
     rf.write_trial(trial_dir, rf.TrialRecord(config))
-    os.environ.update(setup.env)
     job = _job(config, setup)
-    for restarts in range(sweep.failure.max_restarts + 1):
+    if sweep.in_trial_process(config.model):
+        outcome, error = _train_here(job, setup, trial_id)
+    else:
+        outcome, error = _train_on_workers(job, setup, trial_id)
+    rf.write_trial(trial_dir, rf.TrialRecord(config, outcome))
+    # Did-not-fit and diverged are not errors of the sweep: this model and batch do not fit this
+    # hardware, or these settings diverge. The outcome says so, the report lists it, and the sweep goes on.
+    if error is not None:
+        raise error
+
+
+def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome, Exception | None]:
+    """A one-worker trial in this process (Sweep.in_trial_process): no Train worker group to start."""
+    import gc
+
+    import ray
+    import torch
+
+    from ftray.context import TrialContext
+    from ftray.recipe import run_recipe
+
+    sweep, launched = setup.sweep, time.time()
+    device = torch.device("cuda", 0) if ray.get_gpu_ids() else torch.device("cpu")  # Ray set CUDA_VISIBLE_DEVICES
+    ctx = TrialContext(setup.run_dir, trial_id, keep=sweep.failure.keep_checkpoints, objective=sweep.objective,
+                       mode=sweep.mode, device=device)
+    try:
+        run_recipe(job, ctx, launched_at=launched)
+    except Exception as e:
+        kind, message = classify_failure(e)
+        return rf.TrialOutcome(kind, message), (e if kind == "error" else None)
+    finally:
+        gc.collect()  # Tune may run the next trial in this process: the model goes now
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rf.TrialOutcome("ok"), None
+
+
+def _train_on_workers(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome, Exception | None]:
+    """A Ray Train run of the trial's workers, restarted from the latest checkpoint after a lost worker."""
+    import ray.train
+
+    max_restarts = setup.sweep.failure.max_restarts
+    os.environ.update(setup.env)
+    restarts = 0
+    while True:
         try:
             _trainer(job, setup, trial_id, restarts).fit()
+            return rf.TrialOutcome("ok", None, restarts), None
         except ray.train.TrainingFailedError as e:
             kind, message = classify_failure(e)
-            if kind == "lost-worker" and restarts < sweep.failure.max_restarts:
-                print(f"ftray: trial {trial_id}: {message}; restarting its workers from the latest checkpoint "
-                      f"({restarts + 1}/{sweep.failure.max_restarts})", flush=True)
-                continue
-            kind = "error" if kind == "lost-worker" else kind
-            rf.write_trial(trial_dir, rf.TrialRecord(config, rf.TrialOutcome(kind, message, restarts)))
-            if kind in ("did-not-fit", "diverged"):
-                # Not an error of the sweep: this model and batch do not fit this hardware, or these
-                # settings diverge. The outcome says so, the report lists it, and the sweep goes on.
-                return
-            raise
-        rf.write_trial(trial_dir, rf.TrialRecord(config, rf.TrialOutcome("ok", None, restarts)))
-        return
+            if kind != "lost-worker" or restarts == max_restarts:
+                kind = "error" if kind == "lost-worker" else kind
+                return rf.TrialOutcome(kind, message, restarts), (e if kind == "error" else None)
+        restarts += 1
+        print(f"ftray: trial {trial_id}: {message}; restarting its workers from the latest checkpoint "
+              f"({restarts}/{max_restarts})", flush=True)
 
 
 def _job(config: TrialConfig, setup: TrialSetup):
@@ -153,9 +189,11 @@ def classify_failure(error: Exception) -> tuple[str, str]:
     """
     from ray.exceptions import RayActorError
 
-    failures = list(getattr(error, "worker_failures", {}).values()) or [error]
-    causes = [c for f in failures for c in _causes(f)]
-    text = "\n".join(str(f) for f in failures)
+    failures = list(getattr(error, "worker_failures", {}).values())
+    # A Train run's failure text holds each worker's traceback; a trial trained in its own process
+    # has the exception itself.
+    text = "\n".join(str(f) for f in failures) if failures else f"{type(error).__name__}: {error}"
+    causes = [c for f in failures or [error] for c in _causes(f)]
     from ftray.recipe import DivergedError
 
     if any(is_out_of_memory(c) for c in causes):

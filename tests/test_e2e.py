@@ -84,7 +84,9 @@ def test_all_trials_finish_and_report_agrees_with_tune(sweep_run, shared_report)
 def test_each_trial_reports_as_it_trains_and_loss_falls(sweep_run, shared_report):
     run_dir, log, _ = sweep_run
     report = shared_report  # `ftray report RUN --json`, run once
-    # The console shows ftray's progress lines, not Ray Train's dump of every report (per-row lists).
+    # One-worker trials train in their Tune trials' processes (no Train worker group); the console shows
+    # ftray's progress lines.
+    assert "each trial 1 worker in its Tune trial x 0.9 CPU" in log and "RayTrainWorker" not in log
     assert "evaluation at step 24/24" in log and "Reporting training result" not in log
     for t in report["trials"]:
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
@@ -250,6 +252,9 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(tmp_path):
     env = dict(clean_env(tmp_path), FTRAY_CACHE=cache_root())
     proc = ftray("run", str(tmp_path / "real_sweep.py"), "--storage", str(tmp_path / "runs"), env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    # A Train run: its workers print ftray's progress lines, not Ray Train's dump of every report (per-row lists).
+    assert "each trial 2 Train workers" in proc.stdout and "evaluation at step 6/6" in proc.stdout + proc.stderr
+    assert "Reporting training result" not in proc.stdout + proc.stderr
     report = report_json(tmp_path / "runs" / "real")
     assert [t["config"]["data_filter"] for t in report["trials"]] == ["inform"]
     for t in report["trials"]:

@@ -123,3 +123,44 @@ def test_out_of_memory_says_what_to_lower(task, tokenizer_json):
     trial = dataclasses.replace(job(task, tokenizer_json, steps=10, eval_every=5), faults={"oom_at_step": 3})
     with pytest.raises(DidNotFitError, match="lower batch_size"):
         run_local(trial)
+
+
+def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_resumes_from_the_latest(
+        task, tokenizer_json, tmp_path):
+    """TrialContext (a one-worker trial in its Tune trial's process) with Tune's report replaced by a list."""
+    from ftray import runfolder as rf
+    from ftray.context import TrialContext
+    from ftray.recipe import run_recipe
+
+    run_dir, reports = str(tmp_path / "run"), []
+
+    def context():
+        return TrialContext(run_dir, "t1", keep=1, objective="eval_loss", mode="min", device=torch.device("cpu"),
+                            report=reports.append)
+
+    trial = job(task, tokenizer_json, steps=6, eval_every=2)
+    run_recipe(trial, context())
+    assert [r["step"] for r in reports] == [2, 4, 6]
+    kept = rf.stored_checkpoints(run_dir, "t1")
+    best = min(reports, key=lambda r: r["eval_loss"])["step"]
+    assert [c.step for c in kept] == sorted({best, 6})  # the best by eval_loss, and the latest
+    for r in reports:  # each report names its checkpoint, as Train's do
+        assert os.path.basename(r["checkpoint_path"]) == f"checkpoint_step_{r['step']:06d}"
+    assert os.path.exists(os.path.join(reports[-1]["checkpoint_path"], TRAINER_STATE))
+
+    # A copy cut short (no mark) is not taken for the newest; a longer trial goes on from step 6.
+    os.makedirs(os.path.join(rf.trial_checkpoints(run_dir, "t1"), "checkpoint_step_000099"))
+    reports.clear()
+    run_recipe(dataclasses.replace(trial, config=dataclasses.replace(trial.config, steps=8)), context())
+    assert [r["step"] for r in reports] == [8]
+    assert not os.path.exists(os.path.join(rf.trial_checkpoints(run_dir, "t1"), "checkpoint_step_000099"))
+    assert rf.trial_checkpoint(run_dir, "t1", None).endswith("checkpoint_step_000008")
+
+
+def test_a_failure_in_the_trials_own_process_is_classified_by_its_type():
+    from ftray.recipe import DidNotFitError, DivergedError
+    from ftray.trial import classify_failure
+
+    assert classify_failure(DivergedError("NaN at step 3")) == ("diverged", "NaN at step 3")
+    assert classify_failure(DidNotFitError("lower batch_size"))[0] == "did-not-fit"
+    assert classify_failure(ZeroDivisionError("user bug")) == ("error", "ZeroDivisionError: user bug")
