@@ -97,7 +97,7 @@ class Scaling:
     cpus_per_worker: float | None = None  # default: 1, or less when the cluster is smaller
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources fit
     # A one-worker trial trains in its Tune trial's own process: no Train worker group to start, about
-    # 25 CPU-seconds less a trial (README, Benchmarks). False starts Ray Train for it too, for Train's
+    # 25 CPU-seconds less a trial (README, Tests). False starts Ray Train for it too, for Train's
     # restarts of a lost worker (max_restarts); in its own process, a lost trial is resumed with
     # `ftray resume --resume-errored`.
     one_worker_in_trial: bool = True
