@@ -185,3 +185,23 @@ def test_the_worker_loop_imports_without_ray_tune():
     code = "import sys, ftray.recipe, ftray; assert 'ray.tune' not in sys.modules; ftray.Sweep; assert 'ray.tune' in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_one_worker_trial_reserves_its_worker_in_tune_and_a_train_run_only_its_driver():
+    from ftray import ModelSpec, Sweep, SyntheticTask
+    from ftray.resources import TRIAL_DRIVER_CPU, plan_resources, trial_request, trial_shapes
+
+    models = ["tiny-xs", ModelSpec("tiny-s", workers=2), ModelSpec("tiny-m", gpus_per_worker=0.5)]
+    sweep = Sweep(name="r", task=SyntheticTask(), models=models, workers=1, cpus_per_worker=1.0, num_trials=8)
+    cluster = {"CPU": 4.0, "GPU": 1.0}
+    r = plan_resources(sweep, cluster)
+    assert trial_request(sweep, "tiny-xs", 1.0) == {"CPU": 1.0}  # trains in the Tune trial's process
+    assert trial_request(sweep, "tiny-m", 1.0) == {"CPU": 1.0, "GPU": 0.5}
+    assert trial_request(sweep, "tiny-s", 1.0) == {"CPU": TRIAL_DRIVER_CPU}  # Train reserves its 2 workers
+    # The biggest trial, the 2-worker Train run, needs 2 + 0.01 CPUs: one of them fits on 4 at a time.
+    assert r.max_concurrent_trials == 1
+    assert trial_shapes(sweep, r) == ("1 worker in its Tune trial x 1 CPU or 1 worker in its Tune trial x 1 CPU x 0.5 GPU"
+                                      " or 2 Train workers x 1 CPU")
+    on_train = Sweep(name="r", task=SyntheticTask(), models=["tiny-xs"], workers=1, one_worker_in_trial=False)
+    assert trial_request(on_train, "tiny-xs", 1.0) == {"CPU": TRIAL_DRIVER_CPU}
+    assert plan_resources(on_train, {"CPU": 2.0}).cpus_per_worker == pytest.approx(1.0)
