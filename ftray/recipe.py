@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -120,6 +121,7 @@ class LoRARecipe:
         self._setup_model()
         self._setup_optimizer()
         with self.ctx.resume_folder() as folder:
+            self.resumed = bool(folder)
             if folder:
                 self.load_checkpoint(folder)
                 self.log(f"resumed at step {self.state.step}/{self.total_steps}")
@@ -245,8 +247,11 @@ class LoRARecipe:
                     return
 
     def _inject_faults(self, loss: torch.Tensor) -> torch.Tensor:
-        """The faults ftray's own tests inject (TrialJob.faults): a NaN loss or an out-of-memory at a step."""
+        """The faults ftray's own tests inject (TrialJob.faults): a NaN loss or an out-of-memory at a step,
+        or the process lost (SIGKILL) at a step unless it resumed from a checkpoint."""
         at = self.state.step + 1
+        if self.job.faults.get("lost_at_step") == at and not self.resumed:
+            os.kill(os.getpid(), signal.SIGKILL)
         if self.job.faults.get("oom_at_step") == at:
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected at step {at})")
         if self.job.faults.get("nan_at_step") == at:

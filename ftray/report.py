@@ -35,8 +35,10 @@ def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord, run_dir: str) -> di
     config = trial.record.config.to_dict() if trial.record else dict(trial.params)
     outcome = trial.record.outcome if trial.record else None
     reason = outcome.describe() if outcome else None
-    if reason is None and trial.status == "ERROR":  # the trial's driver itself was lost: no outcome written
-        reason = f"error: no outcome recorded (see {st.redact(st.join(trial.trial_dir, 'error.txt'))})"
+    if reason is None and trial.status == "ERROR":  # the trial's own process was lost: no outcome written
+        reason = (f"error: its process was lost before it recorded an outcome (see "
+                  f"{st.redact(st.join(trial.trial_dir, 'error.txt'))}); `ftray resume --resume-errored` "
+                  "continues it from its latest checkpoint")
     model = config.get("model")
     workers = record.workers.get(model, last.get("world_size", 1))
     gpus = record.gpus_per_worker.get(model, 0)

@@ -240,23 +240,28 @@ class BuggyTask(_Synthetic):
     def score(self, predictions, examples):
         raise ZeroDivisionError("user bug in score()")
 
-sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs", "tiny-s", "tiny-m"],
-              num_trials=3, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
+sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
+              models=["tiny-xs", "tiny-s", "tiny-m", "tiny-l"], num_trials=4, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
               max_new_tokens=8, batch_size=8,
               max_length=96, eval_base=False, wandb=WandB(mode="disabled"))
 """)
-    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3}]
+    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3},
+              {"model": "tiny-l", "lost_at_step": 5}]  # its process SIGKILLs itself
     env = dict(os.environ, FTRAY_INJECT=json.dumps(faults))
     proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
     out = proc.stdout + proc.stderr
     trials = {t["model"]: t for t in report(tmp_path / "runs" / "faults")["trials"]}
-    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m"}, out[-3000:]
-    nan, oom, bug = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"]
+    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m", "tiny-l"}, out[-3000:]
+    nan, oom, bug, lost = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"], trials["tiny-l"]
     assert nan["outcome"] == "diverged" and nan["reason"].startswith("diverged")
     assert "at step 5" in nan["reason"]  # stopped at once
     assert oom["outcome"] == "did-not-fit" and "lower batch_size" in oom["reason"]
     assert bug["status"] == "ERROR" and bug["outcome"] == "error" and "user bug in score()" in bug["reason"]
     assert "user bug in score()" in (Path(bug["trial_dir"]) / "error.txt").read_text()  # the traceback is kept
+    # A one-worker trial trains in its Tune trial's process; lost, it is an error Tune does not retry
+    # (it would retry the bug too), and the report says how to continue it.
+    assert lost["status"] == "ERROR" and lost["outcome"] is None and "process was lost" in lost["reason"]
+    assert "--resume-errored" in lost["reason"] and [h["step"] for h in history(lost["trial_dir"])] == []
     for t in trials.values():
         assert t["objective"] is None and t["restarts"] == 0  # none is retried in vain, none is on the front
     assert proc.returncode == 0, out[-3000:]  # not every trial errored: the report is still worth reading
