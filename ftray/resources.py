@@ -63,13 +63,18 @@ def plan_resources(sweep, cluster: Mapping[str, float]) -> Resources:
     return Resources(cpw, concurrent, dict(cluster))
 
 
+def worker_resources(sweep, model_id: str, cpus_per_worker: float) -> dict[str, float]:
+    """What one worker of a trial of this model holds."""
+    g = sweep.gpus_for(model_id)
+    return {"CPU": cpus_per_worker, **({"GPU": g} if g else {})}
+
+
 def trial_request(sweep, model_id: str, cpus_per_worker: float) -> dict[str, float]:
     """What Tune reserves for a trial of this model: its one worker when it trains in the Tune trial's
     own process, else its idle driver only (Ray Train reserves the workers)."""
     if not sweep.in_trial_process(model_id):
         return {"CPU": TRIAL_DRIVER_CPU}
-    g = sweep.gpus_for(model_id)
-    return {"CPU": cpus_per_worker, **({"GPU": g} if g else {})}
+    return worker_resources(sweep, model_id, cpus_per_worker)
 
 
 def trial_shapes(sweep, resources: Resources) -> str:

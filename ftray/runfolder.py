@@ -33,7 +33,8 @@ SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothin
 TRIAL_FILE = "ftray_trial.json"
 TEST_FILE = "ftray_test.json"  # the trial's adapter scored on the task's held-out test rows
 CHECKPOINTS = "checkpoints"
-CHECKPOINT_MARK = "ftray_checkpoint.json"  # {"step", "score"}: the last file of a checkpoint ftray stored itself
+STEP_CHECKPOINT = "checkpoint_step_"  # + the step: a checkpoint ftray stored itself (Train names its own by time)
+CHECKPOINT_MARK = "ftray_checkpoint.json"  # {"step", "score"}: the last file of such a checkpoint
 CONFIRM = "confirm"  # Tune's experiment of the confirmation phase (Search.repeats), inside the run folder
 OUTCOMES = ("ok", "diverged", "did-not-fit", "error")
 
@@ -225,14 +226,16 @@ def trial_checkpoints(run_dir: str, trial_id: str) -> str:
 def trial_checkpoint(run_dir: str, trial_id: str, reported: str | None) -> str | None:
     """The trial's checkpoint: the one its last report names where it is still there, else the newest
     kept (a trial restored from its final checkpoint reports again without saving a new one; a trial
-    stopped by ASHA can report one that Train's retention then deleted). Checkpoints are Train's
-    checkpoint_<time> folders; its checkpoint_manager_snapshot.json beside them is not one."""
+    stopped by ASHA can report one that retention then deleted). Checkpoints are Train's
+    checkpoint_<time> folders (its checkpoint_manager_snapshot.json beside them is not one) or ftray's
+    own checkpoint_step_<n>, whole when marked."""
     if reported:
         path = st.uri_of(run_dir, reported)
         if st.exists(path):
             return path
     folder = trial_checkpoints(run_dir, trial_id)
-    kept = [n for n in st.list_names(folder, folders_only=True) if n.startswith("checkpoint_")]
+    kept = [n for n in st.list_names(folder, folders_only=True) if n.startswith("checkpoint_")
+            and (not n.startswith(STEP_CHECKPOINT) or st.exists(st.join(folder, n, CHECKPOINT_MARK)))]
     return st.join(folder, max(kept)) if kept else None
 
 
@@ -246,37 +249,49 @@ class StoredCheckpoint:
 
 
 def store_checkpoint(run_dir: str, trial_id: str, local_dir: str, step: int, score: float | None) -> StoredCheckpoint:
-    """Copy a checkpoint folder to the trial's checkpoints, beside where Train keeps those of larger
-    trials; its mark, written last, says the copy is whole."""
-    path = st.join(trial_checkpoints(run_dir, trial_id), f"checkpoint_step_{step:06d}")
+    """Copy a checkpoint folder to the trial's checkpoints, where Train keeps those of larger trials;
+    its mark, written last, says the copy is whole."""
+    path = st.join(trial_checkpoints(run_dir, trial_id), f"{STEP_CHECKPOINT}{step:06d}")
     st.upload_tree(local_dir, path)
     st.write_text(st.join(path, CHECKPOINT_MARK), json.dumps({"step": step, "score": score}))
     return StoredCheckpoint(path, step, score)
 
 
 def stored_checkpoints(run_dir: str, trial_id: str) -> list[StoredCheckpoint]:
-    """The whole checkpoints of a trial, oldest first. A copy cut short (its process died during the
-    upload) has no mark: it is removed, so nothing else can take it for the newest."""
+    """The whole checkpoints ftray stored for a trial, oldest first. A copy cut short (its process died
+    during the upload) has no mark: it is removed, so nothing takes it for the newest. Train's own
+    checkpoints (of a run made with Train for this trial) are left alone."""
     folder = trial_checkpoints(run_dir, trial_id)
     out = []
     for name in st.list_names(folder, folders_only=True):
-        mark = _read_json(st.join(folder, name, CHECKPOINT_MARK))
-        if mark is None:
+        if not name.startswith(STEP_CHECKPOINT):
+            continue
+        mark = st.join(folder, name, CHECKPOINT_MARK)
+        if not st.exists(mark):
             st.remove_tree(st.join(folder, name))
-        else:
-            out.append(StoredCheckpoint(st.join(folder, name), int(mark["step"]), mark["score"]))
+            continue
+        data = json.loads(st.read_text(mark))  # an error reading it is raised, not taken for a cut copy
+        out.append(StoredCheckpoint(st.join(folder, name), int(data["step"]), data["score"]))
     return sorted(out, key=lambda c: c.step)
 
 
 def drop_checkpoints(kept: list[StoredCheckpoint], keep: int, mode: str) -> list[StoredCheckpoint]:
     """Keep the `keep` best by the objective and the latest (a resumed trial goes on from it), as Train's
-    CheckpointConfig does; remove the others. Returns what is kept, oldest first."""
+    CheckpointConfig does: a missing or NaN score ranks last, and of equal scores the later one wins.
+    Remove the others, mark first (so a removal cut short leaves no folder that looks whole). Returns
+    what is kept, oldest first."""
     sign = 1 if mode == "max" else -1
-    best = sorted(kept, key=lambda c: -math.inf if c.score is None else sign * c.score, reverse=True)[:keep]
+
+    def rank(c: StoredCheckpoint) -> tuple:
+        scored = c.score is not None and not math.isnan(c.score)
+        return (scored, sign * c.score if scored else 0.0, c.step)
+
+    best = sorted(kept, key=rank, reverse=True)[:keep]
     latest = max(kept, key=lambda c: c.step, default=None)
     stays = [c for c in kept if c in best or c is latest]
     for c in kept:
         if c not in stays:
+            st.remove_file(st.join(c.path, CHECKPOINT_MARK))
             st.remove_tree(c.path)
     return stays
 

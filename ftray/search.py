@@ -6,12 +6,13 @@ what the run leaves on disk, ftray/runfolder.py.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 from ray.tune.search.optuna import OptunaSearch
 
@@ -158,6 +159,20 @@ def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool, new_run: bo
     return run_dir, previous
 
 
+# Settings added to ftray since a run may have been made, with the value that reproduces how such a
+# run ran: resumed by a newer ftray, it goes on as it started.
+AS_BEFORE = {("scaling", "one_worker_in_trial"): False}
+
+
+def as_recorded(sweep: Sweep, recorded: Mapping) -> Sweep:
+    """`sweep`, with each setting of AS_BEFORE that the recorded run (its `describe()`) predates set as it ran."""
+    out = copy.copy(sweep)
+    for (group, key), value in AS_BEFORE.items():
+        if key not in recorded.get(group, {}):
+            setattr(out, group, replace(getattr(out, group), **{key: value}))
+    return out
+
+
 @dataclass(frozen=True)
 class Options:
     """How `run` is asked to run a sweep (the CLI's flags)."""
@@ -180,6 +195,8 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     check_storage(storage)
     storage = st.normalize(storage)
     run_dir, previous = _run_folder(sweep, storage, name, options.resume, options.new_run)
+    if previous is not None:
+        sweep = as_recorded(sweep, previous.sweep)
     print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     prepared = prepare(sweep)
     check_fits_here(sweep, options.ray_address)
@@ -274,9 +291,9 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
             metric=sweep.objective, mode=sweep.mode, num_samples=sweep.search.num_trials,
             search_alg=searcher(sweep), scheduler=scheduler(sweep),
             max_concurrent_trials=resources.max_concurrent_trials,
-            # Trial drivers all ask for the same resources: one process serves trial after trial
-            # (about 2.5 s less between trials on 2 CPUs). Not with ASHA: a trial it stops must take
-            # its Train run down with it, and only ending its driver's process does that.
+            # One process serves trial after trial of the same resource request (about 2.5 s less
+            # between trials on 2 CPUs; a trial trained in it finds its imports done). Not with ASHA: a
+            # trial it stops must take its Train run down with it, and only ending its process does that.
             reuse_actors=sweep.search.asha is None,
         ),
         run_config=tune.RunConfig(name=name, storage_path=st.dirname(run_dir), callbacks=callbacks, verbose=1),
@@ -338,8 +355,6 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
 
 def resume(run_dir: str, options: Options = Options()) -> str:
     """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""
-    from dataclasses import replace
-
     run_dir = st.normalize(run_dir)
     sweep = rf.sweep_of_run(run_dir)
     return run(sweep, replace(options, storage=st.dirname(run_dir), name=st.basename(run_dir), resume=True,

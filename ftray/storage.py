@@ -300,6 +300,15 @@ def upload_tree(local_dir: str, path: str) -> None:
     pyarrow.fs.copy_files(local_dir, p, destination_filesystem=fs)
 
 
+def remove_file(path: str) -> None:
+    """Delete a file (no error when it is already gone)."""
+    fs, p = _fs(path)
+    try:
+        fs.delete_file(p)
+    except FileNotFoundError:
+        pass
+
+
 def remove_tree(path: str) -> None:
     """Delete a folder and everything in it (no error when it is already gone)."""
     if not is_uri(path):

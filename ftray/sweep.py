@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from ray.tune.search.sample import Categorical
@@ -96,9 +96,9 @@ class Scaling:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # default: 1, or less when the cluster is smaller
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources fit
-    # A one-worker trial trains in its Tune trial's own process: no Train worker group to start, about
-    # 25 CPU-seconds less a trial (README, Tests). False starts Ray Train for it too, for Train's
-    # restarts of a lost worker (max_restarts); in its own process, a lost trial is resumed with
+    # A one-worker trial trains in its Tune trial's own process: no Train worker group to start (README,
+    # Tests, measures what that saves). False starts Ray Train for it too, for Train's restarts of a
+    # lost worker (max_restarts); in its own process, a lost trial is resumed with
     # `ftray resume --resume-errored`.
     one_worker_in_trial: bool = True
 
@@ -199,7 +199,7 @@ class Sweep:
             by_group.setdefault(_SHORTHAND[key], {})[key] = value
         for group, changes in by_group.items():
             g = groups[group]
-            groups[group] = g.replace(**changes) if isinstance(g, TrialConfig) else _replace(g, changes)
+            groups[group] = g.replace(**changes) if isinstance(g, TrialConfig) else replace(g, **changes)
         self.name, self.task, self.objective, self.mode, self.storage = name, task, objective, mode, storage
         self.trial, self.scaling, self.search, self.failure = (groups[k] for k in ("trial", "scaling", "search", "failure"))
         self.wandb = WandB() if wandb is None else wandb
@@ -333,12 +333,6 @@ class Sweep:
                    search=Search(**search), failure=Failure(**d["failure"]), wandb=WandB(**d["wandb"]),
                    storage=d["storage"])
 
-def _replace(group, changes: dict):
-    from dataclasses import replace
-
-    return replace(group, **changes)
-
-
 def _did_you_mean(key: str) -> str:
     names = [*_SHORTHAND, "name", "task", "models", "space", "objective", "mode", "trial", "scaling", "search",
              "failure", "wandb", "storage"]
@@ -351,7 +345,7 @@ def diff_descriptions(old: Mapping, new: Mapping, prefix: str = "") -> list[str]
     out = []
     for key in sorted(set(old) | set(new)):
         if key not in old and prefix[:-1] in (*GROUPS, "wandb"):
-            continue  # a setting added to ftray since the run was made: the run goes on with its default
+            continue  # a setting added to ftray since the run was made (search.as_recorded)
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += diff_descriptions(a, b, f"{prefix}{key}.")

@@ -19,6 +19,7 @@ from typing import Mapping
 from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.config import TrialConfig
+from ftray.resources import worker_resources
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,7 @@ def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome,
     try:
         run_recipe(job, ctx, launched_at=launched)
     except Exception as e:
-        kind, message = classify_failure(e)
-        return rf.TrialOutcome(kind, message), (e if kind == "error" else None)
+        return _failed(e, restarts=0)
     finally:
         gc.collect()  # Tune may run the next trial in this process: the model goes now
         if device.type == "cuda":
@@ -110,11 +110,18 @@ def _train_on_workers(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOu
         except ray.train.TrainingFailedError as e:
             kind, message = classify_failure(e)
             if kind != "lost-worker" or restarts == max_restarts:
-                kind = "error" if kind == "lost-worker" else kind
-                return rf.TrialOutcome(kind, message, restarts), (e if kind == "error" else None)
+                return _failed(e, restarts)
         restarts += 1
         print(f"ftray: trial {trial_id}: {message}; restarting its workers from the latest checkpoint "
               f"({restarts}/{max_restarts})", flush=True)
+
+
+def _failed(error: Exception, restarts: int) -> tuple[rf.TrialOutcome, Exception | None]:
+    """The outcome of a try that failed for good, and the error to raise after it is written (a bug's:
+    Tune marks the trial ERROR with its traceback). A lost worker not restarted is an error too."""
+    kind, message = classify_failure(error)
+    kind = "error" if kind == "lost-worker" else kind
+    return rf.TrialOutcome(kind, message, restarts), (error if kind == "error" else None)
 
 
 def _job(config: TrialConfig, setup: TrialSetup):
@@ -136,7 +143,7 @@ def _trainer(job, setup: TrialSetup, trial_id: str, restarts: int):
 
     sweep = setup.sweep
     workers, gpus = sweep.workers_for(job.model.id), sweep.gpus_for(job.model.id)
-    per_worker = {"CPU": setup.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    per_worker = worker_resources(sweep, job.model.id, setup.cpus_per_worker)
     # The same run name and storage each time: Train finds the trial's checkpoints and the workers go
     # on from the latest one.
     return TorchTrainer(
@@ -182,9 +189,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def classify_failure(error: Exception) -> tuple[str, str]:
-    """("lost-worker" | "did-not-fit" | "diverged" | "error", message) for a failed Train run.
+    """("lost-worker" | "did-not-fit" | "diverged" | "error", message) for a failed Train run, or for the
+    exception of a trial trained in its own process.
 
-    When one worker dies the others fail too, with collateral collective errors; one dead actor
+    When one Train worker dies the others fail too, with collateral collective errors; one dead actor
     among the failures makes it a lost worker, which a restart from the checkpoint can fix.
     """
     from ray.exceptions import RayActorError
@@ -201,7 +209,7 @@ def classify_failure(error: Exception) -> tuple[str, str]:
     if any(isinstance(c, DivergedError) for c in causes):
         return "diverged", _reason(causes, text)
     if any(isinstance(c, RayActorError) for c in causes):
-        return "lost-worker", "a Train worker was lost"
+        return "lost-worker", "a worker was lost"
     return "error", _last_line(text)
 
 

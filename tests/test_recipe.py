@@ -157,6 +157,25 @@ def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_re
     assert rf.trial_checkpoint(run_dir, "t1", None).endswith("checkpoint_step_000008")
 
 
+def test_retention_ranks_as_trains_does_and_leaves_trains_own_checkpoints(tmp_path):
+    from ftray import runfolder as rf
+
+    run_dir = str(tmp_path)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "adapter.bin").write_bytes(b"x")
+    stored = [rf.store_checkpoint(run_dir, "t", str(local), step, score)
+              for step, score in [(10, float("nan")), (20, 0.5), (30, 0.5), (40, 0.1), (50, None)]]
+    # max: NaN and missing rank last; of the equal 0.5s the later wins; the latest (50) always stays.
+    kept = rf.drop_checkpoints(stored, keep=1, mode="max")
+    assert [c.step for c in kept] == [30, 50]
+    assert [c.step for c in rf.stored_checkpoints(run_dir, "t")] == [30, 50]
+    train_own = os.path.join(rf.trial_checkpoints(run_dir, "t"), "checkpoint_2026-11-20_10-00-00.000000")
+    os.makedirs(train_own)  # a Train checkpoint of this trial (no mark): not ftray's to judge
+    assert [c.step for c in rf.stored_checkpoints(run_dir, "t")] == [30, 50] and os.path.isdir(train_own)
+    assert rf.drop_checkpoints(rf.stored_checkpoints(run_dir, "t"), keep=1, mode="min")[0].step == 30
+
+
 def test_a_failure_in_the_trials_own_process_is_classified_by_its_type():
     from ftray.recipe import DidNotFitError, DivergedError
     from ftray.trial import classify_failure

@@ -127,6 +127,20 @@ def test_a_sweep_is_rebuilt_from_its_description():
     assert rebuilt.trial_config({"model": "tiny-s", "lr": 1e-3}) == s.trial_config({"model": "tiny-s", "lr": 1e-3})
 
 
+def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
+    from ftray.search import as_recorded
+    from ftray.sweep import diff_descriptions
+
+    s = make(workers=1)
+    old = s.describe()
+    del old["scaling"]["one_worker_in_trial"]  # as recorded before the setting existed
+    assert diff_descriptions(old, s.describe()) == []  # not a different sweep ...
+    assert not as_recorded(s, old).in_trial_process("tiny-xs")  # ... and its one-worker trials stay on Train
+    assert s.in_trial_process("tiny-xs") and as_recorded(s, s.describe()).in_trial_process("tiny-xs")
+    changed = make(workers=1, space={"lora_rank": 8}).describe()  # a key new to the space is a change
+    assert diff_descriptions(s.describe(), changed)
+
+
 def test_load_sweep_errors_name_the_file(tmp_path):
     with pytest.raises(FtrayInputError, match="does not exist"):
         load_sweep(tmp_path / "missing.py")
