@@ -273,12 +273,7 @@ def _size_for_target(fit: dict, samples: np.ndarray, loss: float, data: float, s
 
 
 def _count(n: float | None) -> str:
-    if n is None or not math.isfinite(n):
-        return "no size"
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{float(f'{n / scale:.2g}'):g}{unit}"  # two significant digits, never "5.9e+02"
-    return f"{float(f'{n:.2g}'):g}"
+    return "no size" if n is None or not math.isfinite(n) else stats.format_count(n, significant=2)
 
 
 def _law_text(law: dict, metric: str, mode: str) -> str:

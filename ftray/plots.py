@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 from ftray.evidence import Evidence, best_group, mean_objective, source_view
 from ftray.frontier import is_scored, trial_front
+from ftray.stats import format_count
 
 # Resamples for the plots' error bars: fewer than the report's, as a bar's end moves by pixels only.
 PLOT_RESAMPLES = 1000
@@ -29,10 +30,7 @@ def _params_axis(ax, params: Sequence[float]) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     def count(x, _pos=None) -> str:
-        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-            if x >= scale:
-                return f"{x / scale:g}{unit}"
-        return f"{x:g}"
+        return format_count(x, significant=3)  # ticks at 1, 2 and 5 times a power of ten
 
     ax.set_xscale("log")
     lo, hi = (max(min(params), 1), max(max(params), 1)) if params else (1, 1)

@@ -11,6 +11,7 @@ from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.config import SEARCHABLE
 from ftray.frontier import analyse, trial_front
+from ftray.stats import format_count
 
 def load_run(run_dir: str) -> dict:
     """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier.
@@ -137,7 +138,7 @@ def format_table(run: dict) -> str:
     for t in order:
         rows.append([
             t["id"], t["status"] if not t["reason"] else t["reason"].split(":")[0].upper(), t["model"] or "?",
-            _human(t["params"]), str(t["lora_rank"]), f"{t['data_fraction']:g}",
+            format_count(t["params"]), str(t["lora_rank"]), f"{t['data_fraction']:g}",
             f"{t['lr']:.2e}" if isinstance(t["lr"], (int, float)) else "-",
             f"{t['objective']:.4f}" if t["objective"] is not None else "-",
             f"{t['wall_s']:.0f}" if t["wall_s"] is not None else "-", "*" if t["id"] in front else "",
@@ -152,13 +153,6 @@ def format_table(run: dict) -> str:
         if t["reason"]:
             lines.append(f"  {t['id']}: {t['reason']}")
     return "\n".join(lines)
-
-
-def _human(n: int) -> str:
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
 
 
 # ---- the frontier report ---------------------------------------------------------------------------
@@ -241,14 +235,14 @@ def format_report(run: dict, report: dict) -> str:
         for model, g in gains.items():
             base = "?" if g["base"] is None else f"{g['base']:.3g}"
             gain = "" if g["gain"] is None else f"  ({g['gain']:+.3g})"
-            lines.append(f"  {model:<24} {_human(g['params']):>7}  {metric}: {base} -> {g['best']:.3g}{gain}")
+            lines.append(f"  {model:<24} {format_count(g['params']):>7}  {metric}: {base} -> {g['best']:.3g}{gain}")
     lines += _lever_lines(a["leverage"], a.get("intervals"))
     law = a.get("power_law")
     if law and not law.get("fitted"):  # a fitted law is one of the verdicts above
         lines += ["", f"Finetuning power law (Zhang et al., ICLR 2024): not fitted, {law['reason']}"]
     hv = a["hypervolume"]
     lines += ["", f"Hypervolume of the front: {hv['value']:.4g} (reference {metric}={hv['reference'][0]:.4g}, "
-                  f"params={_human(int(hv['reference'][1]))}; size axis {hv['size_axis']})"]
+                  f"params={format_count(int(hv['reference'][1]))}; size axis {hv['size_axis']})"]
     if a["failed"]:
         lines += ["", "Trials kept out of the front"]
         lines += [f"  {f['id']}: {f['reason']}" for f in a["failed"]]
@@ -304,7 +298,7 @@ def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
     if lev.get("same_size"):
         lines += ["", "Models of the same size (the size's best first: not a step up the ladder; paired intervals)"]
         for s in lev["same_size"]:
-            lines.append(f"  data {s['data_fraction']:g}: {s['best']} over {s['other']} at {_human(s['params'])} params: "
+            lines.append(f"  data {s['data_fraction']:g}: {s['best']} over {s['other']} at {format_count(s['params'])} params: "
                          f"{format_interval(s.get('interval'), True, s['gain'])} ({s['n_trials']} trials){said(s)}")
     if lev["data"]:
         lines += ["", "Each doubling of the data (slope of the best configuration per fraction, per model)"]

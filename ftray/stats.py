@@ -215,6 +215,18 @@ def format_ci(value: float, lo: float | None = None, hi: float | None = None, si
     return f"{_fmt(value, d, signed)} [{_fmt(lo, d, signed)}, {_fmt(hi, d, signed)}]"
 
 
+def format_count(n: float, significant: int | None = None) -> str:
+    """A parameter or row count with its unit: one decimal before it (53.4K, 134.5M, 1.5B), or
+    `significant` digits and never an exponent (130M); below 1,000 the number itself."""
+    def num(x: float) -> str:
+        return f"{float(f'{x:.{significant}g}'):g}" if significant else f"{x:.1f}"
+
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return num(n / scale) + unit
+    return num(n) if significant else f"{n:g}"
+
+
 def format_interval(iv: dict | None, signed: bool = False, value: float | None = None) -> str:
     """`format_ci` of a `summarize` dict; `value` alone when there is no interval."""
     if not iv:
