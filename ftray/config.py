@@ -3,7 +3,7 @@
 It is the one list of per-trial settings. The search space's keys, the W&B config of a trial, the
 report's JSON and CSV columns and the resume check all derive from its fields. A sweep holds one as
 its defaults (`Sweep.trial`); a sampled trial is those defaults with the sampled values replaced;
-the Train workers receive it as it is, and it is written into the trial's folder.
+the trial's workers receive it as it is, and it is written into the trial's folder.
 
 Adding a setting is one field here (with its meaning and its check) plus the code that uses it.
 """

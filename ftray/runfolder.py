@@ -69,7 +69,7 @@ class RunRecord:
     sweep: dict  # Sweep.describe()
     objective: dict  # {"metric": ..., "mode": ...}
     model_params: dict  # parameters per model id, counted once on the driver
-    workers: dict  # Train workers per model id
+    workers: dict  # workers per model id (one trains in its Tune trial's process)
     gpus_per_worker: dict
     metrics: list = field(default_factory=list)  # what each evaluation reports: eval_loss and the task's
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -89,10 +89,10 @@ class WandB:
 
 @dataclass(frozen=True)
 class Scaling:
-    """How each trial runs: its Train workers and what each holds. A model rung may override
+    """How each trial runs: its workers and what each holds. A model rung may override
     workers and GPUs (ModelSpec)."""
 
-    workers: int = 2  # Train workers per trial (data parallel)
+    workers: int = 2  # workers per trial (data parallel on Ray Train when 2+)
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # default: 1, or less when the cluster is smaller
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources fit
