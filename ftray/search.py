@@ -112,7 +112,7 @@ def scheduler(sweep: Sweep):
     )
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, dashboard: bool = True) -> None:
     import ray
 
     if ray.is_initialized():
@@ -124,10 +124,12 @@ def _init_ray(address: str | None) -> None:
     # with the workers niced, every wake-up of Ray's own daemons preempts a Train worker, and its DDP
     # peers wait for it at the next all-reduce (README, Benchmarks). A cluster's Ray is started by
     # `ray start` and keeps its own setting.
-    # The dashboard stays on: Ray Train's PlacementGroupCleaner asks its state API whether a trial's
-    # controller still lives, and without it a trial stopped by ASHA kept its placement group, so the
-    # next trial waited forever.
-    kwargs: dict[str, Any] = {"address": address} if address else {"_system_config": {"worker_niceness": 0}}
+    # The dashboard is on where a trial is a Train run: Ray Train's PlacementGroupCleaner asks its state
+    # API whether a trial's controller still lives, and without it a trial stopped by ASHA kept its
+    # placement group, so the next trial waited forever. Trials in their Tune trials' processes need
+    # none of it (its three processes are a few CPU-seconds per sweep).
+    kwargs: dict[str, Any] = {"address": address} if address else {
+        "_system_config": {"worker_niceness": 0}, "include_dashboard": dashboard}
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
     if address:
         print(f"ftray: joined the Ray cluster at {st.redact(address)}", flush=True)
@@ -203,7 +205,7 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
 
     import ray
 
-    _init_ray(options.ray_address)
+    _init_ray(options.ray_address, dashboard=sweep.uses_train())
     try:
         resources = plan_resources(sweep, ray.cluster_resources())
     except FtrayInputError:
@@ -292,9 +294,10 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
             search_alg=searcher(sweep), scheduler=scheduler(sweep),
             max_concurrent_trials=resources.max_concurrent_trials,
             # One process serves trial after trial of the same resource request (about 2.5 s less
-            # between trials on 2 CPUs; a trial trained in it finds its imports done). Not with ASHA: a
-            # trial it stops must take its Train run down with it, and only ending its process does that.
-            reuse_actors=sweep.search.asha is None,
+            # between trials on 2 CPUs; a trial trained in it finds its imports done). Not with ASHA
+            # where a trial is a Train run: a trial ASHA stops must take its Train run down with it, and
+            # only ending its process does that.
+            reuse_actors=sweep.search.asha is None or not sweep.uses_train(),
         ),
         run_config=tune.RunConfig(name=name, storage_path=st.dirname(run_dir), callbacks=callbacks, verbose=1),
     )

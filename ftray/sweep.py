@@ -290,6 +290,10 @@ class Sweep:
         """Whether this model's trials train in their Tune trial's process rather than on Train workers."""
         return self.scaling.one_worker_in_trial and self.workers_for(model_id) == 1
 
+    def uses_train(self) -> bool:
+        """Whether any trial of the sweep is a Ray Train run (2+ workers, or one_worker_in_trial off)."""
+        return not all(self.in_trial_process(m) for m in self.models_in_space())
+
     def gpus_for(self, model_id: str) -> float:
         g = self.model(model_id).gpus_per_worker
         return self.scaling.gpus_per_worker if g is None else g
