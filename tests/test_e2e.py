@@ -205,8 +205,8 @@ sweep = Sweep(
     objective="slot_f1",
     num_trials=1,
     workers=2,
-    steps=6,
-    eval_every=3,
+    steps=4,
+    eval_every=2,
     eval_samples=4,
     test_samples=4,
     max_new_tokens=32,
@@ -253,12 +253,12 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(tmp_path):
     proc = ftray("run", str(tmp_path / "real_sweep.py"), "--storage", str(tmp_path / "runs"), env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     # A Train run: its workers print ftray's progress lines, not Ray Train's dump of every report (per-row lists).
-    assert "each trial 2 Train workers" in proc.stdout and "evaluation at step 6/6" in proc.stdout + proc.stderr
+    assert "each trial 2 Train workers" in proc.stdout and "evaluation at step 4/4" in proc.stdout + proc.stderr
     assert "Reporting training result" not in proc.stdout + proc.stderr
     report = report_json(tmp_path / "runs" / "real")
     assert [t["config"]["data_filter"] for t in report["trials"]] == ["inform"]
     for t in report["trials"]:
-        assert t["status"] == "TERMINATED" and t["outcome"] == "ok" and t["steps"] == 6, t
+        assert t["status"] == "TERMINATED" and t["outcome"] == "ok" and t["steps"] == 4, t
         assert t["model"] == "smollm2-135m@4L" and t["config"]["prompt_format"] == "auto"
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
         assert history[-1]["world_size"] == 2 and history[-1]["train_loss"] < history[0]["train_loss"]
