@@ -33,6 +33,7 @@ from ftray.errors import FtrayInputError
 
 # Part of the cache key: a change to what a conversion writes must not reuse folders of the old one.
 CONVERSION_VERSION = 1
+_SAMPLE = 1 << 20  # bytes hashed at each end of a GGUF file for its cache key
 
 
 @dataclass(frozen=True)
@@ -95,11 +96,17 @@ def cache_root() -> str:
 
 
 def conversion_folder(gguf_path: str) -> str:
-    """The cache folder of one GGUF file: its name and a hash of its size and modification time (a
-    replaced file gets a new folder; hashing the contents would cost seconds per load of a large file)."""
-    st = os.stat(gguf_path)
-    name = os.path.basename(gguf_path)
-    key = hashlib.sha256(f"{CONVERSION_VERSION}:{name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    """The cache folder of one GGUF file: its name and a hash of its size, its first and its last MiB (a
+    replaced file gets a new folder; the same file installed again, with a new modification time, does
+    not; hashing all of a large file would cost seconds per load)."""
+    name, size = os.path.basename(gguf_path), os.path.getsize(gguf_path)
+    digest = hashlib.sha256(f"{CONVERSION_VERSION}:{name}:{size}:".encode())
+    with open(gguf_path, "rb") as f:
+        digest.update(f.read(_SAMPLE))
+        if size > _SAMPLE:
+            f.seek(max(_SAMPLE, size - _SAMPLE))
+            digest.update(f.read(_SAMPLE))
+    key = digest.hexdigest()[:12]
     stem = name[: -len(".gguf")] if name.endswith(".gguf") else name
     return os.path.join(cache_root(), "models", f"{stem}-{key}")
 

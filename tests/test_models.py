@@ -332,7 +332,9 @@ def test_gguf_conversions_happen_once_per_file_even_when_raced(tmp_path, monkeyp
     assert folders[0].startswith(str(tmp_path / "cache" / "models" / "m-"))
     assert sorted(os.listdir(tmp_path / "cache" / "models")) == [os.path.basename(folders[0]),
                                                                  os.path.basename(folders[0]) + ".lock"]
-    os.utime(gguf, ns=(1, 1))  # a replaced file: converted anew, in its own folder
+    os.utime(gguf, ns=(1, 1))  # the same file installed again: the same conversion
+    assert pretrained.materialize(spec) == folders[0] and len(calls) == 1
+    gguf.write_bytes(b"not really GGUF")  # a replaced file of the same size: converted anew, in its own folder
     assert pretrained.materialize(spec) != folders[0] and len(calls) == 2
     with pytest.raises(FtrayInputError, match="no GGUF file"):
         validate_model_id(ModelSpec(str(tmp_path / "nope.gguf@2L")))
