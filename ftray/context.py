@@ -91,6 +91,10 @@ class TrialContext:
 
         self.rank, self.world, self.device = 0, 1, device
         self.run_dir, self.trial_id, self.keep, self.objective, self.mode = run_dir, trial_id, keep, objective, mode
+        if report is None:
+            from ray import tune
+
+            report = tune.report
         self._report = report
         self.kept = rf.stored_checkpoints(run_dir, trial_id)  # from an earlier try of this trial
 
@@ -115,10 +119,6 @@ class TrialContext:
                                              metrics.get(self.objective))
             self.kept = rf.drop_checkpoints(self.kept + [stored], self.keep, self.mode)
             metrics = dict(metrics, checkpoint_path=st.fs_path(stored.path))  # as Train reports its own
-        if self._report is None:
-            from ray import tune
-
-            self._report = tune.report
         self._report(metrics)
 
     def log(self, message: str) -> None:

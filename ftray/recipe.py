@@ -101,6 +101,7 @@ class LoRARecipe:
         self.trace = trace  # a list: gets (step, epoch, position, batch indices, loss) of each micro-batch
         self.state = TrainState()
         self.diverged_at: int | None = None
+        self.resumed = False  # from a checkpoint (setup)
         self._epoch_batches: tuple[int, list[list[int]]] | None = None
 
     def run(self) -> None:

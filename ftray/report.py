@@ -36,8 +36,8 @@ def _trial_record(trial: rf.TuneTrial, record: rf.RunRecord, run_dir: str) -> di
     config = trial.record.config.to_dict() if trial.record else dict(trial.params)
     outcome = trial.record.outcome if trial.record else None
     reason = outcome.describe() if outcome else None
-    if reason is None and trial.status == "ERROR":  # the trial's own process was lost: no outcome written
-        reason = (f"error: its process was lost before it recorded an outcome (see "
+    if reason is None and trial.status == "ERROR":  # no outcome written: its process was lost, or failed before training
+        reason = (f"error: no outcome recorded: its process was lost, or it failed before training (see "
                   f"{st.redact(st.join(trial.trial_dir, 'error.txt'))}); `ftray resume --resume-errored` "
                   "continues it from its latest checkpoint")
     model = config.get("model")

@@ -137,8 +137,10 @@ def _init_ray(address: str | None, dashboard: bool = True) -> None:
         print("ftray: started a local Ray (set RAY_ADDRESS or --address to use a cluster)", flush=True)
 
 
-def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool, new_run: bool) -> tuple[str, rf.RunRecord | None]:
-    """The run folder to use, and its record when the same sweep already ran there (then it resumes).
+def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool,
+                new_run: bool) -> tuple[str, rf.RunRecord | None, Sweep]:
+    """The run folder to use, its record when the same sweep already ran there (then it resumes), and
+    the sweep to run (as_recorded, when it resumes).
 
     A run folder holding a *different* sweep definition is never mixed with this one: that is refused
     with what changed, unless `new_run` asks for a fresh folder (name-2, name-3, ...).
@@ -148,17 +150,18 @@ def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool, new_run: bo
     if previous is None:
         if resume:
             rf.require_record(run_dir)
-        return run_dir, None
-    changes = diff_descriptions(previous.sweep, sweep.describe())
+        return run_dir, None, sweep
+    resumed, recorded = as_recorded(sweep, previous.sweep)
+    changes = diff_descriptions(recorded, resumed.describe())
     if changes and new_run:
-        return st.join(storage, rf.free_name(storage, name)), None
+        return st.join(storage, rf.free_name(storage, name)), None, sweep
     if changes:
         raise FtrayInputError(
             f"{st.redact(run_dir)} holds a run of a different sweep definition, so it cannot be resumed with this one. "
             f"Changed: {'; '.join(changes[:8])}{' ...' if len(changes) > 8 else ''}. "
             "Use --name for another run folder, or --new-run to get one"
         )
-    return run_dir, previous
+    return run_dir, previous, resumed
 
 
 # Settings added to ftray since a run may have been made, with the value that reproduces how such a
@@ -166,13 +169,15 @@ def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool, new_run: bo
 AS_BEFORE = {("scaling", "one_worker_in_trial"): False}
 
 
-def as_recorded(sweep: Sweep, recorded: Mapping) -> Sweep:
-    """`sweep`, with each setting of AS_BEFORE that the recorded run (its `describe()`) predates set as it ran."""
-    out = copy.copy(sweep)
+def as_recorded(sweep: Sweep, recorded: Mapping) -> tuple[Sweep, dict]:
+    """`sweep` and the recorded run's description (`describe()`), each setting of AS_BEFORE that the run
+    predates set in both as the run ran."""
+    sweep, recorded = copy.copy(sweep), copy.deepcopy(dict(recorded))
     for (group, key), value in AS_BEFORE.items():
-        if key not in recorded.get(group, {}):
-            setattr(out, group, replace(getattr(out, group), **{key: value}))
-    return out
+        if key not in recorded[group]:
+            recorded[group][key] = value
+            setattr(sweep, group, replace(getattr(sweep, group), **{key: value}))
+    return sweep, recorded
 
 
 @dataclass(frozen=True)
@@ -196,9 +201,7 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     name = check_run_name(options.name) if options.name else sweep.name
     check_storage(storage)
     storage = st.normalize(storage)
-    run_dir, previous = _run_folder(sweep, storage, name, options.resume, options.new_run)
-    if previous is not None:
-        sweep = as_recorded(sweep, previous.sweep)
+    run_dir, previous, sweep = _run_folder(sweep, storage, name, options.resume, options.new_run)
     print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     prepared = prepare(sweep)
     check_fits_here(sweep, options.ray_address)

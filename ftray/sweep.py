@@ -348,8 +348,6 @@ def diff_descriptions(old: Mapping, new: Mapping, prefix: str = "") -> list[str]
     """What changed between two `Sweep.describe()` results, one "field: old -> new" line each."""
     out = []
     for key in sorted(set(old) | set(new)):
-        if key not in old and prefix[:-1] in (*GROUPS, "wandb"):
-            continue  # a setting added to ftray since the run was made (search.as_recorded)
         a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += diff_descriptions(a, b, f"{prefix}{key}.")

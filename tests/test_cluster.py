@@ -223,6 +223,6 @@ def test_asha_stops_trials_that_trail_their_own_model_size(job_run):
         assert best["steps"] == 16 and not best["stopped_early"], model
     small = min((t for t in trials if t["model"] == "tiny-xs"), key=lambda t: t["objective"])
     assert min(curves[t["id"]][4] for t in trials if t["model"] == "tiny-s") < curves[small["id"]][4]
-    # A stopped trial lets go of its Train workers: a trial after it still ran (none waits forever).
+    # A stopped trial lets go of its resources: a trial after it still ran (none waits forever).
     stopped_at = min(history[t["id"]][-1]["timestamp"] for t in early)
     assert any(rows[-1]["timestamp"] > stopped_at for rows in history.values())

@@ -134,11 +134,13 @@ def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
     s = make(workers=1)
     old = s.describe()
     del old["scaling"]["one_worker_in_trial"]  # as recorded before the setting existed
-    assert diff_descriptions(old, s.describe()) == []  # not a different sweep ...
-    assert not as_recorded(s, old).in_trial_process("tiny-xs")  # ... and its one-worker trials stay on Train
-    assert s.in_trial_process("tiny-xs") and as_recorded(s, s.describe()).in_trial_process("tiny-xs")
-    changed = make(workers=1, space={"lora_rank": 8}).describe()  # a key new to the space is a change
-    assert diff_descriptions(s.describe(), changed)
+    assert diff_descriptions(old, s.describe())  # compared as they are, a change ...
+    resumed, recorded = as_recorded(s, old)
+    assert diff_descriptions(recorded, resumed.describe()) == []  # ... but not a different sweep,
+    assert not resumed.in_trial_process("tiny-xs")  # and its one-worker trials stay on Train
+    assert "one_worker_in_trial" not in old["scaling"]  # the record itself is left as it was
+    now, _ = as_recorded(s, s.describe())  # a run made since: as it is
+    assert now.in_trial_process("tiny-xs")
 
 
 def test_load_sweep_errors_name_the_file(tmp_path):
