@@ -9,6 +9,8 @@ rungs: a trial is stopped only when trials of the *same* model did better at the
 Tune saves a searcher's state for `Tuner.restore` but not a scheduler's: a resumed sweep would
 start with empty rungs and judge its next trials against nothing. So when a restored trial is added,
 the results it had reported are read back from its folder into the rungs.
+
+Every sweep's scheduler (ASHA or none) also keeps a failed trial's ERROR on record (`Fifo`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,24 @@ import os
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 
-class PerModelASHA(FIFOScheduler):
+class Fifo(FIFOScheduler):
+    """Tune's first-in-first-out scheduler, with a trial's ERROR kept in the experiment's state.
+
+    Ray Tune (2.60) writes a trial's status into its experiment-state file only when the trial was
+    marked since the last snapshot. A trial whose process died (a lost one-worker trial) is set to
+    ERROR without that mark (`TuneController._schedule_trial_stop` returns early for a trial without
+    a live process), so when a snapshot fell between its start and its death the file keeps it RUNNING:
+    the report said RUNNING and a resume took it for unfinished. Tune calls `on_trial_error` just
+    before it sets ERROR, so the mark is made here; Ray without the method keeps its behaviour."""
+
+    def on_trial_error(self, tune_controller, trial):
+        mark = getattr(tune_controller, "_mark_trial_to_checkpoint", None)
+        if mark is not None:
+            mark(trial)
+        super().on_trial_error(tune_controller, trial)
+
+
+class PerModelASHA(Fifo):
     def __init__(self, metric: str, mode: str, grace_period: int, reduction_factor: float, max_t: int,
                  time_attr: str = "step", per_model: bool = True):
         super().__init__()
@@ -54,6 +73,7 @@ class PerModelASHA(FIFOScheduler):
         self._scheduler(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_error(self, tune_controller, trial):
+        super().on_trial_error(tune_controller, trial)
         self.on_trial_remove(tune_controller, trial)
 
     def on_trial_remove(self, tune_controller, trial):

@@ -100,10 +100,13 @@ def searcher(sweep: Sweep):
 
 
 def scheduler(sweep: Sweep):
+    """The sweep's Tune scheduler: ASHA per model size where the sweep asks for it, else first in,
+    first out (both keep a failed trial's ERROR on record: schedulers.Fifo)."""
+    from ftray.schedulers import Fifo, PerModelASHA
+
     asha = sweep.search.asha
     if asha is None:
-        return None
-    from ftray.schedulers import PerModelASHA
+        return Fifo()
 
     metric = asha.metric or sweep.objective
     return PerModelASHA(
@@ -330,6 +333,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from ftray.schedulers import Fifo
     from ftray.tracking import WandbTracking
 
     confirm_dir = st.join(run_dir, rf.CONFIRM)
@@ -354,7 +358,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
         tune_config=tune.TuneConfig(
             metric=sweep.objective, mode=sweep.mode, num_samples=len(points),
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources.max_concurrent_trials),
-            max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
+            scheduler=Fifo(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, callbacks=callbacks, verbose=1),
     ).fit()
 
