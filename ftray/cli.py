@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in ("run", "resume"):
         sub.choices[name].add_argument("--keep-all-checkpoints", action="store_true",
-                                       help="keep every trial's checkpoints (default: only the frontier's)")
+                                       help="keep every trial's checkpoints (default: finished trials off the frontier lose theirs)")
 
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors in your input (FTRAY_DEBUG=1)")
     args = parser.parse_args(argv)

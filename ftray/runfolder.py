@@ -36,6 +36,8 @@ CHECKPOINTS = "checkpoints"
 STEP_CHECKPOINT = "checkpoint_step_"  # + the step: a checkpoint ftray stored itself (Train names its own by time)
 CHECKPOINT_MARK = "ftray_checkpoint.json"  # {"step", "score"}: the last file of such a checkpoint
 CONFIRM = "confirm"  # Tune's experiment of the confirmation phase (Search.repeats), inside the run folder
+RESULTS = "result.json"  # Tune's: a trial's reports, one JSON line each
+HISTORY_FILES = (RESULTS, "progress.csv")  # what Tune's loggers append a trial's reports to
 OUTCOMES = ("ok", "diverged", "did-not-fit", "error")
 
 
@@ -213,7 +215,7 @@ def _experiment_trials(experiment_dir: str) -> list[TuneTrial]:
         state = json.loads(state) if isinstance(state, str) else state
         meta = json.loads(meta) if isinstance(meta, str) else meta
         trial_dir = st.join(experiment_dir, state["relative_logdir"])
-        results = _read_jsonl(st.join(trial_dir, "result.json")) or ([meta["last_result"]] if meta.get("last_result") else [])
+        results = _read_jsonl(st.join(trial_dir, RESULTS)) or ([meta["last_result"]] if meta.get("last_result") else [])
         out.append(TuneTrial(state["trial_id"], state["status"], trial_dir, results,
                              _read_json(st.join(trial_dir, "params.json")) or {}, read_trial(trial_dir)))
     return sorted(out, key=lambda t: t.id)
@@ -297,10 +299,12 @@ def drop_checkpoints(kept: list[StoredCheckpoint], keep: int, mode: str) -> list
 
 
 def prune_checkpoints(run_dir: str, keep: set[str], trials: list[TuneTrial]) -> list[str]:
-    """Delete the checkpoints of trials not in `keep` (whole-sweep checkpoints fill disks)."""
+    """Delete the checkpoints of finished trials not in `keep` (whole-sweep checkpoints fill disks).
+    An errored trial keeps its own: `ftray resume --resume-errored` continues it from them (a lost
+    process, or a bug in the user's code fixed since); an unfinished one is continued by any resume."""
     removed = []
     for t in trials:
-        if t.id not in keep and t.status != "RUNNING":
+        if t.id not in keep and t.status == "TERMINATED":
             path = trial_checkpoints(run_dir, t.id)
             if st.exists(path):
                 st.remove_tree(path)

@@ -20,6 +20,8 @@ import os
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from ftray import runfolder as rf
+
 
 class Fifo(FIFOScheduler):
     """Tune's first-in-first-out scheduler, with a trial's ERROR kept in the experiment's state.
@@ -92,7 +94,7 @@ def _reported(trial) -> list[dict]:
         return []
     storage = trial.storage
     try:
-        path = os.path.join(storage.trial_fs_path, "result.json")
+        path = os.path.join(storage.trial_fs_path, rf.RESULTS)
         with storage.storage_filesystem.open_input_stream(path) as f:
             text = f.read().decode()
     except (RuntimeError, OSError):  # no trial folder (RuntimeError from Ray), or no results in it

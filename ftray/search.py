@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from ftray import runfolder as rf
@@ -88,10 +89,37 @@ def sampler(sweep: Sweep):
 class _OptunaSearch(OptunaSearch):
     # A report without the objective (a trial that diverged stops before its evaluation) is not a
     # point on its learning curve: Tune's OptunaSearch would fail on the missing key. The trial's end
-    # still reaches Optuna, as pruned.
+    # still reaches Optuna, as pruned. A trial Optuna never suggested (`--restart-errored` runs an
+    # errored trial again as a new Tune trial) is not Optuna's to hear of: Tune's would fail on its id.
     def on_trial_result(self, trial_id, result):
-        if self.metric in result:
+        if self.metric in result and trial_id in self._ot_trials:
             super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._ot_trials:
+            super().on_trial_complete(trial_id, result, error)
+
+
+class KeepHistory(Callback):
+    """A resumed trial goes on appending to the history it had reported.
+
+    Tune's loggers append a trial's reports to a file in the driver's staging folder, which replaces
+    the stored one at each sync; on a resume they fetch the stored file first only for a trial Tune
+    holds a checkpoint of. ftray's trials keep their checkpoints themselves (Train's run, or ftray in
+    the trial's process), so a resumed trial's earlier reports were lost. This fetches them (Tune runs
+    a sweep's own callbacks before its loggers)."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        import pyarrow.fs
+
+        fs, stored = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+        for name in rf.HISTORY_FILES:
+            local = os.path.join(trial.local_path, name)
+            if os.path.exists(local):  # this trial has started before in this session
+                continue
+            if fs.get_file_info(f"{stored}/{name}").type == pyarrow.fs.FileType.File:
+                os.makedirs(trial.local_path, exist_ok=True)
+                pyarrow.fs.copy_files(f"{stored}/{name}", local, source_filesystem=fs)
 
 
 def searcher(sweep: Sweep):
@@ -292,7 +320,7 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
                                   restart_errored=options.restart_errored)
     name = st.basename(run_dir)
     callbacks = [WandbTracking(sweep.wandb, group=name, model_params=record.model_params,
-                               trial_config=sweep.trial_config)]
+                               trial_config=sweep.trial_config), KeepHistory()]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -349,7 +377,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     print(f"ftray: confirmation phase: the best configuration of each rung with {sweep.search.repeats} more "
           f"seeds ({len(points)} trials)", flush=True)
     callbacks = [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
-                               trial_config=sweep.trial_config)]
+                               trial_config=sweep.trial_config), KeepHistory()]
     # Tune takes preset points only for keys its param space has.
     space = {k: tune.choice(sorted({p[k] for p in points}, key=repr)) for k in points[0]}
     tune.Tuner(

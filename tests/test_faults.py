@@ -241,29 +241,55 @@ class BuggyTask(_Synthetic):
         raise ZeroDivisionError("user bug in score()")
 
 sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
-              models=["tiny-xs", "tiny-s", "tiny-m", "tiny-l"], num_trials=4, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
+              models=["tiny-xs", "tiny-s", "tiny-m"], num_trials=3, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
               max_new_tokens=8, batch_size=8,
               max_length=96, eval_base=False, wandb=WandB(mode="disabled"))
 """)
-    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3},
-              {"model": "tiny-l", "lost_at_step": 5}]  # its process SIGKILLs itself
-    # Tune snapshots its experiment state at every step: the lost trial is recorded RUNNING before its
-    # process dies, so its ERROR must be recorded again (Ray Tune alone did not: schedulers.Fifo).
-    env = dict(os.environ, FTRAY_INJECT=json.dumps(faults), TUNE_GLOBAL_CHECKPOINT_S="0")
+    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3}]
+    env = dict(os.environ, FTRAY_INJECT=json.dumps(faults))
     proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
     out = proc.stdout + proc.stderr
     trials = {t["model"]: t for t in report(tmp_path / "runs" / "faults")["trials"]}
-    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m", "tiny-l"}, out[-3000:]
+    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m"}, out[-3000:]
     assert proc.returncode == 0, out[-6000:]  # not every trial errored: the report is still worth reading
-    nan, oom, bug, lost = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"], trials["tiny-l"]
+    nan, oom, bug = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"]
     assert nan["outcome"] == "diverged" and nan["reason"].startswith("diverged")
     assert "at step 5" in nan["reason"]  # stopped at once
     assert oom["outcome"] == "did-not-fit" and "lower batch_size" in oom["reason"]
     assert bug["status"] == "ERROR" and bug["outcome"] == "error" and "user bug in score()" in bug["reason"]
     assert "user bug in score()" in (Path(bug["trial_dir"]) / "error.txt").read_text()  # the traceback is kept
-    # A one-worker trial trains in its Tune trial's process; lost, it is an error Tune does not retry
-    # (it would retry the bug too), and the report says how to continue it.
-    assert lost["status"] == "ERROR" and lost["outcome"] is None and "process was lost" in lost["reason"]
-    assert "--resume-errored" in lost["reason"] and [h["step"] for h in history(lost["trial_dir"])] == []
     for t in trials.values():
         assert t["objective"] is None and t["restarts"] == 0  # none is retried in vain, none is on the front
+
+
+def test_a_lost_trial_process_is_an_error_that_resume_errored_continues(tmp_path):
+    from ftray import runfolder as rf
+
+    f = sweep_file(tmp_path, BASE + """
+sweep = Sweep(name="lost", task=SyntheticTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs"],
+              num_trials=1, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
+              max_new_tokens=8, batch_size=8, max_length=96, eval_base=False, wandb=WandB(mode="disabled"))
+""")
+    # Its process SIGKILLs itself at step 15 unless it resumed from a checkpoint. Tune snapshots its
+    # experiment state at every step, so the trial is on record as RUNNING before its process dies and
+    # its ERROR must be recorded again (Ray Tune alone did not: schedulers.Fifo).
+    env = dict(os.environ, FTRAY_INJECT=json.dumps([{"model": "tiny-xs", "lost_at_step": 15}]),
+               TUNE_GLOBAL_CHECKPOINT_S="0")
+    run_dir = str(tmp_path / "runs" / "lost")
+    proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
+    out = proc.stdout + proc.stderr
+    (lost,) = report(run_dir)["trials"]
+    # A one-worker trial trains in its Tune trial's process; lost, it is an error Tune does not retry
+    # (it would retry a bug too), and the report says how to continue it.
+    assert lost["status"] == "ERROR" and lost["outcome"] is None and "process was lost" in lost["reason"], out[-4000:]
+    assert "--resume-errored" in lost["reason"] and [h["step"] for h in history(lost["trial_dir"])] == [10]
+    assert proc.returncode == 1, out[-4000:]  # every trial errored
+    # Its checkpoint outlived the pruning of trials off the front, and `--resume-errored` goes on from it
+    # to the end, appending to the history it had.
+    assert [c.step for c in rf.stored_checkpoints(run_dir, lost["id"])] == [10]
+    resumed = ftray("resume", run_dir, "--resume-errored", env=env)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert "tiny-xs: resumed at step 10/20" in resumed.stdout, resumed.stdout[-4000:]
+    (after,) = report(run_dir)["trials"]
+    assert after["status"] == "TERMINATED" and after["outcome"] == "ok" and after["objective"] is not None
+    assert [h["step"] for h in history(after["trial_dir"])] == [10, 20]

@@ -109,3 +109,19 @@ def test_rungs_come_back_when_tune_restores_the_sweep(tmp_path):
     original = {g: [sorted(r.values()) for _, r in s._brackets[0]._rungs] for g, s in first._by_group.items()}
     assert set(recorded) == {"s", "m"}
     assert recorded == original and any(any(r) for r in recorded["s"])
+
+
+def test_a_trial_optuna_never_suggested_is_kept_from_it():
+    # `ftray resume --restart-errored` runs an errored trial again as a new Tune trial, with a new id:
+    # Tune's OptunaSearch failed on it (KeyError), and the resumed sweep with it.
+    from ftray import Sweep, SyntheticTask
+    from ftray.search import searcher
+
+    search = searcher(Sweep(name="s", task=SyntheticTask(n_train=8, n_valid=4, n_test=4), models=["tiny-xs"],
+                            num_trials=2))
+    assert search.suggest("known")["model"] == "tiny-xs"
+    for trial_id in ("known", "restarted"):
+        search.on_trial_result(trial_id, {"eval_loss": 1.0, "training_iteration": 1})
+        search.on_trial_complete(trial_id, {"eval_loss": 0.5, "training_iteration": 2})
+    (told,) = search._ot_study.trials
+    assert told.state.name == "COMPLETE" and told.value == 0.5 and told.intermediate_values == {1: 1.0}
