@@ -193,18 +193,21 @@ def test_sweep_from_python_on_s3_killed_then_resumed_and_evaluated(tmp_path, s3)
     r = report(run_dir)
     assert len(r["trials"]) == 2 and all(t["status"] == "TERMINATED" and not t["reason"] for t in r["trials"])
     assert sorted(t["model"] for t in r["trials"]) == ["tiny-s", "tiny-xs"]
-    for path, before in done_before.items():  # finished trials were not trained again
+    for path, before in done_before.items():  # finished trials kept their history and were not trained again
         rows = [json.loads(x) for x in fs.open_input_stream(path).read().decode().splitlines() if x]
-        if rows != [json.loads(x) for x in before.decode().splitlines() if x]:
-            # Training had ended but the driver died before Tune recorded it: the trial reports its
-            # final checkpoint again, without a single training step.
-            assert all(x["step"] == x["total_steps"] for x in rows) and "train_loss" not in rows[-1], rows
+        old = [json.loads(x) for x in before.decode().splitlines() if x]
+        assert rows[:len(old)] == old, rows
+        # Training had ended but the driver died before Tune recorded it: the trial reports its final
+        # checkpoint again, without a single training step.
+        assert all(x["step"] == x["total_steps"] and "train_loss" not in x for x in rows[len(old):]), rows
     for t in r["trials"]:  # an interrupted trial went on from its checkpoint: no step reported twice
         # The report shows the trial's folder with its URI's credentials hidden (***@bucket/...).
         key = st.join(t["trial_dir"], "result.json").split("?")[0].removeprefix("s3://").split("@", 1)[-1]
+        if key in done_before:
+            continue
         rows = [json.loads(x) for x in fs.open_input_stream(key).read().decode().splitlines() if x]
         steps = [x["step"] for x in rows]
-        assert steps == sorted(set(steps)), steps
+        assert steps == sorted(set(steps)) and steps[-1] == 30, steps
     ev = ftray("eval", run_dir, "--data", data["test"], "--json")
     assert ev.returncode == 0, ev.stderr[-3000:]
     scored = json.loads(ev.stdout)
