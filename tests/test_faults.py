@@ -1,6 +1,7 @@
 """Faults injected from outside, black box: a Train worker killed mid-trial; a sweep started from Python
 on S3 storage (a local S3 server) whose driver is SIGKILLed, then resumed and evaluated from the CLI;
-a loss that turns NaN, an out-of-memory and a bug in user code, classified while the sweep goes on.
+a loss that turns NaN, an out-of-memory and a bug in user code, classified while the sweep goes on;
+a one-worker trial whose process is lost, continued by `ftray resume --resume-errored`.
 
 (Bad input of every kind is tests/test_bad_inputs.py: it needs no Ray.) Each test finds and kills
 only the processes it started.
