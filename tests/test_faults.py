@@ -272,7 +272,8 @@ def test_a_lost_trial_process_is_an_error_that_resume_errored_continues(tmp_path
     f = sweep_file(tmp_path, BASE + """
 sweep = Sweep(name="lost", task=SyntheticTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs"],
               num_trials=1, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
-              max_new_tokens=8, batch_size=8, max_length=96, eval_base=False, wandb=WandB(mode="disabled"))
+              max_new_tokens=8, test_samples=0, batch_size=8, max_length=96, eval_base=False,
+              wandb=WandB(mode="disabled"))
 """)
     # Its process SIGKILLs itself at step 15 unless it resumed from a checkpoint. Tune snapshots its
     # experiment state at every step, so the trial is on record as RUNNING before its process dies and
@@ -291,7 +292,7 @@ sweep = Sweep(name="lost", task=SyntheticTask(n_train=300, n_valid=8, n_test=8),
     # Its checkpoint outlived the pruning of trials off the front, and `--resume-errored` goes on from it
     # to the end, appending to the history it had.
     assert [c.step for c in rf.stored_checkpoints(run_dir, lost["id"])] == [10]
-    resumed = ftray("resume", run_dir, "--resume-errored", env=env)
+    resumed = ftray("resume", run_dir, "--resume-errored", env=dict(env, TUNE_GLOBAL_CHECKPOINT_S="auto"))
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
     assert "tiny-xs: resumed at step 10/20" in resumed.stdout, resumed.stdout[-4000:]
     (after,) = report(run_dir)["trials"]
