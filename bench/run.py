@@ -323,7 +323,7 @@ def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> flo
     by_config = {(c["config"]["model"], c["config"]["rank"], c["config"]["lr"], c["config"]["data_fraction"]): c
                  for c in curves}
     sweep = replay_sweep(curves, seed, strategy, max_trials)
-    space, stopper = DefineByRun(sweep), scheduler(sweep)
+    space, stopper = DefineByRun(sweep), scheduler(sweep)  # the sweep's own: PerModelASHA, or Fifo (stops nothing)
     study = optuna.create_study(direction="minimize", sampler=sampler(sweep))
     spent = 0
     found = []
@@ -332,14 +332,12 @@ def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> flo
         config = space(trial)
         c = by_config[(config["model"], config["lora_rank"], config["lr"], config["data_fraction"])]
         tune_trial = types.SimpleNamespace(trial_id=str(number), config=config, has_reported_at_least_once=False)
-        if stopper:
-            stopper.on_trial_add(None, tune_trial)
+        stopper.on_trial_add(None, tune_trial)
         for step, value in c["curve"]:
             last = {"step": step, "eval_loss": value}
-            if stopper and stopper.on_trial_result(None, tune_trial, last) == "STOP":
+            if stopper.on_trial_result(None, tune_trial, last) == "STOP":
                 break
-        if stopper:
-            stopper.on_trial_complete(None, tune_trial, last)
+        stopper.on_trial_complete(None, tune_trial, last)
         spent += last["step"]
         study.tell(trial, last["eval_loss"])
         found.append((last["eval_loss"], c["params"]))
