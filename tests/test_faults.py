@@ -1,7 +1,8 @@
 """Faults injected from outside, black box: a Train worker killed mid-trial; a sweep started from Python
 on S3 storage (a local S3 server) whose driver is SIGKILLed, then resumed and evaluated from the CLI;
-a loss that turns NaN, an out-of-memory and a bug in user code, classified while the sweep goes on;
-a one-worker trial whose process is lost, continued by `ftray resume --resume-errored`.
+a loss that turns NaN, an out-of-memory, a bug in user code and a lost trial process, one trial each
+in one sweep, classified while the sweep goes on, then the errored ones continued by
+`ftray resume --resume-errored`.
 
 (Bad input of every kind is tests/test_bad_inputs.py: it needs no Ray.) Each test finds and kills
 only the processes it started.
@@ -235,66 +236,66 @@ def pyarrow_selector(path):
     return pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True)
 
 
-def test_nan_oom_and_user_bug_are_classified_and_the_sweep_goes_on(tmp_path):
+def test_faults_are_classified_the_sweep_goes_on_and_resume_errored_continues(tmp_path):
+    """A loss that turns NaN, an out-of-memory, a bug in user code and a lost trial process, one trial
+    each in one sweep: each classified, none retried in vain; then `ftray resume --resume-errored`
+    continues the errored trials from their checkpoints."""
+    from ftray import runfolder as rf
+
     f = sweep_file(tmp_path, BASE + """
 from ftray.tasks import SyntheticTask as _Synthetic
 
+EVALUATIONS = []
+
 class BuggyTask(_Synthetic):
-    # A user's scorer with a bug: raises when asked to score (only tiny-m's trial gets that far).
+    # A user's scorer with a bug that shows from its second evaluation in a process on (it keeps state
+    # between calls): in the first run only tiny-m's trial evaluates twice.
     def score(self, predictions, examples):
-        raise ZeroDivisionError("user bug in score()")
+        if len(predictions) > 1:  # a whole evaluation, not one row of score_rows
+            EVALUATIONS.append(1)
+            if len(EVALUATIONS) > 1:
+                raise ZeroDivisionError("user bug in score()")
+        return super().score(predictions, examples)
 
 sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
-              models=["tiny-xs", "tiny-s", "tiny-m"], num_trials=3, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
-              max_new_tokens=8, batch_size=8,
+              models=["tiny-xs", "tiny-s", "tiny-m", "tiny-l"], num_trials=4, workers=1, cpus_per_worker=0.9,
+              steps=20, eval_every=10, eval_samples=8, max_new_tokens=8, test_samples=0, batch_size=8,
               max_length=96, eval_base=False, wandb=WandB(mode="disabled"))
 """)
-    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3}]
-    env = dict(os.environ, FTRAY_INJECT=json.dumps(faults))
+    # tiny-l's process SIGKILLs itself at step 15 unless it resumed from a checkpoint. Tune snapshots its
+    # experiment state at every step, so that trial is on record as RUNNING before its process dies and
+    # its ERROR must be recorded again (Ray Tune alone did not: schedulers.Fifo).
+    faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3},
+              {"model": "tiny-l", "lost_at_step": 15}]
+    env = dict(os.environ, FTRAY_INJECT=json.dumps(faults), TUNE_GLOBAL_CHECKPOINT_S="0")
+    run_dir = str(tmp_path / "runs" / "faults")
     proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
     out = proc.stdout + proc.stderr
-    trials = {t["model"]: t for t in report(tmp_path / "runs" / "faults")["trials"]}
-    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m"}, out[-3000:]
+    first = report(run_dir)
+    trials = {t["model"]: t for t in first["trials"]}
+    assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m", "tiny-l"}, out[-3000:]
     assert proc.returncode == 0, out[-6000:]  # not every trial errored: the report is still worth reading
-    nan, oom, bug = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"]
+    nan, oom, bug, lost = trials["tiny-xs"], trials["tiny-s"], trials["tiny-m"], trials["tiny-l"]
     assert nan["outcome"] == "diverged" and nan["reason"].startswith("diverged")
     assert "at step 5" in nan["reason"]  # stopped at once
     assert oom["outcome"] == "did-not-fit" and "lower batch_size" in oom["reason"]
     assert bug["status"] == "ERROR" and bug["outcome"] == "error" and "user bug in score()" in bug["reason"]
     assert "user bug in score()" in (Path(bug["trial_dir"]) / "error.txt").read_text()  # the traceback is kept
-    for t in trials.values():
-        assert t["objective"] is None and t["restarts"] == 0  # none is retried in vain, none is on the front
-
-
-def test_a_lost_trial_process_is_an_error_that_resume_errored_continues(tmp_path):
-    from ftray import runfolder as rf
-
-    f = sweep_file(tmp_path, BASE + """
-sweep = Sweep(name="lost", task=SyntheticTask(n_train=300, n_valid=8, n_test=8), models=["tiny-xs"],
-              num_trials=1, workers=1, cpus_per_worker=0.9, steps=20, eval_every=10, eval_samples=8,
-              max_new_tokens=8, test_samples=0, batch_size=8, max_length=96, eval_base=False,
-              wandb=WandB(mode="disabled"))
-""")
-    # Its process SIGKILLs itself at step 15 unless it resumed from a checkpoint. Tune snapshots its
-    # experiment state at every step, so the trial is on record as RUNNING before its process dies and
-    # its ERROR must be recorded again (Ray Tune alone did not: schedulers.Fifo).
-    env = dict(os.environ, FTRAY_INJECT=json.dumps([{"model": "tiny-xs", "lost_at_step": 15}]),
-               TUNE_GLOBAL_CHECKPOINT_S="0")
-    run_dir = str(tmp_path / "runs" / "lost")
-    proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
-    out = proc.stdout + proc.stderr
-    (lost,) = report(run_dir)["trials"]
     # A one-worker trial trains in its Tune trial's process; lost, it is an error Tune does not retry
     # (it would retry a bug too), and the report says how to continue it.
     assert lost["status"] == "ERROR" and lost["outcome"] is None and "process was lost" in lost["reason"], out[-4000:]
     assert "--resume-errored" in lost["reason"] and [h["step"] for h in history(lost["trial_dir"])] == [10]
-    assert proc.returncode == 1, out[-4000:]  # every trial errored
-    # Its checkpoint outlived the pruning of trials off the front, and `--resume-errored` goes on from it
-    # to the end, appending to the history it had.
-    assert [c.step for c in rf.stored_checkpoints(run_dir, lost["id"])] == [10]
+    for t in trials.values():
+        assert t["restarts"] == 0 and t["id"] not in first["frontier"], t  # none retried in vain or on the front
+    # The errored trials' checkpoints outlived the pruning of trials off the front, and `--resume-errored`
+    # goes on from them to the end, appending to the history each had.
+    for t in (bug, lost):
+        assert [c.step for c in rf.stored_checkpoints(run_dir, t["id"])] == [10], t["model"]
     resumed = ftray("resume", run_dir, "--resume-errored", env=dict(env, TUNE_GLOBAL_CHECKPOINT_S="auto"))
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    assert "tiny-xs: resumed at step 10/20" in resumed.stdout, resumed.stdout[-4000:]
-    (after,) = report(run_dir)["trials"]
-    assert after["status"] == "TERMINATED" and after["outcome"] == "ok" and after["objective"] is not None
-    assert [h["step"] for h in history(after["trial_dir"])] == [10, 20]
+    after = {t["model"]: t for t in report(run_dir)["trials"]}
+    for model in ("tiny-m", "tiny-l"):
+        assert f"{model}: resumed at step 10/20" in resumed.stdout, resumed.stdout[-4000:]
+        t = after[model]
+        assert t["status"] == "TERMINATED" and t["outcome"] == "ok" and t["objective"] is not None, t
+        assert [h["step"] for h in history(t["trial_dir"])] == [10, 20], model
