@@ -248,11 +248,14 @@ class LoRARecipe:
                     return
 
     def _inject_faults(self, loss: torch.Tensor) -> torch.Tensor:
-        """The faults ftray's own tests inject (TrialJob.faults): a NaN loss or an out-of-memory at a step,
-        or the process lost (SIGKILL) at a step unless it resumed from a checkpoint."""
+        """The faults ftray's own tests inject (TrialJob.faults): a NaN loss or an out-of-memory at a step;
+        unless the run resumed from a checkpoint, the process lost (SIGKILL) or stalled (while the test
+        kills the driver) at a step."""
         at = self.state.step + 1
         if self.job.faults.get("lost_at_step") == at and not self.resumed:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.job.faults.get("stall_at_step") == at and not self.resumed:
+            time.sleep(900)
         if self.job.faults.get("oom_at_step") == at:
             raise torch.OutOfMemoryError(f"CUDA out of memory (injected at step {at})")
         if self.job.faults.get("nan_at_step") == at:

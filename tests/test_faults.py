@@ -1,8 +1,9 @@
-"""Faults injected from outside, black box: a Train worker killed mid-trial; a sweep started from Python
+"""Faults injected from outside, black box: a sweep started from Python
 on S3 storage (a local S3 server) whose driver is SIGKILLed, then resumed and evaluated from the CLI;
 a loss that turns NaN, an out-of-memory, a bug in user code and a lost trial process, one trial each
 in one sweep, classified while the sweep goes on, then the errored ones continued by
-`ftray resume --resume-errored`.
+`ftray resume --resume-errored`. (A Train worker killed mid-trial: tests/test_e2e.py, on the suite's
+one Ray Train sweep.)
 
 (Bad input of every kind is tests/test_bad_inputs.py: it needs no Ray.) Each test finds and kills
 only the processes it started.
@@ -10,17 +11,15 @@ only the processes it started.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import write_synthetic_csvs
+from conftest import kill_tree, output, report_of, start, wait_for, write_synthetic_csvs
+from ftray.cli import main
 
 pytestmark = pytest.mark.e2e
 
@@ -30,90 +29,20 @@ def ftray(*args, env=None, timeout=900):
                           env=env or os.environ.copy(), timeout=timeout)
 
 
-def start(argv, env=None):
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env or os.environ.copy(), start_new_session=True)
-
-
-def kill_tree(proc):
-    """SIGKILL a process started by this test and everything under it (its local Ray too)."""
-    try:
-        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for pid in family:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-
-
 def sweep_file(tmp: Path, body: str, name="s.py") -> Path:
     path = tmp / name
     path.write_text(textwrap.dedent(body))
     return path
 
 
-def report(run_dir, env=None) -> dict:
-    proc = ftray("report", str(run_dir), "--json", "--no-files", env=env)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def history(trial_dir) -> list[dict]:
     return [json.loads(line) for line in Path(trial_dir, "result.json").read_text().splitlines() if line.strip()]
-
-
-def wait_for(predicate, timeout, proc, what):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"process ended before {what}: {proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
-    kill_tree(proc)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 BASE = """
 from ray import tune
 from ftray import Sweep, SyntheticTask, TextTask, WandB
 """
-
-
-def test_killed_train_worker_restarts_from_checkpoint(tmp_path):
-    f = sweep_file(tmp_path, BASE + """
-sweep = Sweep(name="kill", task=SyntheticTask(n_train=400, n_valid=16, n_test=16), models=["tiny-s"],
-              num_trials=1, workers=2, steps=40, eval_every=10, eval_samples=8, max_new_tokens=8,
-              batch_size=8, max_length=96, eval_base=False, wandb=WandB(mode="offline"))
-""")
-    proc = start([sys.executable, "-m", "ftray.cli", "run", str(f), "--storage", str(tmp_path / "runs")])
-    try:
-        ckpts = tmp_path / "runs" / "kill" / "checkpoints"
-        wait_for(lambda: len(list(ckpts.glob("*/checkpoint_*"))) >= 2, 300, proc, "two checkpoints")
-        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "RayTrainWorker" in " ".join(p.cmdline())]
-        assert workers, "no Train worker of this sweep found"
-        # Ray nices its workers by default; ftray's local Ray does not, so Ray's daemons do not preempt a
-        # Train worker while its DDP peer waits (README, Benchmarks).
-        assert all(w.nice() == os.nice(0) for w in workers), [w.nice() for w in workers]
-        workers[-1].kill()
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    assert proc.returncode == 0, out[-4000:]
-    [t] = report(tmp_path / "runs" / "kill")["trials"]
-    assert t["status"] == "TERMINATED" and t["reason"] is None
-    assert t["steps"] == 40  # the same number of steps as without the fault
-    assert t["restarts"] >= 1
-    steps = [h["step"] for h in history(t["trial_dir"])]
-    # Restarted from the latest checkpoint, not from step 0: the reported steps never go back, and a
-    # step is reported twice at most once per restart (the interval the lost worker was in).
-    assert steps[-1] == 40 and all(b >= a for a, b in zip(steps, steps[1:])), steps
-    assert len(steps) - len(set(steps)) <= t["restarts"]
 
 
 FROM_PYTHON = """
@@ -126,7 +55,7 @@ sweep = Sweep(name="resume", task=TextTask(train={train!r}, valid={valid!r}, tes
                                            prompt="Sentence: {{sentence}}\\nMeaning representation:",
                                            completion=" {{mr}}", metrics=("mr",)),
               models=["tiny-xs", "tiny-s"], space={{"lora_rank": 4}}, objective="slot_f1",
-              num_trials=2, workers=1, cpus_per_worker=0.9, steps={steps}, eval_every=10, eval_samples=8,
+              num_trials=2, max_concurrent_trials=1, workers=1, steps={steps}, eval_every=10, eval_samples=8,
               max_new_tokens=24, test_samples=0,
               batch_size=8, max_length=96, eval_base=False, wandb=WandB(mode="offline"))
 if __name__ == "__main__":
@@ -159,64 +88,85 @@ def s3(monkeypatch):
     server.stop()
 
 
-def test_sweep_from_python_on_s3_killed_then_resumed_and_evaluated(tmp_path, s3):
+def test_sweep_from_python_on_s3_killed_then_resumed_and_evaluated(tmp_path, s3, capsys):
+    from ftray import runfolder as rf
     from ftray import storage as st
 
     storage, fs = s3
     data = write_synthetic_csvs(tmp_path / "data")
     script = tmp_path / "from_python.py"
     script.write_text(textwrap.dedent(FROM_PYTHON.format(steps=30, **data)))
-    run_dir = st.join(storage, "resume")
-    proc = start([sys.executable, str(script), storage])
+    run_dir, prefix = st.join(storage, "resume"), "bucket/runs/resume"
+    # Trials run one at a time; the second stalls at step 25, so the driver dies, without warning, with
+    # one trial finished (its history on the storage) and one between checkpoints (the latest at step 20).
+    stall = json.dumps([{"model": "tiny-s", "stall_at_step": 25}])
+    # Tune snapshots its experiment state (and syncs it) as often as it can, not every ~10 s: less waiting.
+    proc = start([sys.executable, str(script), storage],
+                 env=dict(os.environ, FTRAY_INJECT=stall, TUNE_GLOBAL_CHECKPOINT_S="0"))
+
+    def stored_history() -> dict[str, bytes]:
+        return {i.path: fs.open_input_stream(i.path).read() for i in fs.get_file_info(pyarrow_selector(prefix))
+                if i.path.endswith("/result.json")}
 
     def finished() -> list[str]:
-        done = []
-        for info in fs.get_file_info(pyarrow_selector("bucket/runs/resume")):
-            if info.path.endswith("/result.json"):
-                rows = [json.loads(x) for x in fs.open_input_stream(info.path).read().decode().splitlines() if x]
-                if any(r.get("step") == r.get("total_steps") for r in rows):
-                    done.append(info.path)
-        return done
+        return [p for p, text in stored_history().items()
+                if any(r["step"] == r["total_steps"] for r in map(json.loads, text.decode().splitlines()))]
+
+    def checkpointed_steps() -> dict[str, list[int]]:
+        steps = {}
+        for i in fs.get_file_info(pyarrow_selector(f"{prefix}/{rf.CHECKPOINTS}")):
+            if i.path.endswith("/" + rf.CHECKPOINT_MARK):  # .../checkpoints/<trial id>/checkpoint_step_N/mark
+                trial, name = i.path.split("/")[-3:-1]
+                steps.setdefault(trial, []).append(int(name.rsplit("_", 1)[-1]))
+        return steps
+
+    def ready() -> bool:
+        # On the storage: Tune's record of the first trial finished and of the second running, the
+        # second's latest checkpoint at step 20, the first's whole history.
+        status = {t.status: t.id for t in rf.tune_trials(run_dir)}
+        return (set(status) == {"TERMINATED", "RUNNING"} and len(finished()) == 1
+                and max(checkpointed_steps().get(status["RUNNING"], [0])) == 20)
 
     try:
-        wait_for(lambda: len(finished()) >= 1, 400, proc, "one finished trial")
+        wait_for(ready, 400, proc, "one trial finished and one stored at step 20")
     finally:
-        kill_tree(proc)  # the driver and everything it started, without warning
-    first_run_output = proc.stdout.read()
-    done_before = {p: fs.open_input_stream(p).read() for p in finished()}
+        kill_tree(proc)  # the driver and everything it started
+    first_run_output = output(proc)
+    before, done_before = stored_history(), finished()
 
     changed = sweep_file(tmp_path, FROM_PYTHON.format(steps=40, **data), name="changed.py")
-    refused = ftray("run", str(changed), "--storage", storage)
-    assert refused.returncode == 2 and "steps: 30 -> 40" in refused.stderr, refused.stderr
+    # Refused before any Ray work, so in this process (as tests/test_bad_inputs.py runs the CLI).
+    status, refused = main(["run", str(changed), "--storage", storage]), capsys.readouterr()
+    assert status == 2 and "steps: 30 -> 40" in refused.err, refused.err
 
     # The sweep was started from Python, with no sweep file: its recorded configuration rebuilds it.
     resumed = ftray("resume", run_dir, timeout=900)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    r = report(run_dir)
+    r = report_of(run_dir)
     assert len(r["trials"]) == 2 and all(t["status"] == "TERMINATED" and not t["reason"] for t in r["trials"])
     assert sorted(t["model"] for t in r["trials"]) == ["tiny-s", "tiny-xs"]
-    for path, before in done_before.items():  # finished trials kept their history and were not trained again
-        rows = [json.loads(x) for x in fs.open_input_stream(path).read().decode().splitlines() if x]
-        old = [json.loads(x) for x in before.decode().splitlines() if x]
-        assert rows[:len(old)] == old, rows
-        # Training had ended but the driver died before Tune recorded it: the trial reports its final
-        # checkpoint again, without a single training step.
-        assert all(x["step"] == x["total_steps"] and "train_loss" not in x for x in rows[len(old):]), rows
-    for t in r["trials"]:  # an interrupted trial went on from its checkpoint: no step reported twice
+    # Every trial kept the history it had on the storage and went on appending to it: the finished one
+    # was not trained again (at most it reports its final checkpoint again), the other continued from
+    # its checkpoint at step 20 with no step reported twice.
+    assert "tiny-s: resumed at step 20/30" in resumed.stdout and "tiny-xs: training from" not in resumed.stdout
+    for t in r["trials"]:
         # The report shows the trial's folder with its URI's credentials hidden (***@bucket/...).
         key = st.join(t["trial_dir"], "result.json").split("?")[0].removeprefix("s3://").split("@", 1)[-1]
-        if key in done_before:
-            continue
         rows = [json.loads(x) for x in fs.open_input_stream(key).read().decode().splitlines() if x]
-        steps = [x["step"] for x in rows]
-        assert steps == sorted(set(steps)) and steps[-1] == 30, steps
-    ev = ftray("eval", run_dir, "--data", data["test"], "--json")
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    scored = json.loads(ev.stdout)
+        old = [json.loads(x) for x in before.get(key, b"").decode().splitlines() if x]
+        assert rows[:len(old)] == old, (t["model"], rows)
+        if key in done_before:
+            assert all(x["step"] == 30 and "train_loss" not in x for x in rows[len(old):]), rows
+        else:
+            steps = [x["step"] for x in rows]
+            assert steps == sorted(set(steps)) and steps[-1] == 30 and [x["step"] for x in rows[len(old):]] == [30], steps
+    status, ev = main(["eval", run_dir, "--data", data["test"], "--json"]), capsys.readouterr()
+    assert status == 0, ev.err[-3000:]
+    scored = json.loads(ev.out)
     assert scored["rows"] == 40 and set(scored["frontier_before"]) == {t["id"] for t in scored["trials"]}
     assert all(0 <= t["objective"] <= 1 for t in scored["trials"])
     # The secret in the storage URI is in no output and no object of the run, Ray's own files included.
-    said = [first_run_output, refused.stdout, refused.stderr, resumed.stdout, resumed.stderr, ev.stdout, ev.stderr,
+    said = [first_run_output, refused.out, refused.err, resumed.stdout, resumed.stderr, ev.out, ev.err,
             ftray("report", run_dir).stdout, json.dumps(r)]
     assert not any(PLANTED_S3_SECRET in text for text in said)
     for path in Path(os.environ["RAY_TMPDIR"]).rglob("*"):  # Ray's session folders: logs, job and actor files
@@ -271,7 +221,7 @@ sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
     run_dir = str(tmp_path / "runs" / "faults")
     proc = ftray("run", str(f), "--storage", str(tmp_path / "runs"), env=env)
     out = proc.stdout + proc.stderr
-    first = report(run_dir)
+    first = report_of(run_dir)
     trials = {t["model"]: t for t in first["trials"]}
     assert set(trials) == {"tiny-xs", "tiny-s", "tiny-m", "tiny-l"}, out[-3000:]
     assert proc.returncode == 0, out[-6000:]  # not every trial errored: the report is still worth reading
@@ -293,7 +243,7 @@ sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
         assert [c.step for c in rf.stored_checkpoints(run_dir, t["id"])] == [10], t["model"]
     resumed = ftray("resume", run_dir, "--resume-errored", env=dict(env, TUNE_GLOBAL_CHECKPOINT_S="auto"))
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
-    after = {t["model"]: t for t in report(run_dir)["trials"]}
+    after = {t["model"]: t for t in report_of(run_dir)["trials"]}
     for model in ("tiny-m", "tiny-l"):
         assert f"{model}: resumed at step 10/20" in resumed.stdout, resumed.stdout[-4000:]
         t = after[model]

@@ -12,6 +12,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from ftray.cli import main
+
 pytestmark = pytest.mark.e2e
 
 
@@ -68,7 +70,7 @@ def test_only_frontier_checkpoints_are_kept(run_dir, shared_report):
         assert kept == (t["id"] in report["frontier"]), t["id"]
 
 
-def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, shared_report, tmp_path):
+def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, shared_report, tmp_path, capsys):
     new_rows = tmp_path / "new.csv"
     lines = Path(shared_sweep.data["test"]).read_text().splitlines()  # rows the sweep never trained or validated on
     new_rows.write_text("\n".join(lines[:21]) + "\n")
@@ -80,8 +82,9 @@ def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, sh
     assert {t["id"] for t in result["trials"]} == set(report["frontier"])
     for t in result["trials"]:
         assert 0.0 <= t["objective"] <= 1.0 and "rouge_l" in t["new_metrics"]
-    bad = ftray("eval", str(run_dir), "--data", str(tmp_path / "missing.csv"))
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    # A missing data file is bad input (in this process, as tests/test_bad_inputs.py runs the CLI).
+    assert main(["eval", str(run_dir), "--data", str(tmp_path / "missing.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_compare_ranks_two_runs_by_their_fronts(run_dir, shared_report, tmp_path):
