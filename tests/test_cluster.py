@@ -54,11 +54,6 @@ sweep = Sweep(
 """
 
 
-def ftray(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True,
-                          env=env or os.environ.copy(), timeout=timeout)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,11 +26,6 @@ from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env, report_of
 pytestmark = pytest.mark.e2e
 
 
-def ftray(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def sweep_run(shared_sweep):
     """The session's shared sweep (conftest.SHARED_SWEEP: 3 trials over 2 models, Optuna, then the best of
