@@ -248,9 +248,8 @@ class LoRARecipe:
                     return
 
     def _inject_faults(self, loss: torch.Tensor) -> torch.Tensor:
-        """The faults ftray's own tests inject (TrialJob.faults): a NaN loss or an out-of-memory at a step;
-        unless the run resumed from a checkpoint, the process lost (SIGKILL) or stalled (while the test
-        kills the driver) at a step."""
+        """The faults ftray's own tests inject (TrialJob.faults) at a step: a NaN loss, an out-of-memory;
+        unless resumed from a checkpoint, the process lost (SIGKILL) or stalled (a test kills the driver)."""
         at = self.state.step + 1
         if self.job.faults.get("lost_at_step") == at and not self.resumed:
             os.kill(os.getpid(), signal.SIGKILL)
