@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -205,11 +206,39 @@ def tune_trials(run_dir: str) -> list[TuneTrial]:
     return _experiment_trials(run_dir) + _experiment_trials(st.join(run_dir, CONFIRM))
 
 
+# Tune rewrites its experiment-state file in place while a sweep runs; synced to object storage, a reader
+# can catch it part-written. Read again after a pause, this many times, before giving up.
+STATE_READS = 5
+STATE_REREAD_S = 1.0
+
+
+def _experiment_state(experiment_dir: str) -> dict | None:
+    """Tune's newest whole experiment state: a part-written newest file gives way to an older whole one,
+    else it is read again after a pause; either is said on stderr."""
+    for attempt in range(STATE_READS):
+        states = sorted((n for n in st.list_names(experiment_dir)
+                         if n.startswith("experiment_state-") and n.endswith(".json")), reverse=True)
+        if not states:
+            return None
+        for i, name in enumerate(states):
+            try:
+                data = json.loads(st.read_text(st.join(experiment_dir, name)))
+            except (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError):
+                continue  # caught mid-write (or replaced between the listing and the read)
+            if i or attempt:
+                print(f"ftray: Tune's experiment state {name} read "
+                      + (f"instead of the newer {states[0]}, which was part-written" if i else
+                         f"on try {attempt + 1}: it was part-written before"), file=sys.stderr, flush=True)
+            return data
+        time.sleep(STATE_REREAD_S)
+    raise FtrayInputError(f"{st.redact(experiment_dir)}: Tune's experiment state stayed part-written over "
+                          f"{STATE_READS} reads {STATE_REREAD_S:g} s apart: is something still writing it?")
+
+
 def _experiment_trials(experiment_dir: str) -> list[TuneTrial]:
-    states = [n for n in st.list_names(experiment_dir) if n.startswith("experiment_state-") and n.endswith(".json")]
-    if not states:
+    data = _experiment_state(experiment_dir)
+    if data is None:
         return []
-    data = json.loads(st.read_text(st.join(experiment_dir, max(states))))
     out = []
     for state, meta in data["trial_data"]:
         state = json.loads(state) if isinstance(state, str) else state

@@ -25,12 +25,33 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
 
+# Set in a user's shell (the README tells them to export RAY_ADDRESS and W&B settings), each of these
+# would change what the tests see: RAY_ADDRESS sends sweeps to a cluster and skips the local resource
+# check, WANDB_MODE overrides the test sweeps' offline mode, credentials would reach code that must
+# work without them. The tests that need one set it themselves (monkeypatch), on a clean slate.
+USER_ENVIRONMENT = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH",
+                    "WANDB_MODE", "WANDB_DISABLED", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_PROJECT",
+                    "WANDB_ENTITY", "HF_TOKEN", "FTRAY_DEBUG", "FTRAY_INJECT",
+                    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                    "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_environment():
+    """The suite runs as on a machine whose user set none of USER_ENVIRONMENT; restored at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in USER_ENVIRONMENT:
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ray_temp_folder():
     """Every Ray this session starts keeps its session folder (logs, sockets, spilled objects) in one
     short folder of its own (socket paths have a length limit), removed at the end: nothing is left in
-    /tmp/ray."""
-    folder = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")
+    /tmp/ray. Inside RAY_TMPDIR where it is set (.ci/run puts it in the run's fresh home folder); the
+    test cluster of tests/test_cluster.py keeps its sessions there too."""
+    folder = tempfile.mkdtemp(prefix="ftray-ray-", dir=os.environ.get("RAY_TMPDIR") or "/tmp")
     before = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = folder
     yield folder

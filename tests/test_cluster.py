@@ -4,12 +4,11 @@ ASHA's per-size rungs), storage URIs, cluster.yaml, and every sweep in sweeps/ p
 import json
 import math
 import os
-import shutil
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -105,7 +104,7 @@ def test_every_shipped_sweep_validates(sweep, capsys):
 
 
 @pytest.fixture(scope="module")
-def job_run(tmp_path_factory):
+def job_run(tmp_path_factory, ray_temp_folder):
     """JOB_SWEEP, sent with `ray job submit` to a real local cluster, its storage a file:// URI.
 
     The three tests below read it: the job test what ran and where, the storage test the run folder
@@ -116,17 +115,25 @@ def job_run(tmp_path_factory):
     work.mkdir()
     (work / "job_sweep.py").write_text(textwrap.dedent(JOB_SWEEP))
     uri = f"file://{tmp_path}/bucket/runs"
+    # The cluster's own token, for `ray start` and `ray job submit` alike: nothing depends on what
+    # earlier runs left in ~/.ray (a machine that never ran Ray has no ~/.ray/auth_token).
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    port, dash = free_port(), free_port()
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    dash = free_port()
     address = f"http://127.0.0.1:{dash}"
-    temp_dir = tempfile.mkdtemp(prefix="ftray-ray-", dir="/tmp")  # socket paths must stay short
+    # Every port Ray would otherwise take at a fixed default (6379, 10001, 52365, ...) is a free one, so
+    # another Ray on the machine does not collide with this one.
+    ports = {flag: free_port() for flag in ("port", "ray-client-server-port", "dashboard-agent-listen-port",
+                                            "dashboard-agent-grpc-port", "metrics-export-port",
+                                            "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
     # --block keeps `ray start` in the foreground as the parent of the cluster's processes, in a process
     # group of its own: the test stops that group, and no other Ray on the machine.
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", *(f"--{k}={v}" for k, v in ports.items()),
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-         "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+         "--disable-usage-stats", f"--temp-dir={ray_temp_folder}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         # The job server and its agent come up after the head starts (slowly, on a busy 2-core machine):
@@ -135,9 +142,7 @@ def job_run(tmp_path_factory):
             submit = subprocess.run(
                 [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(work), "--",
                  "ftray", "run", "job_sweep.py", "--storage", uri],
-                # Ray 2.60's `ray start --head` turns on token auth when ~/.ray/auth_token exists, and the
-                # job CLI only sends the token when told to.
-                capture_output=True, text=True, env=dict(env, RAY_AUTH_MODE="token"), timeout=900)
+                capture_output=True, text=True, env=env, timeout=900)
             text = submit.stdout + submit.stderr
             if "No available agent" not in text and "Failed to connect" not in text \
                     and "Connection refused" not in text:
@@ -151,8 +156,7 @@ def job_run(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    return SimpleNamespace(submit=submit, uri=uri, tmp_path=tmp_path)
+    return SimpleNamespace(submit=submit, uri=uri, tmp_path=tmp_path, token=token.read_text())
 
 
 def local(uri_or_path: str) -> Path:
@@ -188,6 +192,7 @@ def test_ray_job_submit_runs_on_the_cluster(job_run):
     assert submit.returncode == 0, out[-5000:]
     assert "succeeded" in out.lower()
     assert "joined the Ray cluster" in out  # not a second, local Ray
+    assert job_run.token not in out  # the cluster's token is never printed
     assert "trial" in out.lower()  # progress is in the job's logs
 
 

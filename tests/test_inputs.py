@@ -5,6 +5,7 @@ Fast: no Ray, no models. The S3 test runs against moto's server on 127.0.0.1 whe
 """
 
 import codecs
+import json
 import os
 import threading
 
@@ -211,6 +212,44 @@ def test_a_trial_whose_reported_checkpoint_is_gone_gets_its_newest_kept_folder(t
     assert rf.trial_checkpoint(run_dir, "t2", None) is None
 
 
+def _experiment_state(trial_ids) -> str:
+    return json.dumps({"trial_data": [[json.dumps({"trial_id": t, "status": "TERMINATED", "relative_logdir": t}),
+                                        json.dumps({"last_result": {"step": 10}})] for t in trial_ids]})
+
+
+def test_a_part_written_experiment_state_gives_way_to_a_whole_one(tmp_path, monkeypatch, capsys):
+    """Tune rewrites its experiment state in place; a reader (ftray report on a live run, ftray resume)
+    that catches it mid-write on object storage takes the newest whole one, or reads again."""
+    from ftray import runfolder as rf
+
+    monkeypatch.setattr(rf, "STATE_REREAD_S", 0.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "experiment_state-2026-12-04_10-00-00.json").write_text(_experiment_state(["a", "b"]))
+    torn = _experiment_state(["a", "b", "c"])
+    (run / "experiment_state-2026-12-04_10-05-00.json").write_text(torn[: len(torn) // 2])
+    assert [t.id for t in rf.tune_trials(str(run))] == ["a", "b"]
+    err = capsys.readouterr().err
+    assert "experiment_state-2026-12-04_10-00-00.json read instead of the newer" in err and "part-written" in err
+
+    # The only file, caught mid-write once: read again after a pause, whole the second time.
+    (run / "experiment_state-2026-12-04_10-00-00.json").unlink()
+    reads, real = [], st.read_text
+
+    def torn_once(path):
+        reads.append(path)
+        return torn[:40] if len(reads) == 1 else real(path)
+
+    (run / "experiment_state-2026-12-04_10-05-00.json").write_text(torn)
+    monkeypatch.setattr(st, "read_text", torn_once)
+    assert [t.id for t in rf.tune_trials(str(run))] == ["a", "b", "c"]
+    assert "read on try 2" in capsys.readouterr().err
+    # Never whole: one line naming the folder, not a JSONDecodeError.
+    monkeypatch.setattr(st, "read_text", lambda path: torn[:40])
+    with pytest.raises(FtrayInputError, match="experiment state stayed part-written over 5 reads"):
+        rf.tune_trials(str(run))
+
+
 def test_file_uri_writes_are_atomic(tmp_path, monkeypatch):
     target = tmp_path / "run" / "record.json"
     uri = f"file://{target}"
@@ -345,7 +384,10 @@ def test_wandb_setup_message_says_mode_and_why_never_the_key(clean_wandb_env, ca
 
 def test_s3_credentials_leave_the_uri_for_the_environment(monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+        # Set, then removed: monkeypatch then restores the variable's absence after the test, so the
+        # credentials without_credentials puts into os.environ do not outlive it.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     plain = st.without_credentials("s3://KEY:SE%2FCRET@bucket/runs?endpoint_override=h:9000&session_token=T0K")
     assert plain == "s3://bucket/runs?endpoint_override=h:9000"
     assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_SESSION_TOKEN"]) \
