@@ -13,12 +13,13 @@ Learned-Miller & Thomas 2019, arXiv 1905.06208): each row gets an Exp(1) weight 
 Rubin 1981) and one more pseudo-row, with its own Exp(1) weight, sits at the end of the score range
 that is least favourable to the bound: at 0 for the lower end, at 1 for the upper end. For 0/1 rows
 (a proportion) this is exactly Clopper-Pearson's interval (0 hits of n: [0, 1 - 0.025^(1/n)], about
-3.7/n), which holds its level at any n and rate; for bounded scores (ROUGE-L) it holds it in every
-simulation published, where the t and bootstrap intervals fall short at small n. A ratio metric's
-pseudo-row has the trial's mean den. Because the pseudo-row shares its weight across trials like a
+3.7/n), which holds its level at any n and rate; for other scores in a known range (ROUGE-L) Learned-
+Miller & Thomas find it at or above its level wherever they simulated, at small n too, and conjecture
+that it always is, where t and bootstrap intervals fall short. A ratio metric's pseudo-row has the
+trial's mean den. Because the pseudo-row shares its weight across trials like a
 real row, a statistic linear in the trials' scores (a paired difference, a slope, a seed mean) takes
 each trial's pseudo-row at the end that moves the statistic the unfavourable way (`Draws`): the
-difference b - a is then Gaffke's bound on the per-row differences, whose range is [-1, 1], so it needs
+difference b - a of two means is then Gaffke's bound on the per-row differences (range [-1, 1]): it needs
 no separate method for paired proportions and still covers where discordant rows are few.
 """
 
