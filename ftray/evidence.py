@@ -55,8 +55,8 @@ def source_view(trials: Sequence[Mapping], metric: str) -> tuple[str, list[dict]
 
 
 class Evidence:
-    """One bootstrap of every trial that has rows: the same row resamples for all of them, so any two
-    statistics built from it are paired, and each number costs one matrix product."""
+    """One set of draws for every trial that has rows: the same row weights for all of them, so any two
+    statistics built from it are paired, and each number costs one matrix product (`stats.Draws`)."""
 
     def __init__(self, trials: Iterable[Mapping], metric: str, level: float = stats.LEVEL,
                  n_boot: int = stats.RESAMPLES, seed: int = stats.SEED):
@@ -64,7 +64,7 @@ class Evidence:
         self.level, self.n_boot, self.seed = level, n_boot, seed
         self.col = {i: j for j, i in enumerate(rows)}
         self.n_rows = {i: len(r) for i, r in rows.items()}
-        self.ratios = stats.resample_ratios(list(rows.values()), n_boot, seed) if rows else None
+        self.draws = stats.resample_ratios(list(rows.values()), n_boot, seed) if rows else None
 
     def covers(self, trials: Iterable[Mapping]) -> bool:
         return all(t["id"] in self.col for t in trials)
@@ -73,16 +73,17 @@ class Evidence:
         counts = [self.n_rows[t["id"]] for t in trials if t["id"] in self.n_rows]
         return min(counts) if counts else None
 
-    def reps(self, group: Sequence[Mapping], seeds: bool = True) -> np.ndarray | None:
-        """Replicates of the group's mean score; `seeds`: draw its trials anew too (seed noise)."""
+    def reps(self, group: Sequence[Mapping], seeds: bool = True) -> stats.Draws | None:
+        """Draws of the group's mean score; `seeds`: draw its trials anew too (seed noise)."""
         if not group or not self.covers(group):
             return None
         cols = [self.col[t["id"]] for t in group]
         if seeds:
-            return stats.seed_resampled_means(self.ratios, [cols], self.seed)[:, 0]
-        return self.ratios[:, cols].mean(axis=1)
+            return stats.seed_resampled_means(self.draws, [cols], self.seed).column(0)
+        one = self.draws.columns(cols)
+        return stats.Draws(one.low.mean(axis=1), one.high.mean(axis=1))
 
-    def interval(self, value: float, reps: np.ndarray | None, n: int | None = None) -> dict | None:
+    def interval(self, value: float, reps: stats.Draws | None, n: int | None = None) -> dict | None:
         return None if reps is None else stats.summarize(value, reps, self.level, n)
 
 
@@ -120,21 +121,21 @@ def answer(iv: dict | None, up: str = "better", down: str = "worse") -> str:
     return up if iv["lo"] > 0 else down if iv["hi"] < 0 else "undecided"
 
 
-def seed_se(reps: np.ndarray | None, rows_only: np.ndarray | None) -> float:
+def seed_se(reps: stats.Draws | None, rows_only: stats.Draws | None) -> float:
     """The part of a statistic's spread that comes from seeds: total variance less the rows' part."""
     if reps is None or rows_only is None:
         return 0.0
-    return math.sqrt(max(0.0, float(np.var(reps, ddof=1) - np.var(rows_only, ddof=1))))
+    return math.sqrt(max(0.0, float(np.var(reps.centre, ddof=1) - np.var(rows_only.centre, ddof=1))))
 
 
-def rows_need(ev: Evidence, delta: float, rows_only: np.ndarray | None, trials: Sequence[Mapping],
-              reps: np.ndarray | None = None) -> dict | None:
+def rows_need(ev: Evidence, delta: float, rows_only: stats.Draws | None, trials: Sequence[Mapping],
+              reps: stats.Draws | None = None) -> dict | None:
     """More evaluation rows, by the power calculation on the row-only spread of this statistic (with
     the seeds' part, which rows do not shrink, held fixed); None when rows cannot decide it."""
     n = ev.rows(trials)
     if rows_only is None or not n:
         return None
-    need = stats.rows_needed_from_se(float(np.std(rows_only, ddof=1)), n, delta, floor_se=seed_se(reps, rows_only))
+    need = stats.rows_needed_from_se(stats.interval_se(rows_only, ev.level), n, delta, floor_se=seed_se(reps, rows_only))
     if need is None or need <= n:
         return None
     return {"kind": "rows", "rows": need, "now": n,
@@ -142,14 +143,14 @@ def rows_need(ev: Evidence, delta: float, rows_only: np.ndarray | None, trials: 
                     "alpha 0.05, from the observed paired variance (Miller 2024)"}
 
 
-def seed_need(groups: Sequence[Sequence[Mapping]], delta: float, reps: np.ndarray | None,
-              rows_only: np.ndarray | None) -> dict:
+def seed_need(groups: Sequence[Sequence[Mapping]], delta: float, reps: stats.Draws | None,
+              rows_only: stats.Draws | None) -> dict:
     """Repeats: none yet (seed noise is not in the interval), or how many seeds per cell would let the
     seeds' part of the error fit under the difference (their mean's error shrinks as 1 / sqrt(seeds))."""
     if all(len(g) < 2 for g in groups):
         return {"kind": "repeats", "text": "repeats: one trial per cell cannot separate seed noise from the "
                                            "difference; 2+ seeds of each cell's best configuration would"}
-    total = float(np.var(reps, ddof=1)) if reps is not None else 0.0
+    total = float(np.var(reps.centre, ddof=1)) if reps is not None else 0.0
     part = seed_se(reps, rows_only)
     now = min(len(g) for g in groups)
     need = stats.rows_needed(part * math.sqrt(now), delta)
@@ -235,8 +236,8 @@ def power_law(cell_map: Mapping[tuple, dict], ev: Evidence, mode: str, metric: s
         return {"fitted": False, "reason": "the cells cannot be fitted (a loss of 0, or sizes that do not vary)"}
     groups = [cell_map[k]["group"] for k in keys]
     reps = None
-    if all(ev.covers(g) for g in groups):
-        reps = to_loss(np.stack([ev.reps(g) for g in groups], axis=1))
+    if all(ev.covers(g) for g in groups):  # the cells' noise: their draws' centres
+        reps = to_loss(np.stack([ev.reps(g).centre for g in groups], axis=1))
     samples = stats.power_law_samples(n_params, data, loss, reps, ev.n_boot, ev.seed)
     out = {"fitted": True, "form": f"{'1 - ' if mode == 'max' else ''}{metric} = A * params^alpha * data^beta",
            "cells": len(keys), "log_A": fit["log_A"], "r2": fit["r2"], "rmse_log": fit["rmse_log"],

@@ -352,7 +352,7 @@ def _target_part(view: Sequence[Mapping], metric: str, mode: str, target: float,
 
 
 def _caveats(source: str, ev: Evidence, scored: Sequence[Mapping], cell_map: Mapping) -> list[str]:
-    if ev.ratios is None:
+    if ev.draws is None:
         return ["no per-row scores in this run (an older run folder, or evaluations that kept none): no intervals, "
                 "so every verdict above stands on point estimates"]
     out = []
@@ -368,10 +368,10 @@ def _caveats(source: str, ev: Evidence, scored: Sequence[Mapping], cell_map: Map
 def _intervals(trials, view, source: str, ev: Evidence, cell_map: Mapping, metric: str) -> dict:
     """Every scored trial's interval (rows only) and every cell's (its best configuration: rows and seeds)."""
     def per_trial(e: Evidence, ts) -> dict:
-        return {t["id"]: e.interval(t["objective"], e.ratios[:, e.col[t["id"]]], e.n_rows[t["id"]])
+        return {t["id"]: e.interval(t["objective"], e.reps([t], seeds=False), e.n_rows[t["id"]])
                 for t in ts if is_scored(t) and t["id"] in e.col}
 
-    out = {"level": ev.level, "resamples": ev.n_boot, "seed": ev.seed, "source": source,
+    out = {"level": ev.level, "resamples": ev.n_boot, "seed": ev.seed, "source": source, "method": stats.METHOD,
            "rows": sorted(set(ev.n_rows.values())), "trials": per_trial(ev, view),
            "cells": [{"model": m, "params": p, "data_fraction": f, "trials": [t["id"] for t in c["group"]],
                       "seeds": len(c["group"]), "n_trials": c["n"],

@@ -41,21 +41,23 @@ def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple]
     return steps, same, {k[1] for k in point if k[0] > 0} - bests
 
 
-def lever_stats(values: Mapping[tuple, np.ndarray], counts: Mapping[tuple, int], sign: float,
+def lever_stats(values: Mapping[tuple, "float | stats.Draws"], counts: Mapping[tuple, int], sign: float,
                 ladder: list[tuple], same: list[tuple], off: set[str]) -> dict:
-    """The levers from cell values keyed (params, model, fraction): each value a number or an array of
-    bootstrap replicates, so the one function gives the point estimates and their replicates.
-    `ladder`, `same` and `off`: what `ladder_pairs` chose."""
+    """The levers from cell values keyed (params, model, fraction): each value a number or the cell's
+    `stats.Draws`, so the one function gives the point estimates and their draws. Every lever is a
+    weighted sum of cells, which keeps the draws' pairing. `ladder`, `same` and `off`: what
+    `ladder_pairs` chose."""
     per_model = {}
     for _, model in sorted({(p, m) for p, m, _ in values if m not in off}):
         keys = sorted(k for k in values if k[1] == model)
         if len(keys) < 2:
             continue
         xs = np.log2([k[2] for k in keys])
-        ys = sign * np.stack([np.asarray(values[k], dtype=float) for k in keys])
         xc = xs - xs.mean()
+        # The least-squares slope, sum(xc * y) / sum(xc^2): the xc sum to 0, so y needs no centring.
+        weights = sign * xc / (xc ** 2).sum()
         per_model[model] = {
-            "slope": np.tensordot(xc, ys - ys.mean(axis=0), axes=1) / (xc ** 2).sum(),
+            "slope": sum(float(c) * values[k] for c, k in zip(weights, keys)),
             "n": sum(counts[k] for k in keys), "fractions": [k[2] for k in keys],
             "steps": [(k0[2], k1[2], sign * (values[k1] - values[k0])) for k0, k1 in zip(keys, keys[1:])]}
     steps = [{"frac": k0[2], "k0": k0, "k1": k1, "gain": sign * (values[k1] - values[k0]), "n": counts[k0] + counts[k1]}
@@ -73,7 +75,7 @@ def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective", ev
     """Data versus model: the gain per doubling of data (fixed model) and per step up the ladder (fixed
     data), from the best configuration of each (model, data fraction) cell, averaged over its seeds.
     Gains are signed so that positive means better. With per-row scores each gain has an interval
-    over rows (and seeds where trials are repeated), all from one paired bootstrap."""
+    over rows (and seeds where trials are repeated), all from one set of paired draws."""
     sign = 1.0 if mode == "max" else -1.0
     scored = [t for t in trials if is_scored(t)]
     ev = evidence or Evidence(scored, metric)

@@ -76,7 +76,7 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str)
     paths = []
     better = "higher is better" if mode == "max" else "lower is better"
     shown = f"{metric} ({'test' if source == 'test' else 'validation'}, {better})"
-    bars = "; bars: 95% intervals" if ev.ratios is not None else ""
+    bars = "; bars: 95% intervals" if ev.draws is not None else ""
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _error_bars(ax, [t["params"] for t in scored], [t["objective"] for t in scored],

@@ -271,7 +271,7 @@ def _scores_table(run: dict, a: dict) -> list[str]:
         rows.append(row)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     level = f"{iv.get('level', 0.95):.0%}"
-    out = ["", f"Scores with {level} intervals over rows (bootstrap, {iv.get('resamples')} resamples)"
+    out = ["", f"Scores with {level} intervals over rows ({iv.get('method')}, {iv.get('resamples')} draws)"
                + ("; validation chose, test reports" if test else "")]
     out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     return out

@@ -1,16 +1,34 @@
-"""Uncertainty for eval scores: bootstrap intervals, paired differences, power, honest digits, and the
+"""Uncertainty for eval scores: intervals over rows, paired differences, power, honest digits, and the
 finetuning power law. Pure functions over numpy arrays.
 
 Every metric is a ratio of sums over rows, sum(num) / sum(den) (a mean when every den is 1; a micro
-F1 when the den counts pairs), so a resample of rows is a resample of (num, den) pairs. Trials of a
-sweep are scored on the same rows in the same order: one set of row resamples drawn for all of them
-keeps every comparison paired (Miller 2024, "Adding Error Bars to Evals", arXiv 2411.00640).
+F1 when the den counts pairs), so a draw of row weights is a draw of the metric. Trials of a sweep are
+scored on the same rows in the same order: one set of row weights drawn for all of them keeps every
+comparison paired (Miller 2024, "Adding Error Bars to Evals", arXiv 2411.00640).
+
+Why not a plain percentile bootstrap: it is too narrow below a few hundred rows and collapses to [0, 0]
+on all-zero rows (Bowyer et al. 2025, arXiv 2503.01747), and 16-32 rows with rates near 0 or 1 are
+common here. The draws are Gaffke's bound for the mean of a bounded variable instead (Gaffke 2005;
+Learned-Miller & Thomas 2019, arXiv 1905.06208): each row gets an Exp(1) weight (a Bayesian bootstrap,
+Rubin 1981) and one more pseudo-row, with its own Exp(1) weight, sits at the end of the score range
+that is least favourable to the bound: at 0 for the lower end, at 1 for the upper end. For 0/1 rows
+(a proportion) this is exactly Clopper-Pearson's interval (0 hits of n: [0, 1 - 0.025^(1/n)], about
+3.7/n), which holds its level at any n and rate; for other scores in a known range (ROUGE-L) Learned-
+Miller & Thomas find it at or above its level wherever they simulated, at small n too, and conjecture
+that it always is, where t and bootstrap intervals fall short. A ratio metric's pseudo-row has the
+trial's mean den. Because the pseudo-row shares its weight across trials like a
+real row, a statistic linear in the trials' scores (a paired difference, a slope, a seed mean) takes
+each trial's pseudo-row at the end that moves the statistic the unfavourable way (`Draws`): the
+difference b - a of two means is then Gaffke's bound on the per-row differences (range [-1, 1]): it needs
+no separate method for paired proportions and still covers where discordant rows are few.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import zlib
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Sequence
 
@@ -19,8 +37,16 @@ import numpy as np
 LEVEL = 0.95
 RESAMPLES = 2000
 SEED = 0
-# Row weights held at once (resamples x rows): bounds memory on large test splits.
+METHOD = "Gaffke's bound, Clopper-Pearson's for 0/1 rows"  # what the report names its intervals by
+# Row weights held at once (draws x rows): bounds memory on large test splits.
 _CHUNK = 4_000_000
+
+
+class RowKind(str, enum.Enum):
+    """What a trial's per-row scores are, read from the rows themselves."""
+    PROPORTION = "proportion"  # every row a hit or a miss (exact match, accuracy): num is 0 or den, one den
+    RATIO = "ratio"  # rows that weigh differently (micro slot F1: den counts pairs)
+    SCORE = "score"  # one den for every row, scores in between (ROUGE-L)
 
 
 def row_arrays(rows) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +56,26 @@ def row_arrays(rows) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0), np.zeros(0)
     a = a.reshape(-1, 2)
     return a[:, 0], a[:, 1]
+
+
+def row_kind(rows) -> RowKind:
+    """A proportion when every row scores 0 or its whole den and the dens are equal, a ratio when the
+    dens differ, else a score. Rows with den 0 (nothing to score, like no predicted pairs) are left out."""
+    num, den = row_arrays(rows)
+    num, den = num[den != 0], den[den != 0]
+    if np.any(den != den[:1]):
+        return RowKind.RATIO
+    return RowKind.PROPORTION if np.all((num == 0) | (num == den)) else RowKind.SCORE
+
+
+def score_range(rows) -> tuple[float, float]:
+    """The ends the pseudo-row sits on: [0, 1] when every row's score num / den lies in it (every metric
+    of ftray's tasks), else the scores' own extremes (the bound then assumes no row goes past them)."""
+    num, den = row_arrays(rows)
+    score = num[den != 0] / den[den != 0]
+    if not score.size or (score.min() >= 0 and score.max() <= 1):
+        return 0.0, 1.0
+    return float(score.min()), float(score.max())
 
 
 def ratio(rows) -> float:
@@ -43,20 +89,60 @@ def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b, out=np.zeros_like(a), where=b != 0)
 
 
-def _row_counts(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
-    """b resamples of n rows drawn with replacement, as how often each row was drawn (b x n)."""
-    idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
-    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(float)
+@dataclass(frozen=True)
+class Draws:
+    """Draws of a statistic that is linear in the trials' scores, in two versions sharing every weight:
+    `low` with each trial's pseudo-row at the end that lowers the statistic, `high` at the end that
+    raises it. The interval is low's lower quantile to high's upper one. Sums, differences and scalar
+    multiples keep the pairing: a negative factor swaps the versions. `centre` (the pseudo-row at the
+    middle of the range) is for spreads: standard errors, power, seed variance."""
+    low: np.ndarray
+    high: np.ndarray
+    __array_ufunc__ = None  # numpy scalars hand arithmetic to the methods below
+
+    @property
+    def centre(self) -> np.ndarray:
+        return (self.low + self.high) / 2
+
+    def __add__(self, other) -> "Draws":
+        if isinstance(other, Draws):
+            return Draws(self.low + other.low, self.high + other.high)
+        return Draws(self.low + other, self.high + other)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> "Draws":
+        return Draws(-self.high, -self.low)
+
+    def __sub__(self, other) -> "Draws":
+        return self + (-other)
+
+    def __rsub__(self, other) -> "Draws":
+        return -self + other
+
+    def __mul__(self, k) -> "Draws":
+        return Draws(k * self.low, k * self.high) if k >= 0 else Draws(k * self.high, k * self.low)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k) -> "Draws":
+        return self * (1.0 / k)
+
+    def column(self, j: int) -> "Draws":
+        return Draws(self.low[:, j], self.high[:, j])
+
+    def columns(self, cols: Sequence[int]) -> "Draws":
+        return Draws(self.low[:, cols], self.high[:, cols])
 
 
-def resample_ratios(row_sets: Sequence, n_boot: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """(n_boot x T): each trial's ratio on each resample of rows.
+def resample_ratios(row_sets: Sequence, n_boot: int = RESAMPLES, seed: int = SEED) -> Draws:
+    """(n_boot x T) draws of each trial's ratio (see the module's docstring).
 
-    Trials with the same number of rows share their resamples (the rows pair up); those with another
-    count get their own, independent ones. The resamples for n rows depend only on (seed, n), so a
-    trial's interval is the same whichever other trials are resampled beside it.
+    Trials with the same number of rows share their weights, the pseudo-row's too (the rows pair up);
+    those with another count get their own, independent ones. The weights for n rows depend only on
+    (seed, n), so a trial's interval is the same whichever other trials are drawn beside it.
     """
-    out = np.zeros((n_boot, len(row_sets)))
+    low, high = np.zeros((n_boot, len(row_sets))), np.zeros((n_boot, len(row_sets)))
     by_n: dict[int, list[int]] = {}
     arrays = [row_arrays(r) for r in row_sets]
     for j, (num, _) in enumerate(arrays):
@@ -66,33 +152,42 @@ def resample_ratios(row_sets: Sequence, n_boot: int = RESAMPLES, seed: int = SEE
             continue
         num = np.stack([arrays[j][0] for j in cols], axis=1)
         den = np.stack([arrays[j][1] for j in cols], axis=1)
+        # The pseudo-row: each trial's mean den (1 where it has none), at the ends of its score range.
+        size = np.where(den.mean(axis=0) > 0, den.mean(axis=0), 1.0)
+        ends = np.array([score_range(np.column_stack(arrays[j])) for j in cols]).T * size
         rng = np.random.default_rng([seed, n])
-        step = max(1, _CHUNK // n)
+        step = max(1, _CHUNK // (n + 1))
         for start in range(0, n_boot, step):
-            w = _row_counts(rng, min(step, n_boot - start), n)
-            out[start:start + len(w), cols] = _divide(w @ num, w @ den)
-    return out
+            w = rng.standard_exponential((min(step, n_boot - start), n + 1))
+            rows, pseudo = w[:, :n], w[:, n:]
+            num_w, den_w = rows @ num, rows @ den + pseudo * size
+            span = slice(start, start + len(w))
+            low[span, cols] = _divide(num_w + pseudo * ends[0], den_w)
+            high[span, cols] = _divide(num_w + pseudo * ends[1], den_w)
+    return Draws(low, high)
 
 
-def seed_resampled_means(ratios: np.ndarray, groups: Sequence[Sequence[int]], seed: int = SEED) -> np.ndarray:
-    """(n_boot x G): per replicate, each group's mean over its trials drawn with replacement.
+def seed_resampled_means(draws: Draws, groups: Sequence[Sequence[int]], seed: int = SEED) -> Draws:
+    """(n_boot x G): per draw, each group's mean over its trials drawn with replacement.
 
     A group is one configuration run with several seeds; drawing its trials anew in each replicate
     puts the seed-to-seed spread into the interval (a two-level bootstrap: rows, then seeds). A
-    group of one trial keeps its row-only replicates: one seed cannot show seed noise. With k seeds
+    group of one trial keeps its row-only draws: one seed cannot show seed noise. With k seeds
     the draws' variance is (k - 1) / k of the seeds' own, so 2-4 seeds understate it somewhat.
     """
-    out = np.empty((ratios.shape[0], len(groups)))
+    b = draws.low.shape[0]
+    low, high = np.empty((b, len(groups))), np.empty((b, len(groups)))
     for g, cols in enumerate(groups):
         cols = list(cols)
         k = len(cols)
         if k == 1:
-            out[:, g] = ratios[:, cols[0]]
+            low[:, g], high[:, g] = draws.low[:, cols[0]], draws.high[:, cols[0]]
             continue
         rng = np.random.default_rng([seed, zlib.crc32(repr(cols).encode())])
-        counts = rng.multinomial(k, np.full(k, 1.0 / k), size=ratios.shape[0])
-        out[:, g] = (ratios[:, cols] * counts).sum(axis=1) / k
-    return out
+        counts = rng.multinomial(k, np.full(k, 1.0 / k), size=b)
+        low[:, g] = (draws.low[:, cols] * counts).sum(axis=1) / k
+        high[:, g] = (draws.high[:, cols] * counts).sum(axis=1) / k
+    return Draws(low, high)
 
 
 def percentile_interval(samples, level: float = LEVEL) -> tuple[float, float]:
@@ -105,12 +200,37 @@ def percentile_interval(samples, level: float = LEVEL) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def summarize(value: float, samples, level: float = LEVEL, n: int | None = None) -> dict:
-    """{"value", "lo", "hi", "se", "n"}: the point estimate, its percentile interval and bootstrap SE."""
-    lo, hi = percentile_interval(samples, level)
-    s = np.asarray(samples, dtype=float)
-    s = s[np.isfinite(s)]
-    se = float(s.std(ddof=1)) if s.size > 1 else math.nan
+def bounds(draws: Draws, values, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """The equal-tailed interval of each column of `draws` (low's lower quantile, high's upper one),
+    stretched to hold its point estimate in `values`, which Monte Carlo noise in a tail could otherwise
+    leave just outside it. Vectorised over columns; `summarize` takes one."""
+    tail = (1.0 - level) / 2.0
+    values = np.asarray(values, dtype=float)
+    lo = np.quantile(draws.low, tail, axis=0)
+    hi = np.quantile(draws.high, 1.0 - tail, axis=0)
+    return np.fmin(lo, values), np.fmax(hi, values)
+
+
+def interval_se(draws: Draws, level: float = LEVEL) -> float:
+    """The standard error the interval implies: its width over 2 z. The power calculation plans from
+    this, so the rows it asks for are the rows that would narrow this interval enough, small-n width
+    and all (a spread of the draws alone would understate it where the pseudo-row weighs most)."""
+    lo, hi = bounds(draws, np.nan, level)
+    return float((hi - lo) / (2 * NormalDist().inv_cdf(0.5 + level / 2)))
+
+
+def summarize(value: float, samples: "Draws | np.ndarray", level: float = LEVEL, n: int | None = None) -> dict:
+    """{"value", "lo", "hi", "se", "n"}: the point estimate, its equal-tailed interval and standard error:
+    from `Draws` their `bounds` and `interval_se`; from plain samples (the power law's) their percentile
+    interval and SD."""
+    if isinstance(samples, Draws):
+        lo, hi = (float(x) for x in bounds(samples, value, level))
+        se = interval_se(samples, level)
+    else:
+        lo, hi = percentile_interval(samples, level)
+        s = np.asarray(samples, dtype=float)
+        s = s[np.isfinite(s)]
+        se = float(s.std(ddof=1)) if s.size > 1 else math.nan
     # None, not NaN: the report is JSON, and strict JSON has no NaN.
     return {"value": float(value), "lo": _finite(lo), "hi": _finite(hi), "se": _finite(se), "n": n}
 
@@ -120,24 +240,26 @@ def _finite(x: float) -> float | None:
 
 
 def bootstrap_ci(rows, level: float = LEVEL, n_boot: int = RESAMPLES, seed: int = SEED) -> dict:
-    """Percentile bootstrap interval of a ratio-of-sums metric over its rows."""
-    return summarize(ratio(rows), resample_ratios([rows], n_boot, seed)[:, 0], level, n=len(row_arrays(rows)[0]))
+    """One trial's interval over its rows, as the report gives it (Gaffke's bound; Clopper-Pearson's
+    for 0/1 rows), with "kind": what the rows are (`row_kind`)."""
+    out = summarize(ratio(rows), resample_ratios([rows], n_boot, seed).column(0), level, n=len(row_arrays(rows)[0]))
+    return {**out, "kind": row_kind(rows).value}
 
 
 def paired_diff_ci(rows_a, rows_b, level: float = LEVEL, n_boot: int = RESAMPLES, seed: int = SEED,
                    alpha: float = 0.05, power: float = 0.8) -> dict:
-    """b minus a, two trials on the same rows: rows drawn jointly, so what the rows share cancels.
+    """b minus a, two trials on the same rows: the weights are shared, so what the rows share cancels.
 
     Adds "sd_row" (spread of the per-row paired differences) and "rows_needed" to detect the observed
-    difference (`rows_needed`).
+    difference, from the interval's own standard error as the report's verdicts take it.
     """
     n = len(row_arrays(rows_a)[0])
     if n != len(row_arrays(rows_b)[0]):
         raise ValueError(f"paired rows differ in number: {n} and {len(row_arrays(rows_b)[0])}")
-    reps = resample_ratios([rows_a, rows_b], n_boot, seed)
-    out = summarize(ratio(rows_b) - ratio(rows_a), reps[:, 1] - reps[:, 0], level, n=n)
+    draws = resample_ratios([rows_a, rows_b], n_boot, seed)
+    out = summarize(ratio(rows_b) - ratio(rows_a), draws.column(1) - draws.column(0), level, n=n)
     out["sd_row"] = paired_sd(rows_a, rows_b)
-    out["rows_needed"] = rows_needed(out["sd_row"], out["value"], alpha, power)
+    out["rows_needed"] = rows_needed_from_se(out["se"], n, out["value"], alpha, power)
     return out
 
 
