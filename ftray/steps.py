@@ -171,6 +171,9 @@ class FusedLossLM(torch.nn.Module):
         return CausalLMOutputWithPast(loss=loss)
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's own default; the tests trace with "eager" (inductor takes a minute on a CPU)
+
+
 def compile_layers(model) -> int:
     """torch.compile each decoder layer of a (peft) causal LM in place, for training; returns how many.
 
@@ -182,5 +185,5 @@ def compile_layers(model) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = getattr(base.get_decoder(), "layers", None) or []
     for layer in layers:
-        layer.compile()
+        layer.compile(backend=COMPILE_BACKEND)
     return len(layers)
