@@ -126,7 +126,7 @@ def test_the_speed_settings_train_the_same_curve_as_the_defaults(task, tok, monk
 @pytest.mark.parametrize("pack", [False, True])
 def test_a_token_budget_trains_and_resumes_at_the_batch_it_stopped_at(task, tok, tmp_path, pack):
     settings = dict(batch_tokens=256, pack=pack, pack_length=128 if pack else None, epochs=2.0, steps=None,
-                    eval_every=3, pad_to_multiple=16, data_fraction=0.5, eval_samples=4)
+                    eval_every=3, pad_to_multiple=16, eval_samples=4)
     full_trace: list = []
     full = run(task, tok, full_trace, str(tmp_path / "full"), **settings)
     assert len({len(t[3]) for t in full_trace}) > 1  # batches of as many examples as fit, not a fixed count
