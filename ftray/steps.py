@@ -1,4 +1,5 @@
-"""The optimizer, its learning-rate schedule and one micro-batch's forward and backward, for ftray/recipe.py."""
+"""The optimizer, its learning-rate schedule and one micro-batch's forward and backward, for ftray/recipe.py; and
+the training speed levers that work on the model: the loss without the full logits, compiled layers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Callable, ContextManager
 import torch
 
 from ftray.config import TrialConfig
+from ftray.errors import FtrayInputError
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -182,6 +184,8 @@ def compile_layers(model) -> int:
     evaluation and generation under `torch.compiler.set_stance("force_eager")`: their shapes (a KV
     cache growing token by token) would compile again and again.
     """
+    if not hasattr(torch.compiler, "set_stance"):
+        raise FtrayInputError(f"compile=True needs torch >= 2.6 (to run evaluation eagerly), this is {torch.__version__}")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = getattr(base.get_decoder(), "layers", None) or []
     for layer in layers:
