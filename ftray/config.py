@@ -80,8 +80,23 @@ class TrialConfig:
     pad_to_multiple: int = _setting(1, "training batch widths rounded up to a multiple of this (64 suits GPUs whose "
                                     "attention kernels are built per input shape; 1: the batch's longest row)",
                                     "an int > 0", _int_at_least(1), searchable=False)
-    pack: bool = _setting(False, "each micro-batch's rows end to end in one row with no padding, each row attending "
-                          "to itself only (evaluation stays unpacked)", "True or False", _bool, searchable=False)
+    pack: bool = _setting(False, "each micro-batch's examples end to end in rows of `pack_length` tokens, each "
+                          "example attending to itself only (evaluation stays unpacked)", "True or False", _bool,
+                          searchable=False)
+    pack_length: int | None = _setting(None, "tokens per packed row (None: max_length); attention costs the row's "
+                                       "length per token, so the cost is linear in the tokens packed",
+                                       "None or an int >= max_length", _optional(_int_at_least(2)), searchable=False)
+    batch_tokens: int | None = _setting(None, "tokens per worker per micro-batch, padding included, instead of "
+                                        "batch_size rows: rows are added until the next would overflow it (None: "
+                                        "batch_size rows)", "None or an int >= max_length",
+                                        _optional(_int_at_least(2)), searchable=False)
+    fused_loss: str = _setting("off", "the loss without the full logits: 'chunked' (the head and cross-entropy chunk "
+                               "by chunk over the completion tokens, plain PyTorch), 'auto' (Liger Kernel's fused "
+                               "kernel on CUDA where it is installed, else 'chunked'), 'off' (the model's own loss)",
+                               "'off', 'chunked' or 'auto'", lambda v: v in ("off", "chunked", "auto"),
+                               searchable=False)
+    compile: bool = _setting(False, "torch.compile each decoder layer for training (evaluation and generation run "
+                             "them uncompiled)", "True or False", _bool, searchable=False)
     # ---- evaluation
     eval_every: int = _setting(50, "optimizer steps between evaluations (and checkpoints)", "an int > 0",
                                _int_at_least(1), searchable=False)
@@ -104,6 +119,14 @@ class TrialConfig:
             raise FtrayInputError(f"set exactly one of steps and epochs, got steps={self.steps!r}, epochs={self.epochs!r}")
         if self.steps is None and self.epochs is None:
             object.__setattr__(self, "steps", 200)
+        # Every example must fit a packed row and a micro-batch whole.
+        for name in ("pack_length", "batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < self.max_length:
+                raise FtrayInputError(f"{name} must be None or an int >= max_length ({self.max_length}), got {value!r}")
+        if self.pack_length is not None and not self.pack:
+            raise FtrayInputError(f"pack_length={self.pack_length!r} is set but pack is False: set pack=True or "
+                                  "leave pack_length None")
 
     @property
     def alpha(self) -> float:
@@ -126,6 +149,11 @@ class TrialConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+
+# The speed levers that leave the loss as it is (to float rounding), all on: what a GPU run turns on to
+# compare against the defaults. batch_tokens is not among them: a token budget changes which examples
+# share a step, and so the training itself; choose it per model and GPU.
+SPEED_SETTINGS = {"pack": True, "fused_loss": "auto", "compile": True, "pad_to_multiple": 64}
 
 SETTINGS = {f.name: f for f in fields(TrialConfig)}
 # The names a sweep's `space` may sample.

@@ -3,13 +3,16 @@
 Subsets are nested: for one seed the 10% subset lies inside the 25% subset, so "more data" in a sweep
 adds rows and never swaps them. Batches pad to their own longest example (no fixed-length padding; or up
 to a multiple of `pad_to_multiple`), and examples of similar length are batched together so little compute
-goes into padding. Packed batches (`collate_packed`) hold no padding at all.
+goes into padding. Packed batches (`collate_packed`) hold examples end to end in rows of a fixed width,
+padded at each row's end only. A micro-batch holds `batch_size` examples, or as many as fit a budget of
+tokens (`batches(batch_tokens=...)`), padding included, as `Layout` lays them out.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
@@ -82,8 +85,77 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, max_length: int, f
     return out
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a micro-batch's examples become tensors, and so how many tokens (padding included) they take.
+
+    Unpacked (`pack_length` None): a row per example, right-padded to the batch's longest, rounded up to a
+    multiple of `pad_to_multiple` (fewer distinct shapes, for kernels that are built or autotuned per input
+    shape; the extra positions are masked, so the loss does not change). Packed: examples end to end in
+    rows `pack_length` tokens wide (rounded up the same way), each placed in the first row it fits
+    (`RowFiller`). A packed row's attention costs its width per token, so packing is linear in the tokens.
+    """
+
+    pad_to_multiple: int = 1
+    pack_length: int | None = None
+
+    def __post_init__(self):
+        if self.pad_to_multiple < 1:
+            raise ValueError(f"pad_to_multiple must be >= 1, got {self.pad_to_multiple}")
+        if self.pack_length is not None and self.pack_length < 1:
+            raise ValueError(f"pack_length must be >= 1, got {self.pack_length}")
+
+    @property
+    def packed(self) -> bool:
+        return self.pack_length is not None
+
+    def width(self, longest: int) -> int:
+        """The batch's width given its longest example (packed: the row width, whatever the examples)."""
+        return -(-(self.pack_length if self.packed else longest) // self.pad_to_multiple) * self.pad_to_multiple
+
+    def collate(self, samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+        return collate_packed(samples, pad_id, self) if self.packed else _collate_padded(samples, pad_id, self)
+
+
+class RowFiller:
+    """Examples placed into a micro-batch's rows one at a time, as `Layout.collate` lays them out: the one
+    place that decides which examples share a row, for the collation and for the token budget."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.rows: list[list[int]] = []  # each row's examples, by the order they were added
+        self.used: list[int] = []  # tokens taken in each row
+        self.longest = 0
+        self.count = 0
+
+    def _row_for(self, length: int) -> int | None:
+        """Packed: the first row with room for `length` tokens; None: a new row."""
+        if self.layout.packed:
+            room = self.layout.width(0)
+            return next((r for r, used in enumerate(self.used) if used + length <= room), None)
+        return None
+
+    def tokens_with(self, length: int) -> int:
+        """The batch's size in tokens, padding included, were an example of `length` tokens added."""
+        rows = len(self.rows) + (self._row_for(length) is None)
+        return rows * self.layout.width(max(self.longest, length))
+
+    def add(self, length: int) -> None:
+        if self.layout.packed and length > self.layout.width(0):
+            raise ValueError(f"an example of {length} tokens does not fit a packed row of {self.layout.width(0)}")
+        r = self._row_for(length)
+        if r is None:
+            r = len(self.rows)
+            self.rows.append([])
+            self.used.append(0)
+        self.rows[r].append(self.count)
+        self.used[r] += length
+        self.longest = max(self.longest, length)
+        self.count += 1
+
+
 def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, rank: int, world_size: int,
-            drop_last: bool = True) -> list[list[int]]:
+            drop_last: bool = True, *, batch_tokens: int | None = None, layout: Layout = Layout()) -> list[list[int]]:
     """This rank's batches (lists of indices into `tokenized`) for one epoch.
 
     Every rank computes the same grouping (seeded by seed and epoch); all ranks get the same number
@@ -92,15 +164,24 @@ def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, r
     neighbouring batches, shuffle the steps: a random order with little padding, and at each step
     every rank gets a batch of about the same length. (Dealt at random, each step waits for the rank
     with the longest batch: measurably slower steps, README, Benchmarks.)
+    With `batch_tokens`, a batch is cut where the next example would take it past that many tokens as
+    `layout` lays it out, padding included (at least one example a batch), instead of at `batch_size`
+    examples; no batch is dropped then (`drop_last` is for fixed-size batches).
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")
+    if batch_tokens is not None and batch_tokens < 1:
+        raise ValueError(f"bad batching: batch_tokens={batch_tokens}")
     n = len(tokenized)
     if n == 0:
         raise ValueError("no examples to batch")
     rng = random.Random(f"batches-{seed}-{epoch}")
     order = list(range(n))
     rng.shuffle(order)
+    if batch_tokens is not None:
+        steps = _budget_steps(order, [len(t["input_ids"]) for t in tokenized], batch_tokens, layout, world_size)
+        rng.shuffle(steps)
+        return [step[rank] for step in steps]
     need = batch_size * world_size
     if n < need:
         # A tiny subset: repeat it so that every rank still gets one full batch. No length sorting
@@ -120,23 +201,61 @@ def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, r
     return [step[rank] for step in steps]
 
 
-def _round_up(width: int, multiple: int) -> int:
-    if multiple < 1:
-        raise ValueError(f"pad_to_multiple must be >= 1, got {multiple}")
-    return -(-width // multiple) * multiple
+def _cut_by_tokens(indices: Sequence[int], lengths: Sequence[int], budget: int, layout: Layout) -> list[list[int]]:
+    """`indices` in order, cut into batches that each fit `budget` tokens as `layout` lays them out."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    filler = RowFiller(layout)
+    for i in indices:
+        if current and filler.tokens_with(lengths[i]) > budget:
+            out.append(current)
+            current, filler = [], RowFiller(layout)
+        current.append(i)
+        filler.add(lengths[i])
+    return out + [current] if current else out
+
+
+def _budget_steps(order: list[int], lengths: Sequence[int], budget: int, layout: Layout,
+                  world_size: int) -> list[list[list[int]]]:
+    """Token-budget batches, dealt into steps of world_size (unshuffled): windows of about
+    SORT_WINDOW_BATCHES steps' worth of tokens sorted by length, so a step's batches are of about one
+    length; the few batches a window leaves over form steps of their own at the end."""
+    window_tokens = SORT_WINDOW_BATCHES * world_size * budget
+    steps: list[list[list[int]]] = []
+    spare: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        end, tokens = start, 0
+        while end < len(order) and tokens < window_tokens:
+            tokens += lengths[order[end]]
+            end += 1
+        chunk = sorted(order[start:end], key=lambda i: lengths[i])
+        cut = _cut_by_tokens(chunk, lengths, budget, layout)
+        whole = len(cut) - len(cut) % world_size
+        steps += [cut[j : j + world_size] for j in range(0, whole, world_size)]
+        spare += cut[whole:]
+        start = end
+    steps += [spare[j : j + world_size] for j in range(0, len(spare) - world_size + 1, world_size)]
+    if not steps:
+        # A tiny subset: fewer batches than workers. Repeat it (unsorted, as for fixed-size batches) until
+        # every rank has one.
+        repeated = list(order)
+        while len(cut := _cut_by_tokens(repeated, lengths, budget, layout)) < world_size:
+            repeated += order
+        steps = [cut[:world_size]]
+    return steps
 
 
 def collate(samples: Sequence[dict], pad_id: int, pad_to_multiple: int = 1,
-            pack: bool = False) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample of this batch: input_ids (pad_id), labels (-100), attention_mask.
+            pack_length: int | None = None) -> dict[str, torch.Tensor]:
+    """The samples as tensors, laid out by `Layout(pad_to_multiple, pack_length)`: right-padded rows
+    (input_ids, labels -100 and attention_mask 0 where padded), or, with `pack_length`, packed rows
+    (`collate_packed`)."""
+    return Layout(pad_to_multiple, pack_length).collate(samples, pad_id)
 
-    `pad_to_multiple` rounds the width up to a multiple of it: fewer distinct shapes, for kernels that are
-    built (or autotuned) per input shape; the extra positions are masked, so the loss does not change.
-    `pack`: all samples in one row instead (`collate_packed`).
-    """
-    if pack:
-        return collate_packed(samples, pad_id, pad_to_multiple)
-    width = _round_up(max(len(s["input_ids"]) for s in samples), pad_to_multiple)
+
+def _collate_padded(samples: Sequence[dict], pad_id: int, layout: Layout) -> dict[str, torch.Tensor]:
+    width = layout.width(max(len(s["input_ids"]) for s in samples))
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
@@ -148,32 +267,36 @@ def collate(samples: Sequence[dict], pad_id: int, pad_to_multiple: int = 1,
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def collate_packed(samples: Sequence[dict], pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """The samples end to end in one row (batch dimension 1): input_ids, labels, position_ids; no padding
-    between them, and deliberately no attention_mask.
+def collate_packed(samples: Sequence[dict], pad_id: int, layout: Layout) -> dict[str, torch.Tensor]:
+    """The samples end to end in rows of `layout.width(0)` tokens (which samples share a row: `RowFiller`):
+    input_ids, labels, position_ids; no padding between samples, and deliberately no attention_mask.
 
     position_ids restart at 0 at each sample. Given position_ids and no attention_mask, transformers reads
-    the restarts as sequence boundaries (masking_utils.find_packed_sequence_indices) and builds a
-    block-diagonal causal mask for the sdpa, eager and flex paths; the flash-attention paths take the same
+    the restarts as sequence boundaries, row by row (masking_utils.find_packed_sequence_indices), and builds
+    a block-diagonal causal mask for the sdpa, eager and flex paths; the flash-attention paths take the same
     boundaries from the position_ids for their varlen kernels. An attention_mask, or a KV cache (call the
-    model with use_cache=False), switches that detection off, and the rows would attend to each other.
+    model with use_cache=False), switches that detection off, and the samples would attend to each other.
     Each sample's first label is -100: the token before it ends another sample, so nothing is predicted
-    across a boundary. Padding up to `pad_to_multiple` is one more sequence of its own, all labels -100.
+    across a boundary. A row's padding at its end is one more sequence of its own, all labels -100.
     """
-    input_ids: list[int] = []
-    labels: list[int] = []
-    position_ids: list[int] = []
+    filler = RowFiller(layout)
     for s in samples:
-        k = len(s["input_ids"])
-        input_ids += s["input_ids"]
-        labels += [IGNORE] * min(k, 1) + list(s["labels"][1:])
-        position_ids += range(k)
-    pad = _round_up(len(input_ids), pad_to_multiple) - len(input_ids)
-    input_ids += [pad_id] * pad
-    labels += [IGNORE] * pad
-    position_ids += range(pad)
-    as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
-    return {"input_ids": as_row(input_ids), "labels": as_row(labels), "position_ids": as_row(position_ids)}
+        filler.add(len(s["input_ids"]))
+    width = layout.width(0)
+    input_ids = torch.full((len(filler.rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(filler.rows), width), IGNORE, dtype=torch.long)
+    position_ids = torch.zeros((len(filler.rows), width), dtype=torch.long)
+    for r, members in enumerate(filler.rows):
+        at = 0
+        for i in members:
+            s = samples[i]
+            k = len(s["input_ids"])
+            input_ids[r, at : at + k] = torch.tensor(s["input_ids"], dtype=torch.long)
+            labels[r, at + 1 : at + k] = torch.tensor(s["labels"][1:], dtype=torch.long)
+            position_ids[r, at : at + k] = torch.arange(k)
+            at += k
+        position_ids[r, at:] = torch.arange(width - at)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
 def padding_efficiency(batches_of_samples: Sequence[Sequence[dict]]) -> float:

@@ -31,10 +31,11 @@ import torch
 
 from ftray.config import TrialConfig
 from ftray.context import LocalContext, RayContext, TrialContext
-from ftray.data import batches, collate, select, tokenize_examples
+from ftray.data import Layout, batches, select, tokenize_examples
 from ftray.evaluate import score, sum_over_workers
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, count_params, load_tokenizer
-from ftray.steps import forward_backward, lr_lambda, make_optimizer  # noqa: F401 (lr_lambda: bench/ imports it here)
+from ftray.steps import (FusedLossLM, compile_layers, forward_backward, lr_lambda,  # noqa: F401 (lr_lambda: bench/)
+                         make_optimizer)
 from ftray.tasks.base import Task
 
 TRAINER_STATE = "trainer_state.pt"
@@ -136,8 +137,14 @@ class LoRARecipe:
         self.valid_examples = self.job.task.examples("valid")[: cfg.eval_samples]
         self.train_data = tokenize_examples(train_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
         self.valid_data = tokenize_examples(self.valid_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
-        per_step = cfg.batch_size * cfg.grad_accum * self.world
-        self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * len(self.train_data) / per_step))
+        self.layout = Layout(cfg.pad_to_multiple, (cfg.pack_length or cfg.max_length) if cfg.pack else None)
+        if cfg.steps:
+            self.total_steps = cfg.steps
+        elif cfg.batch_tokens is None:
+            per_step = cfg.batch_size * cfg.grad_accum * self.world
+            self.total_steps = max(1, math.ceil(cfg.epochs * len(self.train_data) / per_step))
+        else:  # token budgets: an epoch is as many micro-batches as the data cuts into (the same every epoch, or nearly)
+            self.total_steps = max(1, math.ceil(cfg.epochs * len(self._batches(0)) / cfg.grad_accum))
 
     def _setup_model(self) -> None:
         """Base weights (bf16 on GPU), LoRA adapters (fp32), DDP across the workers."""
@@ -151,10 +158,17 @@ class LoRARecipe:
             for p in self.trainable:  # adapters train in fp32 master weights; the frozen base stays bf16
                 p.data = p.data.float()
         self.model.to(self.device)
-        self.ddp = self.model
+        if self.cfg.compile:
+            self.log(f"compiling {compile_layers(self.model)} decoder layers")
+        # What training calls (evaluation calls the model itself): the model, or it with the fused loss.
+        trained, self.loss_kind = FusedLossLM.wrap(self.model, self.cfg.fused_loss, self.on_gpu)
+        if self.cfg.fused_loss != "off" and self.loss_kind == "model":
+            self.log("fused_loss: this model's head is not a plain linear layer (a LoRA-adapted head, or logits "
+                     "softcapped or scaled): the model's own loss is used")
+        self.ddp = trained
         if self.world > 1:
             device_ids = [self.device.index] if self.on_gpu else None
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(trained, device_ids=device_ids)
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.trainable, self.cfg, self.on_gpu)
@@ -187,14 +201,17 @@ class LoRARecipe:
             part.load_state_dict(saved[key])
 
     # ---- the loop ----
+    def _batches(self, epoch: int) -> list[list[int]]:
+        """This worker's micro-batches of one epoch, in order: `batch_size` rows each, or `batch_tokens`."""
+        return batches(self.train_data, self.cfg.batch_size, self.cfg.seed, epoch, self.rank, self.world,
+                       drop_last=True, batch_tokens=self.cfg.batch_tokens, layout=self.layout)
+
     def next_batch(self) -> list[int]:
         """This worker's next micro-batch: position `state.position` of epoch `state.epoch`'s seeded order."""
         s = self.state
         while True:
             if self._epoch_batches is None or self._epoch_batches[0] != s.epoch:
-                order = batches(self.train_data, self.cfg.batch_size, self.cfg.seed, s.epoch, self.rank, self.world,
-                                drop_last=True)
-                self._epoch_batches = (s.epoch, order)
+                self._epoch_batches = (s.epoch, self._batches(s.epoch))
             order = self._epoch_batches[1]
             if s.position < len(order):
                 s.position += 1
@@ -220,7 +237,7 @@ class LoRARecipe:
             for micro in range(cfg.grad_accum):
                 epoch, position, idx = state.epoch, state.position, self.next_batch()
                 samples = [self.train_data[i] for i in idx]
-                cpu_batch = collate(samples, self.tokenizer.pad_token_id, cfg.pad_to_multiple, pack=cfg.pack)
+                cpu_batch = self.layout.collate(samples, self.tokenizer.pad_token_id)
                 n_tokens = int((cpu_batch["labels"][:, 1:] != -100).sum())  # counted on the host: no wait
                 self.tokens_seen += sum(len(s["input_ids"]) for s in samples)
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in cpu_batch.items()}
@@ -289,11 +306,13 @@ class LoRARecipe:
         """The metrics; and each task metric's per-row parts (for the report's intervals) with the
         generated answers, row by row."""
         t = time.time()
-        scores = score(model=self.model, tokenizer=self.tokenizer, task=self.job.task,
-                       examples=self.valid_examples, data=self.valid_data, batch_size=self.cfg.batch_size,
-                       max_length=self.cfg.max_length, max_new_tokens=self.cfg.max_new_tokens,
-                       prompt_format=self.cfg.prompt_format, device=self.device, rank=self.rank, world=self.world,
-                       autocast=self.autocast())
+        # Compiled layers run eagerly here: generation's shapes change token by token.
+        with torch.compiler.set_stance("force_eager") if self.cfg.compile else contextlib.nullcontext():
+            scores = score(model=self.model, tokenizer=self.tokenizer, task=self.job.task,
+                           examples=self.valid_examples, data=self.valid_data, batch_size=self.cfg.batch_size,
+                           max_length=self.cfg.max_length, max_new_tokens=self.cfg.max_new_tokens,
+                           prompt_format=self.cfg.prompt_format, device=self.device, rank=self.rank,
+                           world=self.world, autocast=self.autocast())
         self.state.eval_s += time.time() - t
         return scores.metrics, {"eval_rows": scores.rows, "eval_predictions": scores.predictions}
 
@@ -358,10 +377,11 @@ def _memory_errors(job: TrialJob):
         yield
     except torch.OutOfMemoryError as e:
         c = job.config
+        size, lower = ((f"{c.batch_size} x up to {c.max_length} tokens", "batch_size") if c.batch_tokens is None
+                       else (f"{c.batch_tokens} tokens", "batch_tokens"))
         raise DidNotFitError(
-            f"{job.model.id} with batch {c.batch_size} x up to {c.max_length} tokens did not fit in memory "
-            f"({str(e).splitlines()[0][:200]}); lower batch_size (raise grad_accum), max_length, or turn on "
-            "gradient_checkpointing for this model"
+            f"{job.model.id} with batch {size} did not fit in memory ({str(e).splitlines()[0][:200]}); lower "
+            f"{lower} (raise grad_accum), max_length, or turn on gradient_checkpointing for this model"
         ) from None
 
 
