@@ -30,8 +30,9 @@ class DefineByRun:
 
     Trial number i takes cell i of the cycle over the ladder (with round-robin model sampling) and
     over every `tune.grid_search` in the space (Sweep.grid_cells), so each rung and grid point gets its
-    share of the trials; Optuna samples the rest. Settings in `per_model` (the learning rate, by default) are
-    suggested under a name per model ("lr/tiny-m"), so Optuna learns a separate value for each size.
+    share of the trials; Optuna samples the rest. Settings in `per_model` (the learning rate, by
+    default) are suggested under a name per model ("lr/tiny-m"), so Optuna learns a separate value for
+    each size.
     The values a trial uses are returned under their plain names, which is what Tune, W&B and the
     report see.
     """
