@@ -62,27 +62,42 @@ def select(examples: Sequence[Example], fraction: float, seed: int,
 
 
 def tokenize_examples(examples: Sequence[Example], tokenizer, max_length: int, fmt: str = "auto") -> list[dict]:
-    """Each example as {"input_ids": prompt + completion + end, "labels": the same with the prompt -100}.
+    """Each example as {"input_ids": prompt + completion + end, "labels": the same with the prompt -100},
+    cut to `max_length` tokens (`truncate`).
 
     `fmt` is the prompt format ("auto", "chat" or "plain", ftray/prompts.py): the same one generation
     must use. Loss falls on the completion and the token that ends it (EOS, or a chat template's
-    end-of-turn) only. Too long: the prompt loses tokens first, from just after its head (a BOS, a
-    chat template's system turn and user header), so its end, which says what to answer and holds
-    the template's generation prompt, stays; then the completion loses its end. At least one prompt
-    token stays whenever the prompt has one, so the first completion token is still predicted from something.
+    end-of-turn) only.
     """
+    out = []
+    for prompt, head, answer in encode_examples(examples, tokenizer, fmt):
+        prompt, answer = truncate(prompt, head, answer, max_length)
+        out.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer})
+    return out
+
+
+def encode_examples(examples: Sequence[Example], tokenizer, fmt: str = "auto") -> list[tuple[list[int], int, list[int]]]:
+    """Each example whole, as (prompt ids, the prompt's head that truncation keeps, completion ids + end)."""
     if not examples:
         return []
     fmt = resolve_format(tokenizer, fmt)
     prompts = encode_prompts(tokenizer, [e.prompt for e in examples], fmt)
     answers = encode_completions(tokenizer, [e.completion for e in examples], fmt)
-    out = []
-    for (prompt, head), answer in zip(prompts, answers):
-        if len(prompt) + len(answer) > max_length:
-            prompt = cut_prompt(prompt, head, max(min(len(prompt), 1), max_length - len(answer)))
-            answer = answer[: max_length - len(prompt)]
-        out.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer})
-    return out
+    return [(prompt, head, answer) for (prompt, head), answer in zip(prompts, answers)]
+
+
+def truncate(prompt: list[int], head: int, answer: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """An example's prompt and answer ids, at most `max_length` of them together.
+
+    Too long: the prompt loses tokens first, from just after its head (a BOS, a chat template's system
+    turn and user header), so its end, which says what to answer and holds the template's generation
+    prompt, stays; then the completion loses its end. At least one prompt token stays whenever the
+    prompt has one, so the first completion token is still predicted from something.
+    """
+    if len(prompt) + len(answer) > max_length:
+        prompt = cut_prompt(prompt, head, max(min(len(prompt), 1), max_length - len(answer)))
+        answer = answer[: max_length - len(prompt)]
+    return prompt, answer
 
 
 @dataclass(frozen=True)

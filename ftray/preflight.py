@@ -1,9 +1,11 @@
 """Checks before any Ray work, shared by `ftray run` and `ftray validate`: data, models and LoRA
-targets, parameter counts, the presets' tokenizer, storage, and whether a trial fits the machine."""
+targets, parameter counts, the presets' tokenizer, what `max_length` cuts off the rows, grid cells that
+`num_trials` leaves out, storage, and whether a trial fits the machine."""
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 from ftray import storage as st
@@ -15,10 +17,12 @@ class Prepared:
     model_params: dict  # total parameters per model id (None: a hub id checked for form only)
     tokenizer_json: str | None  # the presets' tokenizer, trained on the task's text
     notes: list = field(default_factory=list)  # what could only be checked for form (no hub here)
+    warnings: list = field(default_factory=list)  # inputs that run but may mean little (printed to stderr)
 
 
 def prepare(sweep, hub_optional: bool = False) -> Prepared:
-    """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer."""
+    """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer;
+    warn (stderr) about settings that run but may mean little."""
     from ftray.models import build_tokenizer, param_counts, tokenizer_to_json
 
     notes: list[str] = []
@@ -30,7 +34,7 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
             raise
         notes.append(f"data not checked: {e}")
         data_ok = False
-    tokenizer_json, vocab = None, None
+    tokenizer, tokenizer_json, vocab = None, None, None
     if data_ok and any(m.is_preset for m in sweep.models):
         # One tokenizer for the whole ladder, trained on the task's text, shipped to every worker.
         tokenizer = build_tokenizer(t for e in sweep.task.examples("train") for t in (e.prompt, e.completion))
@@ -46,7 +50,116 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
                 raise
             notes.append(f"{m.id}: id checked for form only (no hub here)")
             model_params[m.id] = None
-    return Prepared(model_params, tokenizer_json, notes)
+    warnings = [w for w in [cells_left_out(sweep)] if w]
+    if data_ok:
+        warnings += check_lengths(sweep, _rung_tokenizers(sweep, tokenizer, model_params, hub_optional, notes))
+    for w in warnings:
+        print(f"ftray: warning: {w}", file=sys.stderr, flush=True)
+    return Prepared(model_params, tokenizer_json, notes, warnings)
+
+
+def cells_left_out(sweep) -> str | None:
+    """The grid cells (rungs of a round-robin ladder x `tune.grid_search` values) that no trial reaches,
+    as one line, or None when num_trials reaches every cell."""
+    cells, n = sweep.grid_cells(), sweep.search.num_trials
+    if n >= len(cells):
+        return None
+    left = cells[n:]  # trial i takes cell i
+    shown = "; ".join(", ".join(f"{k}={v}" for k, v in c.items()) for c in left[:8])
+    more = f"; ... ({len(left)} in all)" if len(left) > 8 else ""
+    # The model varies slowest, so whole rungs can be left out: the frontier would have no point for them.
+    run = {c.get("model") for c in cells[:n]}
+    unrun = list(dict.fromkeys(c["model"] for c in left if "model" in c and c["model"] not in run))
+    rungs = f" (no trial at all for {', '.join(unrun)})" if unrun else ""
+    return (f"num_trials={n} runs {n} of the {len(cells)} grid cells ({' x '.join(cells[0])}); left out{rungs}: "
+            f"{shown}{more}; num_trials={len(cells)} (or a multiple) runs every cell")
+
+
+def check_lengths(sweep, tokenizers: list[tuple[list[str], object]]) -> list[str]:
+    """What `max_length` cuts off the training and the evaluation rows, for each tokenizer (with the rungs
+    that use it), prompt format and max_length a trial can have.
+
+    An error where it cuts into the completion of every row of a split: then no row trains (or is
+    scored) on a whole answer, nor on the end token that teaches the model to stop, and the sweep's
+    numbers mean nothing. (Truncation always keeps some completion tokens, ftray/data.py's `truncate`,
+    so "cut into" is the line to draw, not "cut away".) A warning with the counts and the longest row
+    where it cuts some rows.
+    """
+    from ftray.data import encode_examples
+    from ftray.space import candidate_values
+
+    def values(key):
+        return candidate_values(key, sweep.space[key]) if key in sweep.space else [getattr(sweep.trial, key)]
+
+    field_name = "space['max_length']" if "max_length" in sweep.space else "max_length"
+    # The whole training split: the subset a trial trains on (data_fraction, data_filter) is among its rows.
+    splits = {"training": sweep.task.examples("train"),
+              "evaluation": sweep.task.examples("valid")[: sweep.trial.eval_samples]}
+    warnings = []
+    for models, tokenizer in tokenizers:
+        for fmt in values("prompt_format"):
+            whose = "".join([f" with the tokenizer of {', '.join(models)}" if len(tokenizers) > 1 else "",
+                             f" in prompt_format {fmt!r}" if "prompt_format" in sweep.space else ""])
+            try:
+                encoded = {split: encode_examples(rows, tokenizer, fmt) for split, rows in splits.items()}
+            except FtrayInputError as e:  # prompt_format "chat" for a tokenizer without a template
+                raise FtrayInputError(f"model {models[0]!r}: {e}") from None
+            longest = {split: max((len(p) + len(a) for p, _, a in rows), default=0) for split, rows in encoded.items()}
+            for max_length in values("max_length"):
+                counts = []
+                for split, rows in encoded.items():
+                    cut, into = _cuts(rows, max_length)
+                    if rows and into == len(rows):
+                        raise FtrayInputError(
+                            f"{field_name}={max_length} cuts into the completion of all {len(rows)} {split} rows{whose} "
+                            f"(the longest row is {longest[split]} tokens): no row "
+                            f"{'trains' if split == 'training' else 'is scored'} on a whole answer and its end; "
+                            f"set max_length to at least {longest[split]}")
+                    where = f" ({into} into the completion)" if into else " (in the prompt only)" if cut else ""
+                    counts.append((cut, f"{cut} of {len(rows)} {split} rows{where}"))
+                if any(cut for cut, _ in counts):
+                    warnings.append(f"{field_name}={max_length} cuts {' and '.join(text for _, text in counts)}{whose}; "
+                                    f"the longest row is {max(longest.values())} tokens")
+    return warnings
+
+
+def _cuts(rows, max_length: int) -> tuple[int, int]:
+    """How many of the encoded rows (encode_examples) `max_length` cuts, and how many into the completion."""
+    from ftray.data import truncate
+
+    cut = into = 0
+    for prompt, head, answer in rows:
+        kept_prompt, kept_answer = truncate(prompt, head, answer, max_length)
+        cut += len(kept_prompt) + len(kept_answer) < len(prompt) + len(answer)
+        into += len(kept_answer) < len(answer)
+    return cut, into
+
+
+def _rung_tokenizers(sweep, preset_tokenizer, model_params: dict, hub_optional: bool,
+                     notes: list[str]) -> list[tuple[list[str], object]]:
+    """The tokenizer of every rung a trial can use, once, with the rungs that use it: the presets share the
+    sweep's; a pretrained rung loads its source's, which its depth rungs (and a random control made
+    from the same files) share. Rungs whose models the hub could not be asked about are left out."""
+    from ftray import pretrained
+    from ftray.models import load_tokenizer
+
+    shared: dict = {}
+    for model_id in sweep.models_in_space():
+        m = sweep.model(model_id)
+        if not m.is_preset and model_params.get(m.id) is None:
+            continue  # noted already: no hub here
+        key = "presets" if m.is_preset else (pretrained.materialize(m), m.revision, m.trust_remote_code)
+        if key not in shared:
+            try:
+                shared[key] = ([], preset_tokenizer if m.is_preset else load_tokenizer(m, None))
+            except OSError as e:
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                if not hub_optional:
+                    raise HubUnavailable(f"model {m.id!r}: cannot load its tokenizer ({first})") from None
+                notes.append(f"{m.id}: max_length not checked (cannot load its tokenizer here: {first})")
+                continue
+        shared[key][0].append(m.id)
+    return list(shared.values())
 
 
 def check_storage(storage: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import os
 import time
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
 from ftray.preflight import check_fits_here, check_run_name, check_storage, prepare
-from ftray.space import is_domain, is_grid
+from ftray.space import is_domain
 from ftray.resources import fmt_resources, plan_resources, trial_request, trial_shapes
 from ftray.sweep import Sweep, default_mode, diff_descriptions
 
@@ -30,9 +29,10 @@ class DefineByRun:
     """The Optuna search space, written from the sweep's Tune space.
 
     Trial number i takes cell i of the cycle over the ladder (with round-robin model sampling) and
-    over every `tune.grid_search` in the space, so each rung and grid point gets its share of the
-    trials; Optuna samples the rest. Settings in `per_model` (the learning rate, by default) are
-    suggested under a name per model ("lr/tiny-m"), so Optuna learns a separate value for each size.
+    over every `tune.grid_search` in the space (Sweep.grid_cells), so each rung and grid point gets its
+    share of the trials; Optuna samples the rest. Settings in `per_model` (the learning rate, by
+    default) are suggested under a name per model ("lr/tiny-m"), so Optuna learns a separate value for
+    each size.
     The values a trial uses are returned under their plain names, which is what Tune, W&B and the
     report see.
     """
@@ -42,12 +42,9 @@ class DefineByRun:
 
         self.space = dict(sweep.space)
         self.per_model = tuple(sweep.search.per_model)
-        grids = {k: list(v["grid_search"]) for k, v in self.space.items() if is_grid(v)}
-        if sweep.search.model_sampling == "round-robin" and is_domain(self.space["model"]):
-            grids = {"model": list(self.space["model"].categories), **grids}
-        self.cells = [dict(zip(grids, values)) for values in itertools.product(*grids.values())]
+        self.cells = sweep.grid_cells()
         self.distributions = OptunaSearch.convert_search_space(
-            {k: v for k, v in self.space.items() if is_domain(v) and k not in grids}
+            {k: v for k, v in self.space.items() if is_domain(v) and k not in self.cells[0]}
         )
 
     def __call__(self, trial) -> dict:

@@ -19,6 +19,7 @@ refused with the closest valid one.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
@@ -29,7 +30,7 @@ from ray.tune.search.sample import Categorical
 from ftray.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
 from ftray.errors import FtrayInputError
 from ftray.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
-from ftray.space import candidate_values, domain_from_data, domain_to_data, is_grid
+from ftray.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid
 from ftray.tasks.base import Task
 
 
@@ -305,6 +306,16 @@ class Sweep:
         if is_grid(m):
             return list(m["grid_search"])
         return [m]
+
+    def grid_cells(self) -> list[dict]:
+        """The cycle that trials go through: every combination of the ladder (with round-robin model
+        sampling) and of each `tune.grid_search` in the space, the model varying slowest. Trial number i
+        takes cell i % len(cells) (search.DefineByRun), so with fewer trials than cells, the cells from
+        num_trials on are never run. A space with no grid is one empty cell."""
+        grids = {k: list(v["grid_search"]) for k, v in self.space.items() if is_grid(v)}
+        if self.search.model_sampling == "round-robin" and is_domain(self.space["model"]):
+            grids = {"model": list(self.space["model"].categories), **grids}
+        return [dict(zip(grids, values)) for values in itertools.product(*grids.values())]
 
     def describe(self) -> dict:
         """The sweep as JSON data: recorded in the run folder, compared on resume, and read back by

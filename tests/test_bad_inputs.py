@@ -61,6 +61,8 @@ CASES = [
      sweep("sweep = Sweep(name='b', task=SyntheticTask(), models=[ModelSpec('tiny-xs', lora_targets=['c_attn'])])"),
      "match no layer of model 'tiny-xs'"),
     ("a filter without its column", sweep(f"sweep = Sweep(name='b', {OK}, data_filter='inform')"), "data_filter_column"),
+    ("max_length that cuts every completion", sweep(f"sweep = Sweep(name='b', {OK}, max_length=4)"),
+     "max_length=4 cuts into the completion of all 40 training rows (the longest row is "),
     # ---- data files
     ("template with a format spec",
      sweep("sweep = Sweep(name='b', task=TextTask(train='{dir}/d.csv', prompt='{sentence:>9}', "
@@ -131,3 +133,58 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     f.write_text(HEAD + "raise RuntimeError('boom')\n")
     with pytest.raises(RuntimeError, match="boom"):
         main(["--debug", "validate", str(f)])
+
+
+# ---- inputs that run but mean little: a warning on stderr, the exit status unchanged
+def _words(prefix: str, n: int) -> str:
+    # Distinct words: the byte-level pre-tokenizer never merges across spaces, so each is a token at least.
+    return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+def test_max_length_that_cuts_some_rows_warns_with_the_counts(tmp_path, capsys):
+    from ftray.data import tokenize_examples
+    from ftray.models import tokenizer_from_json
+    from ftray.preflight import prepare
+    from ftray.sweepfile import load_sweep
+
+    # Short rows fit in 48 tokens even one byte a token; the long training row's completion and the long
+    # evaluation row's prompt cannot.
+    short = [(f"Game {i}.", f"inform(name[{i}])") for i in range(9)]
+    (tmp_path / "train.csv").write_text("sentence,mr\n" + "".join(f"{s},{m}\n" for s, m in short)
+                                        + f"{_words('w', 40)},{_words('v', 60)}\n")
+    (tmp_path / "valid.csv").write_text("sentence,mr\nGame 1.,inform(name[1])\nGame 2.,inform(name[2])\n"
+                                        f"{_words('u', 80)},inform(name[3])\n")
+    f = tmp_path / "s.py"
+    f.write_text(HEAD + f"sweep = Sweep(name='b', task=TextTask(train='{tmp_path}/train.csv', "
+                 f"valid='{tmp_path}/valid.csv', prompt='{{sentence}}', completion=' {{mr}}'), "
+                 "models=['tiny-xs'], max_length=48)\n")
+    assert main(["validate", str(f), "--storage", str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err.strip()
+    # The longest row as a trial tokenizes it, with the tokenizer the run ships to its trials.
+    sweep = load_sweep(str(f))
+    tokenizer = tokenizer_from_json(prepare(sweep).tokenizer_json)
+    rows = sweep.task.examples("train") + sweep.task.examples("valid")
+    longest = max(len(t["input_ids"]) for t in tokenize_examples(rows, tokenizer, 10**6))
+    assert err == (f"ftray: warning: max_length=48 cuts 1 of 10 training rows (1 into the completion) and 1 of 3 "
+                   f"evaluation rows (in the prompt only); the longest row is {longest} tokens"), err
+
+
+def test_grid_cells_that_num_trials_leaves_out_are_named(tmp_path, capsys):
+    import optuna
+
+    from ftray.search import DefineByRun
+    from ftray.sweepfile import load_sweep
+
+    f = tmp_path / "s.py"
+    f.write_text(HEAD + "sweep = Sweep(name='b', task=SyntheticTask(n_train=40, n_valid=8, n_test=8), "
+                 "models=['tiny-xs', 'tiny-s'], space={'lora_rank': tune.grid_search([4, 8, 16])}, num_trials=2)\n")
+    assert main(["validate", str(f), "--storage", str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == ("ftray: warning: num_trials=2 runs 2 of the 6 grid cells (model x lora_rank); left out (no trial "
+                   "at all for tiny-s): model=tiny-xs, lora_rank=16; model=tiny-s, lora_rank=4; model=tiny-s, "
+                   "lora_rank=8; model=tiny-s, lora_rank=16; num_trials=6 (or a multiple) runs every cell"), err
+    # The two cells not named are the ones the search gives the two trials.
+    space, study = DefineByRun(load_sweep(str(f))), optuna.create_study()
+    assert [(c["model"], c["lora_rank"]) for c in (space(study.ask()) for _ in range(2))] == \
+        [("tiny-xs", 4), ("tiny-xs", 8)]
+
