@@ -119,7 +119,8 @@ def trial_shapes(sweep, resources: Resources) -> str:
 # their product, and LoRA keeps each adapted layer's dropped-out input.
 ACTIVATION_BYTES = 90
 # Bytes per token per vocabulary entry (fitted: 10.9): the loss upcasts the bf16 logits to fp32 and keeps
-# the log-softmax, and backward holds their fp32 gradients. Over a 152k vocabulary, the largest term.
+# the log-softmax, and backward holds their fp32 gradients. Over a 152k vocabulary it is about as large
+# as the activations at Qwen2.5-0.5B's shape.
 LOGIT_BYTES = 12
 # Outside PyTorch's allocator: each trial process's CUDA context and kernels.
 CUDA_CONTEXT_BYTES = 0.5 * GIB
