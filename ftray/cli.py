@@ -114,18 +114,22 @@ def _status(result) -> int:
 def cmd_validate(args) -> int:
     from ftray import storage as st
     from ftray.preflight import check_fits_here, check_storage, prepare
+    from ftray.resources import check_gpu_fit
     from ftray.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep_file)
     prepared = prepare(sweep, hub_optional=True)
     storage = args.storage or sweep.storage
     check_storage(storage)
+    gpu_plan = check_gpu_fit(sweep, prepared.memory)
     check_fits_here(sweep, args.address)
     sizes = ", ".join(f"{m}: {n:,} params" if n else f"{m}: ? params" for m, n in prepared.model_params.items())
     print(f"{args.sweep_file}: ok: sweep {sweep.name!r}, {sweep.search.num_trials} trials, task {sweep.task.name!r}, "
           f"objective {sweep.objective} ({sweep.mode}); models {sizes}; storage {st.redact(st.normalize(storage))} "
           "writable; every trial fits " + ("the cluster (checked when it runs)" if args.address or
                                            os.environ.get("RAY_ADDRESS") else "this machine"))
+    for line in gpu_plan:
+        print(f"  {line}")
     for note in prepared.notes:
         print(f"  note: {note}")
     return 0

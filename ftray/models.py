@@ -17,6 +17,7 @@ import torch
 
 from ftray import pretrained
 from ftray.errors import FtrayInputError, HubUnavailable
+from ftray.resources import check_gpus_per_worker
 from ftray.lora import (ALL_LINEAR, LoraSettings, _is_int, _is_number, _targets, apply_lora, count_params,  # noqa: F401
                         linear_module_names)
 
@@ -77,9 +78,8 @@ class ModelSpec:
             v = getattr(self, name)
             if v is not None and not (_is_int(v) and v >= 1):
                 raise FtrayInputError(f"{where}: {name} must be an int >= 1, got {v!r}")
-        g = self.gpus_per_worker
-        if g is not None and not (_is_number(g) and g >= 0):
-            raise FtrayInputError(f"{where}: gpus_per_worker must be a number >= 0, got {g!r}")
+        if self.gpus_per_worker is not None:
+            check_gpus_per_worker(self.gpus_per_worker, f"{where}: gpus_per_worker")
         for name in ("gradient_checkpointing", "trust_remote_code"):
             if not isinstance(getattr(self, name), bool):
                 raise FtrayInputError(f"{where}: {name} must be True or False, got {getattr(self, name)!r}")
@@ -269,30 +269,36 @@ def _hub_error(spec: ModelSpec, e: Exception) -> FtrayInputError:
     return HubUnavailable(f"model {spec.id!r}: cannot read its config ({first})")
 
 
-def param_counts(spec: ModelSpec, vocab_size: int | None, lora: LoraSettings | None) -> tuple[int, int]:
+def model_config(spec: ModelSpec, vocab_size: int | None):
+    """The rung's transformers config, pruned for a "@kL" rung, without any weights: a preset's from code
+    (with `vocab_size`, default 512), another's read (a config download at most; a GGUF source converts
+    here, once: `pretrained.materialize`)."""
+    if spec.is_preset:
+        return _preset_config(spec, vocab_size or 512)
+    try:
+        return pretrained.load_config(spec)
+    except FtrayInputError:
+        raise
+    except OSError as e:
+        raise _hub_error(spec, e) from None
+    except ValueError as e:  # an unknown architecture, or one that needs trust_remote_code
+        raise FtrayInputError(f"model {spec.id!r}: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def param_counts(spec: ModelSpec, vocab_size: int | None, lora: LoraSettings | None, config=None) -> tuple[int, int]:
     """(total base parameters, trainable parameters), without materialising any weights.
 
-    The model is built on the meta device (shapes only; peft wraps meta models too), so this costs
-    a config download at most (and, for a GGUF source, its one conversion: `pretrained.materialize`).
-    A "@kL" rung counts the pruned shape, exactly what `build_model` gives. With `lora` None the whole
-    model trains: trainable == total. Presets count with `vocab_size` (default 512). With LoRA this
+    The model is built on the meta device (shapes only; peft wraps meta models too) from `config`
+    (default: `model_config(spec, vocab_size)`). A "@kL" rung counts the pruned shape, exactly what
+    `build_model` gives. With `lora` None the whole model trains: trainable == total. With LoRA this
     also checks, before any Ray work, that the targets match this model's layers.
     """
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    config = None
-    if not spec.is_preset:
-        try:  # outside the meta device: a GGUF source converts here, with real tensors
-            config = pretrained.load_config(spec)
-        except FtrayInputError:
-            raise
-        except OSError as e:
-            raise _hub_error(spec, e) from None
-        except ValueError as e:  # an unknown architecture, or one that needs trust_remote_code
-            raise FtrayInputError(f"model {spec.id!r}: {str(e).strip().splitlines()[0][:300]}") from None
+    config = config or model_config(spec, vocab_size)  # outside the meta device: a GGUF source converts with real tensors
     with torch.device("meta"):
         if spec.is_preset:
-            model = LlamaForCausalLM(_preset_config(spec, vocab_size or 512))
+            model = LlamaForCausalLM(config)
         else:
             try:
                 model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)

@@ -1,6 +1,7 @@
 """Checks before any Ray work, shared by `ftray run` and `ftray validate`: data, models and LoRA
 targets, parameter counts, the presets' tokenizer, what `max_length` cuts off the rows, grid cells that
-`num_trials` leaves out, storage, and whether a trial fits the machine."""
+`num_trials` leaves out, storage, whether a trial fits the machine, and whether a GPU trial fits its
+share of a GPU's memory."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ class Prepared:
     tokenizer_json: str | None  # the presets' tokenizer, trained on the task's text
     notes: list = field(default_factory=list)  # what could only be checked for form (no hub here)
     warnings: list = field(default_factory=list)  # inputs that run but may mean little (printed to stderr)
+    memory: dict = field(default_factory=dict)  # a GPU trial's estimated peak memory per model id (MemoryEstimate)
 
 
 def prepare(sweep, hub_optional: bool = False) -> Prepared:
     """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer;
     warn (stderr) about settings that run but may mean little."""
-    from ftray.models import build_tokenizer, param_counts, tokenizer_to_json
+    from ftray.models import build_tokenizer, model_config, param_counts, tokenizer_to_json
 
     notes: list[str] = []
     try:
@@ -40,22 +42,46 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
         tokenizer = build_tokenizer(t for e in sweep.task.examples("train") for t in (e.prompt, e.completion))
         tokenizer_json, vocab = tokenizer_to_json(tokenizer), len(tokenizer)
     model_params: dict[str, int | None] = {}
+    memory = {}
     for m in sweep.models:
         try:
+            config = model_config(m, vocab if m.is_preset else None)
             # Counting with LoRA also checks that its targets match this model's layers.
             lora = sweep.lora(sweep.trial_config({"model": m.id}))
-            model_params[m.id] = param_counts(m, vocab if m.is_preset else None, lora)[0]
+            model_params[m.id], trainable = param_counts(m, vocab, lora, config)
         except HubUnavailable:
             if not hub_optional:
                 raise
             notes.append(f"{m.id}: id checked for form only (no hub here)")
             model_params[m.id] = None
+            continue
+        if sweep.gpus_for(m.id) and m.id in sweep.models_in_space():
+            memory[m.id] = _memory_estimate(sweep, m, config, model_params[m.id], trainable)
     warnings = [w for w in [cells_left_out(sweep)] if w]
     if data_ok:
         warnings += check_lengths(sweep, _rung_tokenizers(sweep, tokenizer, model_params, hub_optional, notes))
     for w in warnings:
         print(f"ftray: warning: {w}", file=sys.stderr, flush=True)
-    return Prepared(model_params, tokenizer_json, notes, warnings)
+    return Prepared(model_params, tokenizer_json, notes, warnings, memory)
+
+
+def _memory_estimate(sweep, rung, config, params: int, trainable: int):
+    """A GPU trial's peak memory at the largest micro-batch its settings and the space allow."""
+    from ftray.resources import estimate_memory
+    from ftray.space import candidate_values
+
+    defaults = sweep.trial_config({"model": rung.id})
+
+    def largest(key: str) -> int:
+        return max(candidate_values(key, sweep.space[key])) if key in sweep.space else getattr(defaults, key)
+
+    text = config.get_text_config()
+    length = largest("max_length")
+    # A token budget sets a micro-batch's tokens, padding included: as many rows of max_length.
+    rows = -(-defaults.batch_tokens // length) if defaults.batch_tokens else largest("batch_size")
+    return estimate_memory(params=params, trainable=trainable, hidden=text.hidden_size, layers=text.num_hidden_layers,
+                           vocab=text.vocab_size, rows=rows, length=length, checkpointing=rung.gradient_checkpointing,
+                           fused_loss=defaults.fused_loss != "off")
 
 
 def cells_left_out(sweep) -> str | None:
@@ -162,6 +188,7 @@ def _rung_tokenizers(sweep, preset_tokenizer, model_params: dict, hub_optional: 
     return list(shared.values())
 
 
+
 def check_storage(storage: str) -> None:
     """Fail at the start, not after hours of training, when results could not be saved."""
     if not st.is_uri(storage) and not os.path.isabs(os.path.expanduser(storage)) \
@@ -174,11 +201,14 @@ def check_storage(storage: str) -> None:
 
 
 def check_fits_here(sweep, ray_address: str | None) -> None:
-    """On a local Ray, a trial that cannot fit this machine fails now; on a cluster the check runs once
-    connected, against its resources."""
+    """On a local Ray, a trial that cannot fit this machine fails now; on a cluster, or a Ray this process
+    started itself (`ray.init(num_gpus=...)` before `ftray.run`), the check runs once connected, against
+    its resources."""
+    import ray
+
     from ftray.resources import local_resources, plan_resources
 
-    if not (ray_address or os.environ.get("RAY_ADDRESS")):
+    if not (ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         try:
             plan_resources(sweep, local_resources())
         except FtrayInputError as e:

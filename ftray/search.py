@@ -20,8 +20,8 @@ from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
 from ftray.preflight import check_fits_here, check_run_name, check_storage, prepare
-from ftray.space import is_domain
-from ftray.resources import fmt_resources, plan_resources, trial_request, trial_shapes
+from ftray.space import is_domain, is_grid
+from ftray.resources import check_gpu_fit, fmt_resources, plan_resources, trial_request, trial_shapes
 from ftray.sweep import Sweep, default_mode, diff_descriptions
 
 
@@ -201,7 +201,7 @@ def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool,
 
 # Settings added to ftray since a run may have been made, with the value that reproduces how such a
 # run ran: resumed by a newer ftray, it goes on as it started.
-AS_BEFORE = {("scaling", "one_worker_in_trial"): False}
+AS_BEFORE = {("scaling", "one_worker_in_trial"): False, ("scaling", "gpu_memory_gb"): None}
 
 
 def as_recorded(sweep: Sweep, recorded: Mapping) -> tuple[Sweep, dict]:
@@ -239,7 +239,10 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     run_dir, previous, sweep = _run_folder(sweep, storage, name, options.resume, options.new_run)
     print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     prepared = prepare(sweep)
+    gpu_plan = check_gpu_fit(sweep, prepared.memory)
     check_fits_here(sweep, options.ray_address)
+    for line in gpu_plan:
+        print(f"ftray: {line}", flush=True)
 
     import ray
 

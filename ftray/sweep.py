@@ -30,6 +30,7 @@ from ray.tune.search.sample import Categorical
 from ftray.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
 from ftray.errors import FtrayInputError
 from ftray.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
+from ftray.resources import check_gpus_per_worker
 from ftray.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid
 from ftray.tasks.base import Task
 
@@ -94,6 +95,7 @@ class Scaling:
     workers and GPUs (ModelSpec)."""
 
     workers: int = 2  # workers per trial (data parallel on Ray Train when 2+)
+    # 0, a whole number, or a fraction in (0, 1] for one-worker trials: 0.25 puts four trials on each GPU.
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None  # default: 1, or less when the cluster is smaller
     max_concurrent_trials: int | None = None  # default: as many as the cluster's resources fit
@@ -102,13 +104,17 @@ class Scaling:
     # lost worker (max_restarts); in its own process, a lost trial is resumed with
     # `ftray resume --resume-errored`.
     one_worker_in_trial: bool = True
+    # One GPU's memory, for the check that a trial fits its share of it before the sweep starts. Default:
+    # the driver's own GPU; give it where the driver has none (a cluster's CPU head node).
+    gpu_memory_gb: float | None = None
 
     def __post_init__(self):
         _check(_is_int(self.workers, 1), f"workers must be an int >= 1, got {self.workers!r}")
         _check(isinstance(self.one_worker_in_trial, bool),
                f"one_worker_in_trial must be True or False, got {self.one_worker_in_trial!r}")
-        _check(_is_number(self.gpus_per_worker) and self.gpus_per_worker >= 0,
-               f"gpus_per_worker must be >= 0, got {self.gpus_per_worker!r}")
+        check_gpus_per_worker(self.gpus_per_worker, "gpus_per_worker")
+        _check(self.gpu_memory_gb is None or (_is_number(self.gpu_memory_gb) and self.gpu_memory_gb > 0),
+               f"gpu_memory_gb must be a number > 0 (GiB) or None, got {self.gpu_memory_gb!r}")
         _check(self.cpus_per_worker is None or (_is_number(self.cpus_per_worker) and self.cpus_per_worker > 0),
                f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         _check(self.max_concurrent_trials is None or _is_int(self.max_concurrent_trials, 1),
@@ -223,6 +229,11 @@ class Sweep:
         _check(len(set(ids)) == len(ids), f"models lists a model twice: {ids}")
         for m in self.models:
             validate_model_id(m)
+            g, w = self.gpus_for(m.id), self.workers_for(m.id)
+            # Ray may place two workers' fractions on one GPU, and NCCL refuses two ranks on one device.
+            _check(not (0 < g < 1 and w > 1),
+                   f"model {m.id!r}: gpus_per_worker={g:g} with {w} workers: a fraction of a GPU is for one-worker "
+                   "trials (NCCL cannot run two workers of a trial on one GPU); set workers=1 or a whole gpus_per_worker")
         _check(isinstance(self.wandb, WandB), f"wandb must be ftray.WandB(...), got {type(self.wandb).__name__}")
         _check(isinstance(self.storage, str) and bool(self.storage), f"storage must be a folder or URI, got {self.storage!r}")
 

@@ -82,7 +82,10 @@ def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome,
     from ftray.recipe import run_recipe
 
     sweep, launched = setup.sweep, time.time()
-    device = torch.device("cuda", 0) if ray.get_gpu_ids() else torch.device("cpu")  # Ray set CUDA_VISIBLE_DEVICES
+    # Ray set CUDA_VISIBLE_DEVICES to the GPU it gave the trial. A logical GPU (`ray.init(num_gpus=1)` on a
+    # machine without CUDA, as ftray's tests place trials) has none behind it: the trial trains on the CPU.
+    on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
     ctx = TrialContext(setup.run_dir, trial_id, keep=sweep.failure.keep_checkpoints, objective=sweep.objective,
                        mode=sweep.mode, device=device)
     try:

@@ -133,7 +133,8 @@ def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
 
     s = make(workers=1)
     old = s.describe()
-    del old["scaling"]["one_worker_in_trial"]  # as recorded before the setting existed
+    del old["scaling"]["one_worker_in_trial"]  # as recorded before the settings existed
+    del old["scaling"]["gpu_memory_gb"]
     assert diff_descriptions(old, s.describe())  # compared as they are, a change ...
     resumed, recorded = as_recorded(s, old)
     assert diff_descriptions(recorded, resumed.describe()) == []  # ... but not a different sweep,
