@@ -2,9 +2,6 @@
 scores as in this process, trials scored side by side and written as each completes, a missing
 checkpoint named in one line."""
 
-import json
-import os
-
 import pytest
 import torch
 
@@ -15,7 +12,7 @@ from ftray.errors import FtrayInputError
 from ftray.evaluate import score
 from ftray.models import LoraSettings, ModelSpec, build_tokenizer, tokenizer_to_json
 from ftray.recipe import TrialJob, run_local
-from ftray.rescore import ScoringJob, load_adapter, score_checkpoint, score_held_out, score_on_ray
+from ftray.rescore import load_adapter, score_checkpoint, score_held_out
 from ftray.sweep import Sweep
 from ftray.tasks import SyntheticTask
 
@@ -68,37 +65,28 @@ def test_generation_in_left_padded_batches_equals_one_row_at_a_time(task, checkp
     assert any(batched.predictions)  # the model says something, so the comparison means something
 
 
-def test_a_ray_task_scores_exactly_as_this_process_does(task, checkpoint, local_ray, one_thread):
-    rows = task.examples("test")
-    here = score_checkpoint(checkpoint, task, TINY, rows, batch_size=4)
-    [there] = score_on_ray([ScoringJob("t0", TINY, checkpoint, task, {"CPU": 1.0}, batch_size=4)], rows)
-    assert (there.trial_id, there.device) == ("t0", "cpu") and there.seconds > 0
-    assert there.scores.predictions == here.predictions
-    assert there.scores.rows == here.rows
-    assert there.scores.metrics == here.metrics  # eval_loss too, to the last bit
-
-
 def _trial(tmp_path, trial_id, checkpoint):
     trial_dir = tmp_path / trial_id
     trial_dir.mkdir()
     return {"id": trial_id, "model": TINY.id, "objective": 0.1, "checkpoint": checkpoint, "trial_dir": str(trial_dir)}
 
 
-def test_held_out_scores_are_written_per_trial_and_a_missing_checkpoint_is_named(task, checkpoint, local_ray,
-                                                                                  tmp_path, capsys):
-    sweep = Sweep(name="s", task=task, models=[TINY.id], test_samples=8, objective="slot_f1", cpus_per_worker=1.0)
+def test_held_out_scores_are_written_per_trial_as_this_process_scores_and_a_missing_checkpoint_is_named(
+        task, checkpoint, local_ray, one_thread, tmp_path, capsys):
+    sweep = Sweep(name="s", task=task, models=[TINY.id], test_samples=12, objective="slot_f1", cpus_per_worker=1.0)
     run = {"trials": [_trial(tmp_path, "a", checkpoint), _trial(tmp_path, "b", checkpoint)]}
-    assert score_held_out(run, sweep) == 2
+    assert score_held_out(run, sweep) == 2  # two tasks of 1 CPU each, side by side on the 2 CPUs
     out = capsys.readouterr().out
-    assert "ftray: scoring 2 trials on 8 held-out test rows (of 12) as Ray tasks: 1 CPU each" in out
+    assert "ftray: scoring 2 trials on 12 held-out test rows (of 12) as Ray tasks: 1 CPU each" in out
+    # The Ray tasks' scores are this process's, row by row and to the last bit (eval_loss too): the
+    # same adapter, rows, batches, precision and thread count.
+    here = score_checkpoint(checkpoint, task, TINY, task.examples("test"))
     for t in run["trials"]:
         saved = rf.read_test_scores(t["trial_dir"])
-        assert (saved.n, saved.of, saved.checkpoint) == (8, 12, checkpoint)
-        assert len(saved.rows["slot_f1"]) == 8
-        assert f"ftray: scored trial {t['id']} (tiny-xs, 8 rows) in " in out
-    # Both trials scored the same adapter on the same rows: the same numbers, whichever task ran first.
-    a, b = (json.load(open(os.path.join(t["trial_dir"], rf.TEST_FILE))) for t in run["trials"])
-    assert a == b
+        assert (saved.n, saved.of, saved.checkpoint) == (12, 12, checkpoint)
+        assert saved.metrics == here.metrics
+        assert saved.rows == {k: [list(r) for r in v] for k, v in here.rows.items()}
+        assert f"ftray: scored trial {t['id']} (tiny-xs, 12 rows) in " in out and " s on cpu: slot_f1 " in out
     assert score_held_out(run, sweep) == 0  # already scored on this checkpoint and these rows
 
     gone = str(tmp_path / "gone" / "checkpoint_000001")
@@ -106,4 +94,4 @@ def test_held_out_scores_are_written_per_trial_and_a_missing_checkpoint_is_named
     with pytest.raises(FtrayInputError, match=r"^trial c: its checkpoint .*gone.* is gone"):
         score_held_out(run, sweep, log=None)
     assert rf.read_test_scores(run["trials"][0]["trial_dir"]) is None
-    assert rf.read_test_scores(run["trials"][1]["trial_dir"]).n == 8  # what could be scored, was, and is kept
+    assert rf.read_test_scores(run["trials"][1]["trial_dir"]).n == 12  # what could be scored, was, and is kept
