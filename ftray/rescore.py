@@ -201,11 +201,11 @@ def ray_running(log: Log | None, address: str | None = None) -> Iterator[None]:
     Train's trials need it); a Ray started here is shut down after."""
     import ray
 
-    from ftray.search import _init_ray
-
     if ray.is_initialized():
         yield
         return
+    from ftray.search import _init_ray  # Tune and Optuna's imports: only where no sweep is running
+
     said = io.StringIO()
     with contextlib.redirect_stdout(said):  # its "started a local Ray" line goes where this command logs
         _init_ray(address, dashboard=False)
