@@ -189,7 +189,7 @@ def scoring_resources(sweep, model_id: str, cluster: Mapping[str, float], log: L
     if need.get("GPU", 0) > float(cluster.get("GPU", 0)):
         if log:
             log(f"ftray: note: the Ray cluster has no GPU for {model_id!r} (its rung asks for {need['GPU']:g}): "
-                "scoring it on CPU in fp32, not in the bf16 it trained in; set RAY_ADDRESS to a cluster with GPUs")
+                "scoring it on CPU in fp32, not in the bf16 it trained in (--address or RAY_ADDRESS: a cluster with GPUs)")
         need.pop("GPU")
     return need
 
@@ -197,8 +197,8 @@ def scoring_resources(sweep, model_id: str, cluster: Mapping[str, float], log: L
 @contextlib.contextmanager
 def ray_running(log: Log | None, address: str | None = None) -> Iterator[None]:
     """Ray for scoring: the one this process already runs (a sweep's), else the cluster at `address` (or
-    RAY_ADDRESS) or a local Ray started as a sweep starts one (search._init_ray), without the dashboard (only Ray
-    Train's trials need it); a Ray started here is shut down after."""
+    RAY_ADDRESS) or a local Ray started as a sweep starts one (search._init_ray), without the dashboard
+    (only Ray Train's trials need it); a Ray started here is shut down after."""
     import ray
 
     if ray.is_initialized():
