@@ -67,3 +67,16 @@ def test_a_missing_checkpoint_is_one_line_naming_the_trial_and_other_failures_na
     failed = _failure(gone, oom)
     assert str(failed) == "trial c (tiny-xs): scoring failed: OutOfMemoryError: Tried 2 GiB"
     assert failed.__cause__ is oom
+
+
+def test_a_scoring_task_holds_one_worker_of_its_rung_and_a_gpu_rung_without_a_gpu_falls_back_to_cpu(task):
+    from ftray.rescore import scoring_resources
+    from ftray.sweep import Sweep
+
+    sweep = Sweep(name="g", task=task, models=[ModelSpec("tiny-xs", gpus_per_worker=0.25), "tiny-s"], workers=2)
+    said: list[str] = []
+    assert scoring_resources(sweep, "tiny-xs", {"CPU": 16, "GPU": 1}, said.append) == {"CPU": 1.0, "GPU": 0.25}
+    assert scoring_resources(sweep, "tiny-s", {"CPU": 16, "GPU": 1}, said.append) == {"CPU": 1.0}
+    assert not said
+    assert scoring_resources(sweep, "tiny-xs", {"CPU": 2}, said.append) == {"CPU": 1.0}
+    assert len(said) == 1 and "no GPU for 'tiny-xs'" in said[0] and "on CPU in fp32" in said[0]
