@@ -52,11 +52,12 @@ def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quie
     frontier pruned, the report written and sent to W&B."""
     from ftray import runfolder as rf
     from ftray.report import build_report, format_report, load_run, write_report_files
-    from ftray.rescore import score_held_out
+    from ftray.rescore import score_held_out, to_stdout
     from ftray.tracking import log_sweep_summary
 
     run = load_run(run_dir)
-    if score_held_out(run, sweep or rf.sweep_of_run(run["run_dir"]), quiet=quiet):
+    # As Ray tasks on the sweep's Ray, each trial with its rung's worker resources (rescore.py).
+    if score_held_out(run, sweep or rf.sweep_of_run(run["run_dir"]), log=None if quiet else to_stdout):
         run = load_run(run_dir)
     if not keep_all_checkpoints:
         pruned = rf.prune_checkpoints(run["run_dir"], set(run["frontier"]), rf.tune_trials(run["run_dir"]))

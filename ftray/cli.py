@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from ftray.errors import FtrayInputError
+from ftray.errors import FtrayInputError, ScoringFailed
 from ftray.sweepfile import debug
 
 EXIT_INPUT = 2
@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-files", action="store_true", help="only print; do not write frontier.csv, report.json and PNGs")
     p.add_argument("--rescore", action="store_true",
                    help="score the trials whose checkpoints are kept on the task's held-out test rows first")
+    p.add_argument("--address", help="with --rescore: the Ray cluster to score on (default: $RAY_ADDRESS, else a local Ray)")
 
     p = sub.add_parser("eval", help="score the frontier trials' saved adapters on new rows of the task")
     p.add_argument("run_dir")
     p.add_argument("--data", required=True, help="a data file in the task's format (ViGGO: CSV mr,ref)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--address", help="the Ray cluster to score on (default: $RAY_ADDRESS, else a local Ray)")
 
     p = sub.add_parser("compare", help="the fronts of several sweep runs on one plot and table")
     p.add_argument("run_dirs", nargs="+")
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ftray {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_INPUT
+    except ScoringFailed as e:  # not the input's fault; the task's traceback with --debug
+        if debug():
+            raise
+        print(f"ftray {args.command}: error: {_one_line(str(e))} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ftray {args.command}: interrupted; finished trials are kept on disk", file=sys.stderr)
         return 130
@@ -141,10 +148,11 @@ def cmd_report(args) -> int:
 
     run = load_run(args.run_dir)
     if args.rescore:
-        from ftray.rescore import score_held_out
+        from ftray.rescore import score_held_out, to_stderr
         from ftray.runfolder import sweep_of_run
 
-        if score_held_out(run, sweep_of_run(run["run_dir"])):
+        # Progress on stderr: stdout is the report (--json: one JSON object).
+        if score_held_out(run, sweep_of_run(run["run_dir"]), log=to_stderr, ray_address=args.address):
             run = load_run(args.run_dir)
     report = build_report(run, target=args.target)
     written = [] if args.no_files else write_report_files(run, report)
@@ -160,7 +168,7 @@ def cmd_report(args) -> int:
 def cmd_eval(args) -> int:
     from ftray.rescore import format_rescore, rescore
 
-    result = rescore(args.run_dir, args.data)
+    result = rescore(args.run_dir, args.data, ray_address=args.address)  # progress on stderr
     print(json.dumps(result) if args.json else format_rescore(result))
     return 0
 

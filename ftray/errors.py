@@ -10,3 +10,8 @@ class FtrayInputError(ValueError):
 
 class HubUnavailable(FtrayInputError):
     """A model or dataset lives on the Hugging Face hub and the hub cannot be reached from here."""
+
+
+class ScoringFailed(RuntimeError):
+    """A trial's adapter could not be scored (out of memory, a lost worker, a bug): the message names the
+    trial and the cause in one line; the remote traceback is its __cause__ (shown with --debug)."""

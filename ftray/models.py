@@ -8,6 +8,7 @@ is ftray/lora.py (its names are importable from here too).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -229,6 +230,17 @@ def _preset_config(spec: ModelSpec, vocab_size: int, tokenizer=None):
     if spec.layers is not None:  # random weights: a shallower preset is simply one with fewer layers
         shape["num_hidden_layers"] = spec.layers
     return LlamaConfig(vocab_size=vocab_size, **shape, **_PRESET_COMMON, **ids)
+
+
+def base_dtype(device: torch.device) -> torch.dtype:
+    """The frozen base weights' dtype on `device`: bf16 on a GPU, fp32 elsewhere. A trial trains in it,
+    and its adapter is scored in it again (ftray/rescore.py), so both see the same numbers."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def autocast(device: torch.device):
+    """The context the model runs in on `device`: bf16 autocast on a GPU (the LoRA weights stay fp32)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def build_model(spec: ModelSpec, tokenizer, *, seed: int, dtype: torch.dtype = torch.float32):

@@ -33,7 +33,8 @@ from ftray.config import TrialConfig
 from ftray.context import LocalContext, RayContext, TrialContext
 from ftray.data import Layout, batches, select, tokenize_examples
 from ftray.evaluate import score, sum_over_workers
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, count_params, load_tokenizer
+from ftray.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
+                          load_tokenizer)
 from ftray.steps import (FusedLossLM, compile_layers, forward_backward, lr_lambda,  # noqa: F401 (lr_lambda: bench/)
                          make_optimizer)
 from ftray.tasks.base import Task
@@ -149,8 +150,7 @@ class LoRARecipe:
     def _setup_model(self) -> None:
         """Base weights (bf16 on GPU), LoRA adapters (fp32), DDP across the workers."""
         torch.manual_seed(self.cfg.seed)  # LoRA's initial weights: the same on every worker, and per seed
-        model = build_model(self.job.model, self.tokenizer, seed=self.cfg.seed,
-                            dtype=torch.bfloat16 if self.on_gpu else torch.float32)
+        model = build_model(self.job.model, self.tokenizer, seed=self.cfg.seed, dtype=base_dtype(self.device))
         self.model = apply_lora(model, self.job.model, self.job.lora)
         self.params, self.trainable_params = count_params(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -300,7 +300,7 @@ class LoRARecipe:
 
     # ---- evaluation and reports ----
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.on_gpu else contextlib.nullcontext()
+        return autocast(self.device)
 
     def evaluate(self) -> tuple[dict[str, float], dict]:
         """The metrics; and each task metric's per-row parts (for the report's intervals) with the

@@ -116,11 +116,34 @@ def test_frontier_checkpoints_carry_the_adapter_and_tokenizer_and_the_rest_are_p
     assert not list((run_dir.parent.parent / "tmp").glob("ftray-ckpt-*"))
 
 
-def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_run, shared_report):
+def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_run, shared_report, shared_sweep):
+    import torch
+
+    from ftray import runfolder as rf
+    from ftray.rescore import score_checkpoint
+
     report = shared_report
-    for t in report["trials"]:  # scored at the end of the sweep, before the checkpoints were pruned
+    # Scored at the end of the sweep, before the checkpoints were pruned: a Ray task per trial, two at
+    # a time (0.9 CPU each), each trial's line as it completed.
+    assert "ftray: scoring 5 trials on 40 held-out test rows (of 40) as Ray tasks: 0.9 CPU each" in shared_sweep.stdout
+    for t in report["trials"]:
         assert t["test"]["n"] == 40 and t["test"]["of"] == 40
         assert 0 <= t["test"]["metrics"]["slot_f1"] <= 1
+        assert f"ftray: scored trial {t['id']} ({t['model']}, 40 rows) in " in shared_sweep.stdout
+    # A Ray task's scores are this process's, row by row and to the last bit: the same adapter, rows,
+    # batches, precision (fp32 on CPU) and thread count (the task's one CPU).
+    kept = next(t for t in report["trials"] if t["checkpoint"])
+    sweep = rf.sweep_of_run(str(sweep_run[0]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = score_checkpoint(kept["checkpoint"], sweep.task, sweep.model(kept["model"]), sweep.task.examples("test"))
+    finally:
+        torch.set_num_threads(threads)
+    there = rf.read_test_scores(kept["trial_dir"])
+    assert there.checkpoint == kept["checkpoint"]
+    assert there.metrics == here.metrics
+    assert there.rows == {k: [list(r) for r in v] for k, v in here.rows.items()}
     a = report["analysis"]
     assert a["source"] == "test"
     for t in report["trials"]:  # an interval on every trial's number, around it
