@@ -11,6 +11,7 @@ from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.config import SEARCHABLE
 from ftray.frontier import analyse, trial_front
+from ftray.metrics import sign
 from ftray.stats import format_count
 
 def load_run(run_dir: str) -> dict:
@@ -134,7 +135,7 @@ def format_table(run: dict) -> str:
     front = set(run["frontier"])
     head = ["trial", "status", "model", "params", "rank", "data", "lr", obj["metric"], "wall s", "front"]
     rows = []
-    order = sorted(run["trials"], key=lambda t: (t["params"], -(t["objective"] or 0) if obj["mode"] == "max" else (t["objective"] or 0)))
+    order = sorted(run["trials"], key=lambda t: (t["params"], -sign(obj["mode"]) * (t["objective"] or 0)))
     for t in order:
         rows.append([
             t["id"], t["status"] if not t["reason"] else t["reason"].split(":")[0].upper(), t["model"] or "?",
