@@ -26,6 +26,19 @@ def trial_rows(t: Mapping, metric: str) -> list | None:
     return (t.get("rows") or {}).get(metric) or None
 
 
+def test_score(trial: Mapping, metric: str) -> float | None:
+    """The trial's `metric` on the held-out test rows; None where it was not scored on them."""
+    return ((trial.get("test") or {}).get("metrics") or {}).get(metric)
+
+
+def on_test(trial: Mapping, metric: str) -> dict:
+    """The trial as its held-out test scores show it: objective and per-row scores from the test rows."""
+    v = {**trial, "_rows": ((trial.get("test") or {}).get("rows") or {}).get(metric) or None}
+    if is_scored(trial):
+        v["objective"] = test_score(trial, metric)
+    return v
+
+
 def source_view(trials: Sequence[Mapping], metric: str) -> tuple[str, list[dict], str | None]:
     """("test" or "validation", the trials with objective and rows taken from it, a note for the report).
 
@@ -33,15 +46,9 @@ def source_view(trials: Sequence[Mapping], metric: str) -> tuple[str, list[dict]
     validation scores would compare numbers measured on different rows.
     """
     done = [t for t in trials if is_scored(t)]
-    tested = [t for t in done if ((t.get("test") or {}).get("metrics") or {}).get(metric) is not None]
+    tested = [t for t in done if test_score(t, metric) is not None]
     if done and len(tested) == len(done):
-        view = []
-        for t in trials:
-            test = t.get("test") or {}
-            v = {**t, "_rows": (test.get("rows") or {}).get(metric) or None}
-            if is_scored(t):
-                v["objective"] = test["metrics"][metric]
-            view.append(v)
+        view = [on_test(t, metric) for t in trials]
         sizes = sorted({(t["test"].get("n"), t["test"].get("of")) for t in tested}, key=str)
         n, of = sizes[0]
         rows = f"{n} held-out test rows" + (f" (of {of})" if of and of != n else "")

@@ -7,8 +7,8 @@ from typing import Iterable, Mapping, Sequence
 
 from ftray import stats
 from ftray.metrics import sign
-from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, power_law, rows_need,  # noqa: F401
-                            source_view, target_check)
+from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, on_test, power_law,  # noqa: F401
+                            rows_need, source_view, target_check, test_score)
 from ftray.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
 
 
@@ -37,6 +37,17 @@ def trial_front(trials: Iterable[Mapping], mode: str, size_key: str = "params") 
     points = [(t["id"], t["objective"], t[size_key]) for t in trials if is_scored(t)]
     points.sort(key=lambda p: (p[2], p[0]))
     return pareto_front(points, mode)
+
+
+def decide_front(trials: Sequence[Mapping], metric: str, mode: str) -> list[str]:
+    """The run's front, decided here once: by parameters, on held-out test scores where every scored
+    trial has them, else on validation scores (`source_view`), as the report's verdicts read them.
+
+    The end-of-sweep pruning keeps this front's adapters, frontier.csv marks it, the table and plots
+    show it and W&B records it: two fronts (validation for pruning, test for the verdicts) could
+    delete the adapter a verdict rests on.
+    """
+    return trial_front(source_view(trials, metric)[1], mode)
 
 
 # ---- hypervolume -------------------------------------------------------------------------------
@@ -305,7 +316,7 @@ def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | N
             decisions.append({"question": f"setting: {model}", "setting": top, "answer": e["settings"][top]["answer"],
                               "interval": e["settings"][top]["interval"], "text": e["lines"][0]})
     return {
-        "frontier_params": trial_front(view, mode),
+        "frontier_params": decide_front(trials, metric, mode),
         "frontier_cost": cost_front(view, mode, "accelerator_s"),
         "frontier_tokens": cost_front(view, mode, "tokens"),
         "hypervolume": {"value": front_hypervolume(view, mode, reference), "reference": list(reference),
@@ -379,4 +390,13 @@ def _intervals(trials, view, source: str, ev: Evidence, cell_map: Mapping, metri
     if source == "test":
         validation = Evidence([t for t in trials if is_scored(t)], metric, ev.level, ev.n_boot, ev.seed)
         out["validation"] = per_trial(validation, trials)
+    elif tested := [on_test(t, metric) for t in trials if is_scored(t) and test_score(t, metric) is not None]:
+        # Some trials have test scores, not all: the analysis stays on validation rows, and the test
+        # scores there are still shown with their intervals (frontier.csv).
+        out["test"] = per_trial(Evidence(tested, metric, ev.level, ev.n_boot, ev.seed), tested)
     return out
+
+
+def trial_intervals(intervals: Mapping, rows: str) -> dict:
+    """Each trial's interval over its "test" or "validation" rows, from the analysis' "intervals"."""
+    return intervals.get("trials", {}) if intervals.get("source") == rows else intervals.get(rows, {})
