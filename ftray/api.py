@@ -60,6 +60,8 @@ def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quie
     if score_held_out(run, sweep or rf.sweep_of_run(run["run_dir"]), log=None if quiet else to_stdout):
         run = load_run(run_dir)
     if not keep_all_checkpoints:
+        # After the held-out scoring, so that the front kept here is decided on the test scores the
+        # report's verdicts read (report.load_run: frontier.decide_front), not on validation alone.
         pruned = rf.prune_checkpoints(run["run_dir"], set(run["frontier"]), rf.tune_trials(run["run_dir"]))
         if pruned and not quiet:
             print(f"ftray: removed the checkpoints of {len(pruned)} trials off the frontier "

@@ -174,7 +174,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ftray.frontier import default_reference, front_hypervolume
+    from ftray.frontier import default_reference, front_hypervolume, source_view
     from ftray import storage as st
     from ftray.plots import compare_plot
     from ftray.report import load_run
@@ -184,10 +184,14 @@ def cmd_compare(args) -> int:
     if len(objectives) > 1:
         raise FtrayInputError(f"the runs have different objectives ({sorted(objectives)}); compare runs of one objective")
     metric, mode = objectives.pop()
-    ref = default_reference([r["trials"] for r in runs], mode)
+    # Each run on the scores its front was decided on (test where all its trials have them).
+    views = [source_view(r["trials"], metric) for r in runs]
+    ref = default_reference([view for _, view, _ in views], mode)
     rows = [{"run_dir": st.redact(r["run_dir"]), "trials": len(r["trials"]), "frontier": r["frontier"],
-             "hypervolume": front_hypervolume(r["trials"], mode, ref)} for r in runs]
-    plot = compare_plot([(st.basename(r["run_dir"]), r["trials"]) for r in runs], metric, mode, args.out)
+             "source": source, "hypervolume": front_hypervolume(view, mode, ref)}
+            for r, (source, view, _) in zip(runs, views)]
+    plot = compare_plot([(st.basename(r["run_dir"]), view, r["frontier"]) for r, (_, view, _) in zip(runs, views)],
+                        metric, args.out)
     if args.json:
         print(json.dumps({"objective": {"metric": metric, "mode": mode}, "reference": list(ref), "runs": rows,
                           "plot": plot}))
@@ -196,7 +200,7 @@ def cmd_compare(args) -> int:
           f"({metric}={ref[0]:.4g}, params={ref[1]:,.0f}; size axis log10(params))")
     for row in rows:
         print(f"  {row['run_dir']}: hypervolume {row['hypervolume']:.4f}, {row['trials']} trials, "
-              f"front {', '.join(row['frontier']) or '-'}")
+              f"front {', '.join(row['frontier']) or '-'} ({row['source']} scores)")
     print(f"plot: {plot}")
     return 0
 

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ftray import stats
+from ftray.metrics import sign
 
 
 def is_scored(trial: Mapping) -> bool:
@@ -25,6 +26,19 @@ def trial_rows(t: Mapping, metric: str) -> list | None:
     return (t.get("rows") or {}).get(metric) or None
 
 
+def test_score(trial: Mapping, metric: str) -> float | None:
+    """The trial's `metric` on the held-out test rows; None where it was not scored on them."""
+    return ((trial.get("test") or {}).get("metrics") or {}).get(metric)
+
+
+def on_test(trial: Mapping, metric: str) -> dict:
+    """The trial as its held-out test scores show it: objective and per-row scores from the test rows."""
+    v = {**trial, "_rows": ((trial.get("test") or {}).get("rows") or {}).get(metric) or None}
+    if is_scored(trial):
+        v["objective"] = test_score(trial, metric)
+    return v
+
+
 def source_view(trials: Sequence[Mapping], metric: str) -> tuple[str, list[dict], str | None]:
     """("test" or "validation", the trials with objective and rows taken from it, a note for the report).
 
@@ -32,15 +46,9 @@ def source_view(trials: Sequence[Mapping], metric: str) -> tuple[str, list[dict]
     validation scores would compare numbers measured on different rows.
     """
     done = [t for t in trials if is_scored(t)]
-    tested = [t for t in done if ((t.get("test") or {}).get("metrics") or {}).get(metric) is not None]
+    tested = [t for t in done if test_score(t, metric) is not None]
     if done and len(tested) == len(done):
-        view = []
-        for t in trials:
-            test = t.get("test") or {}
-            v = {**t, "_rows": (test.get("rows") or {}).get(metric) or None}
-            if is_scored(t):
-                v["objective"] = test["metrics"][metric]
-            view.append(v)
+        view = [on_test(t, metric) for t in trials]
         sizes = sorted({(t["test"].get("n"), t["test"].get("of")) for t in tested}, key=str)
         n, of = sizes[0]
         rows = f"{n} held-out test rows" + (f" (of {of})" if of and of != n else "")
@@ -98,11 +106,10 @@ def config_key(t: Mapping) -> str:
 
 def best_group(trials: Sequence[Mapping], mode: str) -> list[Mapping]:
     """The trials of the configuration with the best mean objective (over its seeds)."""
-    sign = 1.0 if mode == "max" else -1.0
     groups: dict[str, list] = {}
     for t in trials:
         groups.setdefault(config_key(t), []).append(t)
-    return max(groups.values(), key=lambda g: (sign * mean_objective(g), len(g)))
+    return max(groups.values(), key=lambda g: (sign(mode) * mean_objective(g), len(g)))
 
 
 def cells(trials: Sequence[Mapping], mode: str) -> dict[tuple, dict]:
@@ -178,13 +185,13 @@ def trials_need(cell_map: Mapping[tuple, dict]) -> dict | None:
 def target_check(trials: Sequence[Mapping], target: float, mode: str, ev: Evidence, hit: Mapping | None) -> dict:
     """Whether the point-estimate answer meets the target with confidence (its bound past the target),
     and the smallest model that does."""
-    sign = 1.0 if mode == "max" else -1.0
+    up = sign(mode)
     scored = [t for t in trials if is_scored(t)]
 
     def checked(group):
         iv = ev.interval(mean_objective(group), ev.reps(group), ev.rows(group))
         bound = None if not iv or iv["lo"] is None else iv["lo"] if mode == "max" else iv["hi"]
-        return iv, bound is not None and sign * (bound - target) >= 0
+        return iv, bound is not None and up * (bound - target) >= 0
 
     out = {"confidence": None, "interval": None, "seeds": None, "with_confidence": None}
     if hit:
@@ -201,7 +208,7 @@ def target_check(trials: Sequence[Mapping], target: float, mode: str, ev: Eviden
                 groups.setdefault(config_key(t), []).append(t)
         sure = [(iv, g) for iv, ok, g in ((*checked(g), g) for g in groups.values()) if ok]
         if sure:
-            iv, g = max(sure, key=lambda x: sign * x[0]["value"])
+            iv, g = max(sure, key=lambda x: up * x[0]["value"])
             out["with_confidence"] = {"model": model, "params": params, "trials": [t["id"] for t in g],
                                       "interval": iv}
             break

@@ -6,8 +6,9 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 from ftray import stats
-from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, power_law, rows_need,  # noqa: F401
-                            source_view, target_check)
+from ftray.metrics import sign
+from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, on_test, power_law,  # noqa: F401
+                            rows_need, source_view, target_check, test_score)
 from ftray.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
 
 
@@ -18,11 +19,11 @@ def pareto_front(points: Sequence[tuple[str, float, float]], mode: str) -> list[
     A point is dominated when another is at least as good on both axes and strictly better on one.
     Exact ties are all kept: neither dominates the other.
     """
-    sign = 1.0 if mode == "max" else -1.0
+    up = sign(mode)
     front = []
     for pid, obj, size in points:
         dominated = any(
-            sign * o >= sign * obj and s <= size and (sign * o > sign * obj or s < size)
+            up * o >= up * obj and s <= size and (up * o > up * obj or s < size)
             for qid, o, s in points
             if qid != pid
         )
@@ -36,6 +37,17 @@ def trial_front(trials: Iterable[Mapping], mode: str, size_key: str = "params") 
     points = [(t["id"], t["objective"], t[size_key]) for t in trials if is_scored(t)]
     points.sort(key=lambda p: (p[2], p[0]))
     return pareto_front(points, mode)
+
+
+def decide_front(trials: Sequence[Mapping], metric: str, mode: str) -> list[str]:
+    """The run's front, decided here once: by parameters, on held-out test scores where every scored
+    trial has them, else on validation scores (`source_view`), as the report's verdicts read them.
+
+    The end-of-sweep pruning keeps this front's adapters, frontier.csv marks it, the table and plots
+    show it and W&B records it: two fronts (validation for pruning, test for the verdicts) could
+    delete the adapter a verdict rests on.
+    """
+    return trial_front(source_view(trials, metric)[1], mode)
 
 
 # ---- hypervolume -------------------------------------------------------------------------------
@@ -56,7 +68,7 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, floa
 
 def _minimised(t: Mapping, mode: str, size_key: str, log_size: bool) -> tuple[float, float]:
     size = float(t[size_key])
-    return (-t["objective"] if mode == "max" else t["objective"],
+    return (-sign(mode) * t["objective"],
             math.log10(size) if log_size else size)
 
 
@@ -65,7 +77,7 @@ def front_hypervolume(trials: Iterable[Mapping], mode: str, ref: tuple[float, fl
     """Hypervolume of the scored trials in (objective, size) against `ref` = (objective, size) in the
     original units: an objective no better than ref[0] and a size no smaller than ref[1] add nothing.
     Size is taken as log10, so each 10x in parameters weighs the same."""
-    ref_min = (-ref[0] if mode == "max" else ref[0], math.log10(ref[1]) if log_size else ref[1])
+    ref_min = (-sign(mode) * ref[0], math.log10(ref[1]) if log_size else ref[1])
     pts = [_minimised(t, mode, size_key, log_size) for t in trials if is_scored(t) and t.get(size_key)]
     return hypervolume_2d(pts, ref_min)
 
@@ -79,9 +91,9 @@ def default_reference(runs: Sequence[Sequence[Mapping]], mode: str, size_key: st
     if not scored:
         return (0.0, 1.0)
     values = [t["objective"] for t in scored]
-    worst = min(values) if mode == "max" else max(values)
+    worst = min(values, key=lambda v: sign(mode) * v)
     span = (max(values) - min(values)) or abs(worst) or 1.0
-    return (worst - margin * span if mode == "max" else worst + margin * span,
+    return (worst - sign(mode) * margin * span,
             2.0 * max(t[size_key] for t in scored))
 
 
@@ -108,7 +120,7 @@ def _cost(t: Mapping, cost: str) -> float | None:
 
 # ---- the questions a team asks -------------------------------------------------------------------
 def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
+    return sign(mode) * (a - b) > 0
 
 
 def _best(trials: Iterable[Mapping], mode: str) -> Mapping | None:
@@ -121,14 +133,13 @@ def _best(trials: Iterable[Mapping], mode: str) -> Mapping | None:
 
 def smallest_meeting_target(trials: Iterable[Mapping], target: float, mode: str) -> dict | None:
     """The smallest model whose best trial reaches `target`, with the margin (positive: past it)."""
-    sign = 1.0 if mode == "max" else -1.0
-    meeting = [t for t in trials if is_scored(t) and sign * (t["objective"] - target) >= 0]
+    meeting = [t for t in trials if is_scored(t) and sign(mode) * (t["objective"] - target) >= 0]
     if not meeting:
         return None
     smallest = min(t["params"] for t in meeting)
     best = _best([t for t in meeting if t["params"] == smallest], mode)
     return {"model": best["model"], "params": best["params"], "trial": best["id"], "objective": best["objective"],
-            "margin": sign * (best["objective"] - target)}
+            "margin": sign(mode) * (best["objective"] - target)}
 
 
 def setting_effects(trials: Sequence[Mapping], mode: str, settings: Sequence[str] | None = None,
@@ -165,7 +176,7 @@ def setting_effects(trials: Sequence[Mapping], mode: str, settings: Sequence[str
 
 
 def _effect(group: Sequence[Mapping], key: str, mode: str, continuous, ev: Evidence) -> dict | None:
-    sign = 1.0 if mode == "max" else -1.0
+    up = sign(mode)
     pairs = [(t["config"][key], t) for t in group
              if isinstance(t.get("config", {}).get(key), (int, float)) and not isinstance(t["config"][key], bool)]
     values = sorted({v for v, _ in pairs})
@@ -184,13 +195,13 @@ def _effect(group: Sequence[Mapping], key: str, mode: str, continuous, ev: Evide
                   f"{median:.3g} and above": [t for x, t in pairs if x >= median]}
     groups = {k: v for k, v in groups.items() if v}
     means = {k: sum(t["objective"] for t in v) / len(v) for k, v in groups.items()}
-    best, worst = max(means, key=lambda k: sign * means[k]), min(means, key=lambda k: sign * means[k])
-    effect = sign * (means[best] - means[worst])
+    best, worst = max(means, key=lambda k: up * means[k]), min(means, key=lambda k: up * means[k])
+    effect = up * (means[best] - means[worst])
     both = groups[best] + groups[worst]
     reps, rows = ev.reps(groups[best]), ev.reps(groups[best], seeds=False)
     if reps is not None and ev.covers(groups[worst]):
-        reps = sign * (reps - ev.reps(groups[worst]))
-        rows = sign * (rows - ev.reps(groups[worst], seeds=False))
+        reps = up * (reps - ev.reps(groups[worst]))
+        rows = up * (rows - ev.reps(groups[worst], seeds=False))
     else:
         reps = rows = None
     iv = ev.interval(effect, reps, ev.rows(both))
@@ -247,14 +258,13 @@ def _median(v: Sequence[float]) -> float:
 
 def finetune_gain(trials: Sequence[Mapping], mode: str) -> dict:
     """Per model: the base model's own score, the best finetuned score, and the gain between them."""
-    sign = 1.0 if mode == "max" else -1.0
     out = {}
     for model in sorted({t["model"] for t in trials if is_scored(t)}):
         group = [t for t in trials if t["model"] == model]
         best = _best(group, mode)
         base = next((t["base_objective"] for t in group if t.get("base_objective") is not None), None)
         out[model] = {"params": best["params"], "base": base, "best": best["objective"],
-                      "gain": None if base is None else sign * (best["objective"] - base)}
+                      "gain": None if base is None else sign(mode) * (best["objective"] - base)}
     return out
 
 
@@ -306,7 +316,7 @@ def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | N
             decisions.append({"question": f"setting: {model}", "setting": top, "answer": e["settings"][top]["answer"],
                               "interval": e["settings"][top]["interval"], "text": e["lines"][0]})
     return {
-        "frontier_params": trial_front(view, mode),
+        "frontier_params": decide_front(trials, metric, mode),
         "frontier_cost": cost_front(view, mode, "accelerator_s"),
         "frontier_tokens": cost_front(view, mode, "tokens"),
         "hypervolume": {"value": front_hypervolume(view, mode, reference), "reference": list(reference),
@@ -380,4 +390,13 @@ def _intervals(trials, view, source: str, ev: Evidence, cell_map: Mapping, metri
     if source == "test":
         validation = Evidence([t for t in trials if is_scored(t)], metric, ev.level, ev.n_boot, ev.seed)
         out["validation"] = per_trial(validation, trials)
+    elif tested := [on_test(t, metric) for t in trials if is_scored(t) and test_score(t, metric) is not None]:
+        # Some trials have test scores, not all: the analysis stays on validation rows, and the test
+        # scores there are still shown with their intervals (frontier.csv).
+        out["test"] = per_trial(Evidence(tested, metric, ev.level, ev.n_boot, ev.seed), tested)
     return out
+
+
+def trial_intervals(intervals: Mapping, rows: str) -> dict:
+    """Each trial's interval over its "test" or "validation" rows, from the analysis' "intervals"."""
+    return intervals.get("trials", {}) if intervals.get("source") == rows else intervals.get(rows, {})

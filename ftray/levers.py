@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ftray import stats
+from ftray.metrics import sign
 from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, rows_need, seed_need,
                             trials_need)
 
@@ -15,7 +16,7 @@ NOT_ENOUGH = ("not enough trials to compare data with model size (need one model
               "2+ model sizes at one data fraction; models of one size are compared on their own line)")
 
 
-def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple], list[tuple], set[str]]:
+def ladder_pairs(point: Mapping[tuple, float], up: float) -> tuple[list[tuple], list[tuple], set[str]]:
     """The steps up the ladder, the same-size comparisons and the models off the ladder, from the
     cells' point values keyed (params, model, fraction). At each data fraction the ladder runs through
     the distinct sizes, each size represented by its best cell; another cell of a size already on the
@@ -32,7 +33,7 @@ def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple]
                 by_size.setdefault(k[0], []).append(k)
         best = {}
         for size, keys in by_size.items():
-            keys.sort(key=lambda k: (-sign * point[k], k[1]))
+            keys.sort(key=lambda k: (-up * point[k], k[1]))
             best[size] = keys[0]
             same += [(keys[0], k) for k in keys[1:]]
         sizes = sorted(best)
@@ -41,7 +42,7 @@ def ladder_pairs(point: Mapping[tuple, float], sign: float) -> tuple[list[tuple]
     return steps, same, {k[1] for k in point if k[0] > 0} - bests
 
 
-def lever_stats(values: Mapping[tuple, "float | stats.Draws"], counts: Mapping[tuple, int], sign: float,
+def lever_stats(values: Mapping[tuple, "float | stats.Draws"], counts: Mapping[tuple, int], up: float,
                 ladder: list[tuple], same: list[tuple], off: set[str]) -> dict:
     """The levers from cell values keyed (params, model, fraction): each value a number or the cell's
     `stats.Draws`, so the one function gives the point estimates and their draws. Every lever is a
@@ -55,16 +56,16 @@ def lever_stats(values: Mapping[tuple, "float | stats.Draws"], counts: Mapping[t
         xs = np.log2([k[2] for k in keys])
         xc = xs - xs.mean()
         # The least-squares slope, sum(xc * y) / sum(xc^2): the xc sum to 0, so y needs no centring.
-        weights = sign * xc / (xc ** 2).sum()
+        weights = up * xc / (xc ** 2).sum()
         per_model[model] = {
             "slope": sum(float(c) * values[k] for c, k in zip(weights, keys)),
             "n": sum(counts[k] for k in keys), "fractions": [k[2] for k in keys],
-            "steps": [(k0[2], k1[2], sign * (values[k1] - values[k0])) for k0, k1 in zip(keys, keys[1:])]}
-    steps = [{"frac": k0[2], "k0": k0, "k1": k1, "gain": sign * (values[k1] - values[k0]), "n": counts[k0] + counts[k1]}
+            "steps": [(k0[2], k1[2], up * (values[k1] - values[k0])) for k0, k1 in zip(keys, keys[1:])]}
+    steps = [{"frac": k0[2], "k0": k0, "k1": k1, "gain": up * (values[k1] - values[k0]), "n": counts[k0] + counts[k1]}
              for k0, k1 in ladder]
     n_data = sum(v["n"] for v in per_model.values())
     return {"per_model": per_model, "steps": steps,
-            "same": [{"frac": k0[2], "k0": k0, "k1": k1, "gain": sign * (values[k0] - values[k1]),
+            "same": [{"frac": k0[2], "k0": k0, "k1": k1, "gain": up * (values[k0] - values[k1]),
                       "n": counts[k0] + counts[k1]} for k0, k1 in same],
             "data": sum(v["slope"] * v["n"] for v in per_model.values()) / n_data if per_model else None,
             "model": sum(s["gain"] for s in steps) / len(steps) if steps else None,
@@ -76,18 +77,18 @@ def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective", ev
     data), from the best configuration of each (model, data fraction) cell, averaged over its seeds.
     Gains are signed so that positive means better. With per-row scores each gain has an interval
     over rows (and seeds where trials are repeated), all from one set of paired draws."""
-    sign = 1.0 if mode == "max" else -1.0
+    up = sign(mode)
     scored = [t for t in trials if is_scored(t)]
     ev = evidence or Evidence(scored, metric)
     cell_map = cells(scored, mode)
     counts = {k: c["n"] for k, c in cell_map.items()}
     means = {k: np.float64(mean_objective(c["group"])) for k, c in cell_map.items()}
-    pairs = ladder_pairs(means, sign)
-    point = lever_stats(means, counts, sign, *pairs)
+    pairs = ladder_pairs(means, up)
+    point = lever_stats(means, counts, up, *pairs)
     reps = rows = None
     if cell_map and all(ev.covers(c["group"]) for c in cell_map.values()):
-        reps = lever_stats({k: ev.reps(c["group"]) for k, c in cell_map.items()}, counts, sign, *pairs)
-        rows = lever_stats({k: ev.reps(c["group"], seeds=False) for k, c in cell_map.items()}, counts, sign, *pairs)
+        reps = lever_stats({k: ev.reps(c["group"]) for k, c in cell_map.items()}, counts, up, *pairs)
+        rows = lever_stats({k: ev.reps(c["group"], seeds=False) for k, c in cell_map.items()}, counts, up, *pairs)
     n_rows = ev.rows(scored)
 
     def iv(value, rep):

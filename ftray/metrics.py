@@ -15,6 +15,20 @@ from typing import Sequence
 # What `mr_metrics` returns, in the order reports show it.
 MR_METRIC_NAMES = ("exact_match", "act_accuracy", "slot_precision", "slot_recall", "slot_f1", "parse_failure_rate")
 
+# Each metric's direction, declared beside its definition: "max" where a larger value is better. Every
+# metric ftray computes is here (eval_loss is ftray/evaluate.py's); a task with metrics of its own
+# declares theirs in Task.metric_mode. Nothing guesses a direction from a metric's name.
+MODES = {"eval_loss": "min", "exact_match": "max", "act_accuracy": "max", "slot_precision": "max",
+         "slot_recall": "max", "slot_f1": "max", "parse_failure_rate": "min", "rouge_l": "max"}
+
+
+def sign(mode: str) -> float:
+    """+1 where a larger value is better ("max"), -1 where a smaller one is ("min"): sign(mode) * value
+    is larger for the better of two values, whatever the mode."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    return 1.0 if mode == "max" else -1.0
+
 
 def normalize_text(s: str) -> str:
     return " ".join(s.lower().split())

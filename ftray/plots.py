@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from ftray.evidence import Evidence, best_group, mean_objective, source_view
-from ftray.frontier import is_scored, trial_front
+from ftray.frontier import is_scored
 from ftray.stats import format_count
 
 # Resamples for the plots' error bars: fewer than the report's, as a bar's end moves by pixels only.
@@ -39,8 +39,9 @@ def _params_axis(ax, params: Sequence[float]) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _step_front(ax, trials, mode, **kwargs):
-    front = sorted((t for t in trials if t["id"] in set(trial_front(trials, mode))), key=lambda t: t["params"])
+def _step_front(ax, trials, front: Collection[str], **kwargs):
+    """The front as steps; `front` is the run's own (frontier.decide_front), not decided again here."""
+    front = sorted((t for t in trials if t["id"] in set(front)), key=lambda t: t["params"])
     if front:
         xs, ys = [], []
         for t in front:
@@ -61,11 +62,12 @@ def _error_bars(ax, xs, ys, ivs, **kwargs) -> None:
                     fmt="none", capsize=2, lw=0.8, zorder=1, **kwargs)
 
 
-def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str) -> list[str]:
+def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str, front: Collection[str]) -> list[str]:
     """frontier.png, data_fraction.png, lora_rank.png in out_dir; none when no trial was scored.
 
-    Scores are the analysis' own (held-out test where every trial has it); where trials kept per-row
-    scores, each point carries its bootstrap interval as an error bar.
+    Scores are the analysis' own (held-out test where every trial has it) and `front` the run's front,
+    decided on those scores; where trials kept per-row scores, each point carries its interval as an
+    error bar.
     """
     source, view, _ = source_view(trials, metric)
     scored = [t for t in view if is_scored(t)]
@@ -84,9 +86,9 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str)
     sc = ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored],
                     c=[t["data_fraction"] for t in scored], cmap="viridis", s=45, edgecolors="k", linewidths=0.5,
                     vmin=0, vmax=1, zorder=2)
-    _step_front(ax, scored, mode, color="crimson", lw=1.5, label="frontier")
+    _step_front(ax, scored, front, color="crimson", lw=1.5, label="frontier")
     for t in scored:
-        if t["id"] in set(trial_front(scored, mode)):
+        if t["id"] in set(front):
             ax.annotate(t["model"], (t["params"], t["objective"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
     fig.colorbar(sc, ax=ax, label="data fraction")
     _params_axis(ax, [t["params"] for t in scored])
@@ -127,16 +129,17 @@ def _best_per_value(scored: Sequence[Mapping], model: str, key: str, mode: str, 
     return xs, ys, [ev.interval(y, ev.reps(g)) for y, g in zip(ys, groups)]
 
 
-def compare_plot(runs: Sequence[tuple[str, Sequence[Mapping]]], metric: str, mode: str, path: str) -> str:
-    """The fronts of several runs on one plot."""
+def compare_plot(runs: Sequence[tuple[str, Sequence[Mapping], Collection[str]]], metric: str, path: str) -> str:
+    """The fronts of several runs on one plot: each run as (label, its trials as its front's scores show
+    them (`source_view`), its front)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, trials) in enumerate(runs):
+    for i, (label, trials, front) in enumerate(runs):
         scored = [t for t in trials if is_scored(t)]
         color = f"C{i}"
         ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored], color=color, alpha=0.35, s=25)
-        _step_front(ax, scored, mode, color=color, lw=1.8, label=label)
-    _params_axis(ax, [t["params"] for _, trials in runs for t in trials if is_scored(t)])
+        _step_front(ax, scored, front, color=color, lw=1.8, label=label)
+    _params_axis(ax, [t["params"] for _, trials, _ in runs for t in trials if is_scored(t)])
     ax.set_xlabel("model parameters")
     ax.set_ylabel(metric)
     ax.set_title(f"fronts of {len(runs)} sweep runs")

@@ -9,12 +9,14 @@ from dataclasses import asdict
 
 from ftray import runfolder as rf
 from ftray import storage as st
-from ftray.config import SEARCHABLE
-from ftray.frontier import analyse, trial_front
+from ftray.config import SETTINGS
+from ftray.frontier import analyse, decide_front, test_score, trial_intervals
+from ftray.metrics import sign
 from ftray.stats import format_count
 
 def load_run(run_dir: str) -> dict:
-    """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier.
+    """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier (the one
+    front, `decide_front`'s: on test scores where every scored trial has them).
 
     `run_dir` is a local folder or a storage URI (s3://, gs://, file://, ...).
     """
@@ -25,7 +27,7 @@ def load_run(run_dir: str) -> dict:
         "run_dir": run_dir,  # where to read and write; shown through st.redact
         "objective": record.objective,
         "trials": trials,
-        "frontier": trial_front(trials, record.objective["mode"]),
+        "frontier": decide_front(trials, record.objective["metric"], record.objective["mode"]),
         "record": asdict(record),
     }
 
@@ -129,12 +131,13 @@ def _without_rows(test: dict | None) -> dict | None:
     return None if test is None else {k: v for k, v in test.items() if k != "rows"}
 
 
-def format_table(run: dict) -> str:
+def format_table(run: dict, source: str) -> str:
+    """The trials with their validation objective; `source`: the scores the front (*) was decided on."""
     obj = run["objective"]
     front = set(run["frontier"])
     head = ["trial", "status", "model", "params", "rank", "data", "lr", obj["metric"], "wall s", "front"]
     rows = []
-    order = sorted(run["trials"], key=lambda t: (t["params"], -(t["objective"] or 0) if obj["mode"] == "max" else (t["objective"] or 0)))
+    order = sorted(run["trials"], key=lambda t: (t["params"], -sign(obj["mode"]) * (t["objective"] or 0)))
     for t in order:
         rows.append([
             t["id"], t["status"] if not t["reason"] else t["reason"].split(":")[0].upper(), t["model"] or "?",
@@ -148,7 +151,7 @@ def format_table(run: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     better = "higher" if obj["mode"] == "max" else "lower"
     lines.append(f"\n{len(rows)} trials; objective {obj['metric']} ({better} is better); "
-                 f"* = on the frontier of {obj['metric']} vs parameters")
+                 f"* = on the frontier of {obj['metric']} vs parameters, on {source} scores")
     for t in order:
         if t["reason"]:
             lines.append(f"  {t['id']}: {t['reason']}")
@@ -156,9 +159,11 @@ def format_table(run: dict) -> str:
 
 
 # ---- the frontier report ---------------------------------------------------------------------------
-# The trial's settings are TrialConfig's searchable fields, in its order.
-CSV_COLUMNS = ("id", "status", "model", "params", "trainable_params", *(k for k in SEARCHABLE if k != "model"),
-               "objective", "base_objective", "wall_s", "accelerators", "tokens", "on_front", "reason")
+# The trial's settings are every TrialConfig field, in its order; "objective" is the validation score,
+# "test_objective" the held-out one with its interval; on_front marks the run's one front.
+CSV_COLUMNS = ("id", "status", "model", "params", "trainable_params", *(k for k in SETTINGS if k != "model"),
+               "objective", "test_objective", "test_lo", "test_hi", "test_rows", "base_objective", "wall_s",
+               "accelerators", "tokens", "on_front", "reason")
 
 
 def build_report(run: dict, target: float | None = None, level: float = 0.95) -> dict:
@@ -178,18 +183,31 @@ def build_report(run: dict, target: float | None = None, level: float = 0.95) ->
     return out
 
 
-def frontier_csv(run: dict) -> str:
+def frontier_csv(run: dict, report: dict) -> str:
+    """One row per trial; the test interval is the report's (`analysis.intervals`)."""
     import csv
     import io
 
+    metric = run["objective"]["metric"]
     front = set(run["frontier"])
+    test_iv = trial_intervals(report["analysis"].get("intervals") or {}, "test")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
     for t in sorted(run["trials"], key=lambda t: (t["params"], t["id"])):
-        row = {**t["config"], **t, "on_front": int(t["id"] in front)}
+        iv = test_iv.get(t["id"]) or {}
+        # The settings from the config alone: the record's own keys differ in meaning (its "steps" is
+        # the step reached, TrialConfig's the budget).
+        settings = {k: _cell(t["config"].get(k)) for k in SETTINGS}
+        row = {**t, **settings, "test_objective": test_score(t, metric), "test_lo": iv.get("lo"),
+               "test_hi": iv.get("hi"), "test_rows": (t.get("test") or {}).get("n"), "on_front": int(t["id"] in front)}
         w.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
     return buf.getvalue()
+
+
+def _cell(v):
+    """A setting as one CSV cell: lists (target modules, say) as JSON, not Python's repr."""
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
 
 
 def write_report_files(run: dict, report: dict) -> list[str]:
@@ -200,12 +218,12 @@ def write_report_files(run: dict, report: dict) -> list[str]:
 
     run_dir = run["run_dir"]
     written = []
-    for name, text in (("frontier.csv", frontier_csv(run)), ("report.json", json.dumps(report, indent=2))):
+    for name, text in (("frontier.csv", frontier_csv(run, report)), ("report.json", json.dumps(report, indent=2))):
         st.write_text(st.join(run_dir, name), text)
         written.append(st.join(run_dir, name))
     obj = run["objective"]
     with tempfile.TemporaryDirectory() as tmp:
-        for path in write_plots(run["trials"], obj["metric"], obj["mode"], tmp):
+        for path in write_plots(run["trials"], obj["metric"], obj["mode"], tmp, run["frontier"]):
             dest = st.join(run_dir, path.rsplit("/", 1)[-1])
             with open(path, "rb") as f:
                 st.write_bytes(dest, f.read())
@@ -217,7 +235,7 @@ def format_report(run: dict, report: dict) -> str:
     """The terminal report: the trial table, the scores with their intervals, then the answers."""
     a = report["analysis"]
     metric = run["objective"]["metric"]
-    lines = [format_table(run)]
+    lines = [format_table(run, a["source"])]
     lines += _scores_table(run, a)
     lines += ["", "What the sweep says"]
     lines += [f"  - {v}" for v in a["verdicts"]]
@@ -226,9 +244,6 @@ def format_report(run: dict, report: dict) -> str:
         lines.append(f"  - {len(early)} of {len(run['trials'])} trials were stopped early by ASHA; each is scored at the "
                      "step it reached: " + ", ".join(f"{t['id']} ({t['steps']})" for t in early[:8])
                      + (" ..." if len(early) > 8 else ""))
-    if a.get("source") == "test" and a["frontier_params"] != run["frontier"]:
-        lines.append(f"  - on test scores the front is {', '.join(a['frontier_params'])} (the table's * marks the "
-                     "validation front)")
     gains = a["finetune_gain"]
     if gains:
         lines += ["", "Finetuning gain per model size (base model before finetuning -> best trial, validation rows)"]
@@ -258,7 +273,7 @@ def _scores_table(run: dict, a: dict) -> list[str]:
         return []
     metric = run["objective"]["metric"]
     test = a.get("source") == "test"
-    valid_iv = iv.get("validation", {}) if test else iv.get("trials", {})
+    valid_iv, test_iv = trial_intervals(iv, "validation"), trial_intervals(iv, "test")
     head = ["trial", "model", "data", f"valid {metric}"] + ([f"test {metric}"] if test else [])
     rows = []
     scored = [t for t in run["trials"] if t["objective"] is not None and not t["reason"]]
@@ -266,8 +281,7 @@ def _scores_table(run: dict, a: dict) -> list[str]:
         row = [t["id"], t["model"] or "?", f"{t['data_fraction']:g}",
                format_interval(valid_iv.get(t["id"]), value=t["objective"])]
         if test:
-            tested = ((t.get("test") or {}).get("metrics") or {}).get(metric)
-            row.append(format_interval(iv["trials"].get(t["id"]), value=tested))
+            row.append(format_interval(test_iv.get(t["id"]), value=test_score(t, metric)))
         rows.append(row)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     level = f"{iv.get('level', 0.95):.0%}"

@@ -28,6 +28,7 @@ from typing import Any
 from ftray import storage as st
 from ftray.config import TrialConfig
 from ftray.errors import FtrayInputError
+from ftray.metrics import sign
 
 RUN_FILE = "ftray_run.json"
 SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothing else
@@ -311,11 +312,9 @@ def drop_checkpoints(kept: list[StoredCheckpoint], keep: int, mode: str) -> list
     CheckpointConfig does: a missing or NaN score ranks last, and of equal scores the later one wins.
     Remove the others, mark first (so a removal cut short leaves no folder that looks whole). Returns
     what is kept, oldest first."""
-    sign = 1 if mode == "max" else -1
-
     def rank(c: StoredCheckpoint) -> tuple:
         scored = c.score is not None and not math.isnan(c.score)
-        return (scored, sign * c.score if scored else 0.0, c.step)
+        return (scored, sign(mode) * c.score if scored else 0.0, c.step)
 
     best = sorted(kept, key=rank, reverse=True)[:keep]
     latest = max(kept, key=lambda c: c.step, default=None)

@@ -19,10 +19,11 @@ from ray.tune.search.optuna import OptunaSearch
 from ftray import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
+from ftray.metrics import sign
 from ftray.preflight import check_fits_here, check_run_name, check_storage, prepare
 from ftray.space import is_domain, is_grid
 from ftray.resources import check_gpu_fit, fmt_resources, plan_resources, trial_request, trial_shapes
-from ftray.sweep import Sweep, default_mode, diff_descriptions
+from ftray.sweep import Sweep, diff_descriptions
 
 
 class DefineByRun:
@@ -140,9 +141,8 @@ def scheduler(sweep: Sweep):
     if asha is None:
         return Fifo()
 
-    metric = asha.metric or sweep.objective
     return PerModelASHA(
-        metric=metric, mode=default_mode(metric) if asha.metric else sweep.mode, grace_period=asha.grace_steps,
+        metric=asha.metric or sweep.objective, mode=sweep.asha_mode(), grace_period=asha.grace_steps,
         reduction_factor=asha.reduction_factor, max_t=sweep.trial.steps or 10**9, per_model=asha.per_model,
     )
 
@@ -343,7 +343,6 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
 def repeat_points(sweep: Sweep, trials: list[rf.TuneTrial]) -> list[dict]:
     """The confirmation phase's trials: the best finished configuration of each rung, with
     `sweep.search.repeats` more seeds each (seed + 1, seed + 2, ...)."""
-    sign = 1 if sweep.mode == "max" else -1
     best: dict[str, tuple[float, dict]] = {}
     for t in trials:
         value = t.last.get(sweep.objective)
@@ -352,7 +351,7 @@ def repeat_points(sweep: Sweep, trials: list[rf.TuneTrial]) -> list[dict]:
                 or not finished:
             continue
         model = t.record.config.model
-        if model not in best or sign * value > sign * best[model][0]:
+        if model not in best or sign(sweep.mode) * (value - best[model][0]) > 0:
             best[model] = (value, t.params)
     seed = lambda p: p.get("seed", sweep.trial.seed)  # noqa: E731
     return [dict(params, seed=seed(params) + k) for _, params in best.values()

@@ -29,6 +29,7 @@ from ray.tune.search.sample import Categorical
 
 from ftray.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
 from ftray.errors import FtrayInputError
+from ftray.metrics import MODES
 from ftray.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
 from ftray.resources import check_gpus_per_worker
 from ftray.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid
@@ -179,7 +180,7 @@ class Sweep:
     models: tuple[ModelSpec, ...]  # the model ladder
     space: dict
     objective: str
-    mode: str  # "max" or "min"; default: "min" for losses and *_rate metrics, else "max"
+    mode: str  # "max" or "min"; default: the objective's own direction (`metric_mode`)
     trial: TrialConfig  # the defaults of every trial: what is trained, the budget, the evaluation
     scaling: Scaling
     search: Search
@@ -241,12 +242,13 @@ class Sweep:
         _check(self.objective in metrics,
                f"objective {self.objective!r} is not a metric of task {self.task.name!r}; it reports: {', '.join(metrics)}")
         if self.mode is None:
-            self.mode = default_mode(self.objective)
+            self.mode = self.metric_mode(self.objective)
         _check(self.mode in ("min", "max"), f"mode must be 'min' or 'max', got {self.mode!r}")
         asha = self.search.asha
         if asha is not None:
             _check((asha.metric or self.objective) in metrics,
                    f"asha.metric {asha.metric!r} is not reported; choose one of {', '.join(metrics)}")
+            self.asha_mode()  # a metric of no declared direction fails here, not when the sweep starts
             _check(self.trial.steps is None or asha.grace_steps < self.trial.steps,
                    f"asha.grace_steps ({asha.grace_steps}) must be below steps ({self.trial.steps}), "
                    "or no trial can ever be stopped early")
@@ -275,6 +277,15 @@ class Sweep:
     # ---- derived ----------------------------------------------------------------------------
     def metric_names(self) -> list[str]:
         return ["eval_loss", *self.task.metric_names]
+
+    def metric_mode(self, metric: str) -> str:
+        """"max" where a larger `metric` is better: eval_loss is ftray's own metric, the rest the task's."""
+        return MODES["eval_loss"] if metric == "eval_loss" else self.task.metric_mode(metric)
+
+    def asha_mode(self) -> str:
+        """The direction of the metric ASHA stops trials on: the sweep's mode for the objective."""
+        metric = self.search.asha.metric or self.objective
+        return self.mode if metric == self.objective else self.metric_mode(metric)
 
     def model(self, model_id: str) -> ModelSpec:
         return next(m for m in self.models if m.id == model_id)
@@ -376,10 +387,6 @@ def diff_descriptions(old: Mapping, new: Mapping, prefix: str = "") -> list[str]
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
-
-
-def default_mode(metric: str) -> str:
-    return "min" if metric.endswith("loss") or metric.endswith("_rate") else "max"
 
 
 # ---- helpers ---------------------------------------------------------------------------------

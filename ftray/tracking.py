@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 from ray import tune
 
 from ftray.config import TrialConfig
+from ftray.frontier import test_score
 from ftray.sweep import WandB
 
 NOT_LOGGED = {"config", "trial_id", "experiment_tag", "date", "hostname", "node_ip", "pid", "checkpoint_path",
@@ -189,7 +190,7 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
 
     group = st.basename(run["run_dir"])
     local_dir = run["run_dir"] if not st.is_uri(run["run_dir"]) else None
-    front = set(report["frontier"])
+    front = set(report["frontier"])  # the run's one front (frontier.decide_front), as pruning kept it
     analysis = report["analysis"]
     metric = run["objective"]["metric"]
     # The interval is over the rows the report's numbers rest on (test rows where the trials have them).
@@ -199,7 +200,7 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
     table = wandb.Table(columns=columns)
     for t in report["trials"]:
         iv = intervals.get(t["id"]) or {}
-        test = (t.get("test") or {}).get("metrics", {}).get(metric)
+        test = test_score(t, metric)
         table.add_data(t["id"], t["model"], t["params"], t["lora_rank"], t["data_fraction"], t["lr"],
                        t["config"].get("seed"), t["objective"], test, iv.get("lo"), iv.get("hi"), iv.get("n"),
                        t["base_objective"], t["wall_s"], t["id"] in front, t["reason"] or t["status"])
@@ -217,5 +218,6 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
     wb.summary["verdicts"] = "\n".join(analysis["verdicts"])
     wb.summary["hypervolume"] = analysis["hypervolume"]["value"]
     wb.summary["frontier_trials"] = ", ".join(report["frontier"])
+    wb.summary["frontier_source"] = analysis["source"]  # the scores the front was decided on: test or validation
     wb.finish()
     return wb.id

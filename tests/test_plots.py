@@ -44,8 +44,9 @@ def test_error_bars_where_intervals_exist(tmp_path):
             trials.append({"id": f"{model}{f}", "model": model, "params": params, "objective": float(hits.mean()),
                            "data_fraction": f, "lora_rank": 8, "status": "TERMINATED", "reason": None,
                            "config": {"model": model, "data_fraction": f}, "rows": {"acc": [[h, 1] for h in hits]}})
-    names = [p.rsplit("/", 1)[-1] for p in write_plots(trials, "acc", "max", str(tmp_path / "rows"))]
+    front = ["s1.0", "m1.0"]
+    names = [p.rsplit("/", 1)[-1] for p in write_plots(trials, "acc", "max", str(tmp_path / "rows"), front)]
     assert names == ["frontier.png", "data_fraction.png", "lora_rank.png"]
     for t in trials:
         t.pop("rows")  # an older run folder: the same plots, no bars
-    assert len(write_plots(trials, "acc", "max", str(tmp_path / "old"))) == 3
+    assert len(write_plots(trials, "acc", "max", str(tmp_path / "old"), front)) == 3

@@ -88,17 +88,22 @@ def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, sh
 
 
 def test_compare_ranks_two_runs_by_their_fronts(run_dir, shared_report, tmp_path):
-    # A second run: the same folder with its smallest trial's last score raised above every other, so
+    # A second run: the same folder with its smallest trial's last score raised above every other (the
+    # validation score and the held-out one, which the front is decided on where every trial has it), so
     # its front dominates the first run's whatever the sweep reached.
     better = tmp_path / "better"
     shutil.copytree(run_dir, better, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
     scored = [t for t in shared_report["trials"] if t["objective"] is not None]
     small = min(scored, key=lambda t: (t["params"], -t["objective"]))
-    result = better / Path(small["trial_dir"]).relative_to(run_dir) / "result.json"
-    lines = result.read_text().splitlines()
+    trial_dir = better / Path(small["trial_dir"]).relative_to(run_dir)
+    lines = (trial_dir / "result.json").read_text().splitlines()
     last = json.loads(lines[-1])
     last["slot_f1"] = max(t["objective"] for t in scored) + 0.5
-    result.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    (trial_dir / "result.json").write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    if (trial_dir / "ftray_test.json").exists():
+        test = json.loads((trial_dir / "ftray_test.json").read_text())
+        test["metrics"]["slot_f1"] = max(t["test"]["metrics"]["slot_f1"] for t in scored if t["test"]) + 0.5
+        (trial_dir / "ftray_test.json").write_text(json.dumps(test))
     proc = ftray("compare", str(run_dir), str(better), "--json", "--out", str(tmp_path / "cmp.png"))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

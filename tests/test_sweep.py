@@ -22,6 +22,31 @@ def test_defaults_sweep_the_whole_ladder_and_choose_the_mode():
     assert make(objective="parse_failure_rate").mode == "min"
 
 
+def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
+    from dataclasses import dataclass
+
+    from ftray.metrics import sign
+    from ftray.search import scheduler
+
+    # ASHA on a metric other than the objective stops trials by that metric's own direction.
+    s = make(objective="slot_f1", asha=ASHA(grace_steps=50, metric="parse_failure_rate"), steps=100)
+    assert (s.mode, s.asha_mode(), scheduler(s)._mode) == ("max", "min", "min")
+    assert make(objective="slot_f1", mode="min", asha=ASHA(grace_steps=50, metric="slot_f1"), steps=100).asha_mode() == "min"
+
+    @dataclass(frozen=True)
+    class Mine(SyntheticTask):  # a user's task with a metric ftray does not know: no guess from "_rate"
+        @property
+        def metric_names(self):
+            return ("win_rate",)
+
+    with pytest.raises(FtrayInputError, match="does not say whether a larger win_rate is better"):
+        make(task=Mine(n_train=50, n_valid=10, n_test=10), objective="win_rate")
+    assert make(task=Mine(n_train=50, n_valid=10, n_test=10), objective="win_rate", mode="max").mode == "max"
+    assert (sign("max"), sign("min")) == (1.0, -1.0)
+    with pytest.raises(ValueError, match="mode must be"):
+        sign("up")
+
+
 @pytest.mark.parametrize(
     "overrides, field",
     [

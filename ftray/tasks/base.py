@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from ftray.errors import FtrayInputError
+from ftray.metrics import MODES
+
 
 # Per metric, one (num, den) per row: the metric over any rows is sum(num) / sum(den).
 ScoreRows = dict[str, list[tuple[float, float]]]
@@ -25,9 +28,16 @@ class Task:
     """
 
     name: str = "task"
-    # Metric names that `score` returns. By convention every one of them is "higher is better"
-    # except names ending in "_rate" (e.g. parse_failure_rate).
+    # Metric names that `score` returns; each one's direction is `metric_mode`'s.
     metric_names: tuple[str, ...] = ()
+
+    def metric_mode(self, name: str) -> str:
+        """"max" where a larger value of metric `name` is better, else "min". ftray's own metrics declare
+        theirs in ftray.metrics.MODES; a task that scores metrics of its own overrides this."""
+        if name not in MODES:
+            raise FtrayInputError(f"task {self.name!r} does not say whether a larger {name} is better: give the "
+                                  "sweep mode='max' or 'min', or define the task's metric_mode")
+        return MODES[name]
 
     def examples(self, split: str) -> list[Example]:
         """All examples of a split ("train", "valid" or "test"), in a fixed order."""
@@ -54,14 +64,10 @@ class Task:
 
     def examples_from_file(self, path: str) -> list[Example]:
         """Examples from a data file in the task's own format (for scoring saved adapters on new rows)."""
-        from ftray.errors import FtrayInputError
-
         raise FtrayInputError(f"task {self.name!r} reads no data files; `ftray eval --data` needs a ViggoTask or TextTask")
 
     def check(self) -> None:
         """Load the train and valid splits so that bad data fails before any Ray work."""
         for split in ("train", "valid"):
             if not self.examples(split):
-                from ftray.errors import FtrayInputError
-
                 raise FtrayInputError(f"task {self.name!r}: the {split!r} split has no examples")
