@@ -1,16 +1,27 @@
-"""GPU benchmark: LoRA finetunes of randomly initialised models the size of Qwen2.5-0.5B and 1.5B.
+"""GPU benchmark: LoRA finetunes of randomly initialised models the shape of Qwen2.5-0.5B and 1.5B.
 
-    python bench/gpu.py [--sizes 0.5b,1.5b] [--data VIGGO_FOLDER] [--out DIR]
+    python bench/gpu.py --data VIGGO_FOLDER [--out DIR] [--budget-s 480]
+    python bench/gpu.py --sizes tiny         # checks this script on a CPU in a minute (no figures)
 
-For each size, on one GPU, the same model, data, batch and LoRA settings three ways:
-  ftray  -- `ftray run` of a sweep of 3 trials (Ray Train, one GPU worker, bf16, W&B offline), run
-            first; the rate is each trial's last report (the steps after the first eval), as ftray logs it
-  bare   -- the same step in a plain PyTorch loop (no Ray), timed after 10 warm-up steps
-  hf     -- Hugging Face Trainer (bf16=True, its default sampler), timed after 10 warm-up steps
-Tokens are non-padding tokens (prompt and completion). Model FLOPs per token, stated in the output:
-4 * N_linear (forward, and the backward through the frozen weights; no weight gradients but LoRA's)
-+ 12 * layers * d_model * T (attention scores and mixing, forward and backward, T the mean sequence
-length, PaLM's count); MFU is that rate over the H100's 989 TFLOP/s dense bf16 peak.
+One run, side by side, on one GPU (parts in this order; a part that would start past --budget-s is
+skipped and said so, and every part's result is written as soon as it is measured):
+  (a) default  -- the 1.5B model at 32 rows a step, ftray's recipe as a trial runs it (ftray.recipe.run_local:
+                  the loop a one-worker trial runs in its Tune trial's process, without Ray), the same step in
+                  a bare PyTorch loop, and Hugging Face's Trainer (bf16, its default sampler)
+  (b) tuned    -- ftray with SPEED_SETTINGS (rows packed to bounded width, fused linear cross-entropy,
+                  widths rounded to 64) and a token budget per step, against the same with the plain loss
+                  (memory at the same tokens), with torch.compile, and a tuned Trainer (padding-free
+                  DataCollatorWithFlattening and its Liger flag) at about the same tokens a step
+  (c) share    -- `ftray run` of a sweep of 8 trials of the 0.5B model at 1, 4 and 2 trials per GPU
+                  (gpus_per_worker 1, 0.25, 0.5): wall time from start to the report, tokens/s of all trials
+  (d) score    -- held-out scoring (rescore.score_checkpoint: generation and metrics) of the adapters the
+                  4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s)
+Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
+timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
+excluded). Tokens are non-padding tokens (prompt and completion). One run of each: medians are over
+steps. Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
+weight gradients but LoRA's) + 12 * layers * d_model * T (attention, forward and backward, T the mean
+example length, PaLM's count); MFU is that rate over 989 TFLOP/s (H100/H200 dense bf16).
 The last stdout line is one JSON object; the same goes to DIR/gpu-<date>.json.
 """
 
@@ -18,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -32,12 +45,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ftray.config import SPEED_SETTINGS, TrialConfig  # noqa: E402
 from ftray.data import batches, collate, select, tokenize_examples  # noqa: E402
 from ftray.models import LoraSettings, ModelSpec, apply_lora, build_tokenizer  # noqa: E402
+from ftray.recipe import TrialJob, lr_lambda, run_local  # noqa: E402
 from ftray.tasks import SyntheticTask, ViggoTask  # noqa: E402
-from ftray.recipe import lr_lambda  # noqa: E402
 
-PEAK_FLOPS = 989e12  # H100 SXM dense bf16
+PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
 # Qwen2.5's published shapes (config.json of Qwen/Qwen2.5-0.5B and -1.5B); "tiny" checks this script on a CPU.
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -47,15 +61,19 @@ SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1024),
 }
-WARMUP = 10  # steps left out of the bare and HF timings
+WARMUP, TIMED = 10, 30  # steps left out of every timing, and steps timed
+RANK, LR, ROWS, MAX_LENGTH = 16, 1e-4, 32, 256
+SHARE_TRIALS, SHARE_STEPS = 8, 30
 
 SWEEP = """
+from ray import tune
 from ftray import ModelSpec, Sweep, WandB
 from ftray.tasks import {task_class}
-sweep = Sweep(name="gpu", task={task}, models=[ModelSpec({folder!r}, workers=1, gpus_per_worker={gpus})],
-              space={{"lora_rank": {rank}, "lr": {lr}}}, num_trials=3, steps={steps}, eval_every={eval_every},
-              eval_samples=8, max_new_tokens=8, eval_base=False, batch_size={batch}, max_length={max_length},
-              warmup_ratio=0.05, wandb=WandB(mode="offline"))
+sweep = Sweep(name={name!r}, task={task}, models=[ModelSpec({folder!r}, workers=1, gpus_per_worker={gpus})],
+              space={{"lora_rank": tune.grid_search([8, 16]), "lr": tune.grid_search([5e-5, 1e-4, 2e-4, 4e-4])}},
+              num_trials={trials}, steps={steps}, eval_every={steps}, eval_samples=8, max_new_tokens=8,
+              eval_base=False, batch_size={rows}, max_length={max_length}, test_samples=0, cpus_per_worker={cpus},
+              wandb=WandB(mode="disabled"))
 """
 
 
@@ -86,14 +104,12 @@ def make_model(folder: Path, shape: dict, tok, device: torch.device) -> dict:
     return out
 
 
-def load_lora(folder: Path, rank: int, device: torch.device):
+def load_lora(folder: Path, device: torch.device):
     """As ftray's worker builds it: bf16 frozen base on GPU, LoRA on all linear layers, fp32 adapters."""
     from transformers import AutoModelForCausalLM
 
-    on_gpu = device.type == "cuda"
-    spec = ModelSpec(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if on_gpu else torch.float32)
-    model = apply_lora(model, spec, LoraSettings(rank, 2 * rank))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = apply_lora(model, ModelSpec(str(folder)), LoraSettings(RANK, 2 * RANK))
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -107,6 +123,7 @@ def _free(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _sync(device):
@@ -114,20 +131,41 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bare(folder: Path, data: list, tok, cfg: dict, device: torch.device) -> dict:
+def _peak(device) -> dict:
+    return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if device.type == "cuda" else {}
+
+
+# ---- (a) and (b): one model, one process ---------------------------------------------------------------
+def ftray_loop(folder: Path, task, device: torch.device, **settings) -> dict:
+    """ftray's recipe (run_local: a one-worker trial's loop without Ray), WARMUP + TIMED steps; the rate
+    of the reports after the warm-up one."""
+    config = TrialConfig(model=str(folder), lora_rank=RANK, lr=LR, steps=WARMUP + TIMED, batch_size=ROWS,
+                         max_length=MAX_LENGTH, eval_every=WARMUP, eval_samples=2, max_new_tokens=2,
+                         eval_base=False, warmup_ratio=0.05, seed=0, **settings)
+    job = TrialJob(config=config, task=task, model=ModelSpec(str(folder)), lora=LoraSettings(RANK, 2 * RANK),
+                   threads=8)
+    _free(device)
+    reports = run_local(job, device=device)
+    first, last = reports[0], reports[-1]
+    tokens, seconds = last["tokens"] - first["tokens"], last["train_s"] - first["train_s"]
+    out = {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / TIMED,
+           "step_s": statistics.median(r["step_s"] for r in reports[1:]), "loss": last.get("train_loss"), **_peak(device)}
+    _free(device)
+    return out
+
+
+def bare(folder: Path, data: list, tok, device: torch.device) -> dict:
     """ftray's training step in a plain loop: same batches, autocast, AdamW, clipping, schedule."""
-    model = load_lora(folder, cfg["rank"], device)
+    steps = WARMUP + TIMED
+    model = load_lora(folder, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg["lr"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(0.05 * cfg["steps"]), cfg["steps"]))
+    opt = torch.optim.AdamW(params, lr=LR)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(0.05 * steps), steps))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    order = [b for epoch in range(100) for b in batches(data, cfg["batch"], 0, epoch, 0, 1)]
+    order = [b for epoch in range(100) for b in batches(data, ROWS, 0, epoch, 0, 1)]
     model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    tokens = 0
-    step_times = []
-    for step in range(cfg["steps"]):
+    tokens, step_times = 0, []
+    for step in range(steps):
         if step == WARMUP:
             _sync(device)
             t = time.time()
@@ -153,140 +191,251 @@ def bare(folder: Path, data: list, tok, cfg: dict, device: torch.device) -> dict
     return out
 
 
-def hf_trainer(folder: Path, data: list, tok, cfg: dict, device: torch.device) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+def hf_trainer(folder: Path, data: list, tok, device: torch.device, rows: int = ROWS, tuned: bool = False,
+               liger: bool = True) -> dict:
+    """Hugging Face's Trainer on the same rows; `tuned`: its padding-free collator (examples end to end
+    in one row, position_ids restarting) and, where liger_kernel imports, its Liger flag."""
+    from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
 
-    model = load_lora(folder, cfg["rank"], device)
-    sizes: list[tuple[int, int]] = []  # (non-padding, padded) tokens of each batch, in order
+    model = load_lora(folder, device)
+    sizes: list[int] = []  # non-padding tokens of each batch, in order
+    flatten = DataCollatorWithFlattening(return_position_ids=True)
 
     def collator(samples):
+        if tuned:
+            batch = flatten([{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples])
+            sizes.append(int(batch["input_ids"].numel()))
+            return batch
         batch = collate(samples, tok.pad_token_id)
-        sizes.append((int(batch["attention_mask"].sum()), batch["attention_mask"].numel()))
+        sizes.append(int(batch["attention_mask"].sum()))
         return batch
 
     marks: dict[int, float] = {}
+    steps = WARMUP + TIMED
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step in (WARMUP, cfg["steps"]):
+            if state.global_step in (WARMUP, steps):
                 _sync(device)
                 marks[state.global_step] = time.time()
 
     on_gpu = device.type == "cuda"
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
+    if tuned and liger:
+        try:
+            import liger_kernel  # noqa: F401
+        except ImportError:
+            liger = False
+    liger = liger and tuned and on_gpu
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=cfg["batch"], max_steps=cfg["steps"],
-                                 learning_rate=cfg["lr"], warmup_steps=int(0.05 * cfg["steps"]),
-                                 lr_scheduler_type="cosine", max_grad_norm=1.0, bf16=on_gpu, use_cpu=not on_gpu,
-                                 report_to=[], save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
-                                 disable_tqdm=True, seed=0)
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=rows, max_steps=steps,
+                                 learning_rate=LR, warmup_steps=int(0.05 * steps), lr_scheduler_type="cosine",
+                                 max_grad_norm=1.0, bf16=on_gpu, use_cpu=not on_gpu, report_to=[],
+                                 save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
+                                 disable_tqdm=True, seed=0, use_liger_kernel=liger, remove_unused_columns=False)
         Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[Clock()]).train()
-    timed = sizes[WARMUP : cfg["steps"]]
-    out = {"tokens_per_s": sum(r for r, _ in timed) / (marks[cfg["steps"]] - marks[WARMUP]),
-           "padding_efficiency": sum(r for r, _ in timed) / sum(a for _, a in timed), **_peak(device)}
+    timed = sizes[WARMUP:steps]
+    out = {"tokens_per_s": sum(timed) / (marks[steps] - marks[WARMUP]), "tokens_per_step": sum(timed) / len(timed),
+           "liger": liger, **_peak(device)}
     del model
     _free(device)
     return out
 
 
-def _peak(device) -> dict:
-    return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if device.type == "cuda" else {}
-
-
-def ftray_sweep(folder: Path, task_src: str, cfg: dict, tmp: Path, gpus: float) -> list[dict]:
-    sweep_file = tmp / f"gpu_{time.time_ns()}.py"
-    sweep_file.write_text(textwrap.dedent(SWEEP.format(folder=str(folder), gpus=gpus, eval_every=cfg["steps"] // 2,
-                                                       **task_src_fields(task_src), **cfg)))
+# ---- (c) and (d): sweeps sharing the GPU, and held-out scoring ------------------------------------------
+def share_sweep(folder: Path, data_dir: str | None, tmp: Path, per_gpu: int, on_gpu: bool, cpus: int) -> dict:
+    """`ftray run` of SHARE_TRIALS trials, `per_gpu` of them on each GPU (on a CPU: that many at a time)."""
+    name = f"share{per_gpu}"
+    gpus = 1 / per_gpu if on_gpu else 0
+    src = SWEEP.format(name=name, folder=str(folder), gpus=gpus, trials=SHARE_TRIALS, steps=SHARE_STEPS, rows=ROWS,
+                       max_length=MAX_LENGTH, cpus=1 if on_gpu else round(cpus / per_gpu, 3), **task_src_fields(data_dir))
+    sweep_file = tmp / f"{name}.py"
+    sweep_file.write_text(textwrap.dedent(src))
     storage = tmp / "runs"
-    proc = subprocess.run([sys.executable, "-m", "ftray.cli", "run", str(sweep_file), "--storage", str(storage),
-                           "--name", sweep_file.stem], capture_output=True, text=True)
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ftray.cli", "run", str(sweep_file), "--storage", str(storage)],
+                          capture_output=True, text=True)
+    wall = time.time() - t
     if proc.returncode != 0:
-        raise RuntimeError(proc.stdout[-4000:] + proc.stderr[-4000:])
-    # Each trial's reports: the first covers the warm-up steps, the last is the steady rate.
-    return [[json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            for f in sorted((storage / sweep_file.stem).glob("run_trial_*/result.json"))]
+        raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    reports = [[json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+               for f in sorted((storage / name).glob("*/result.json"))]
+    tokens = sum(r[-1]["tokens"] for r in reports if r)
+    return {"trials": len(reports), "per_gpu": per_gpu, "wall_s": wall, "tokens_per_s": tokens / wall,
+            "max_trial_peak_gib": max((r[-1].get("peak_gpu_mem_gib", 0.0) for r in reports if r), default=0.0),
+            "run_dir": str(storage / name)}
+
+
+def kept_checkpoints(run_dir: str) -> list[str]:
+    return sorted(str(p.parent) for p in Path(run_dir, "checkpoints").glob("*/*/adapter_config.json"))
+
+
+def score_rate(checkpoints: list[str], task, folder: Path, rows: int, device: str) -> dict:
+    """Rows scored per second by ftray's held-out scoring (generation and metrics) of these adapters."""
+    from ftray.rescore import score_checkpoint
+
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)  # the CPU path at its best: every core on one adapter
+    examples = task.examples("test")[:rows]
+    t = time.time()
+    for c in checkpoints:
+        score_checkpoint(c, task, ModelSpec(str(folder)), examples, device=device)
+    seconds = time.time() - t
+    return {"adapters": len(checkpoints), "rows": rows, "seconds": seconds,
+            "rows_per_s": len(checkpoints) * rows / seconds}
 
 
 def task_src_fields(data: str | None) -> dict:
     if data:
         return {"task_class": "ViggoTask", "task": f"ViggoTask(path={data!r})"}
-    return {"task_class": "SyntheticTask", "task": "SyntheticTask(n_train=4000, n_valid=64, n_test=8)"}
+    return {"task_class": "SyntheticTask", "task": "SyntheticTask(n_train=4000, n_valid=64, n_test=64)"}
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+class Parts:
+    """Runs each part unless the budget is spent; keeps what each measured (or why it did not)."""
+
+    def __init__(self, results: dict, budget_s: float, out: Path):
+        self.results, self.budget_s, self.out, self.t0 = results, budget_s, out, time.time()
+
+    def run(self, key: str, fn, *args, **kwargs):
+        elapsed = time.time() - self.t0
+        if elapsed > self.budget_s:
+            self.results["skipped"].append(f"{key}: the budget of {self.budget_s:g} s was spent ({elapsed:.0f} s)")
+            print(f"bench: skipped {key} (budget spent)", flush=True)
+            return None
+        t = time.time()
+        try:
+            value = fn(*args, **kwargs)
+        except Exception as e:  # one part's failure must not lose the others' figures
+            value = {"error": f"{type(e).__name__}: {str(e)[-1500:]}"}
+        if isinstance(value, dict):
+            value["part_s"] = round(time.time() - t, 1)
+        self.results["measured"][key] = value
+        print(f"bench: {key}: {json.dumps(value)}", flush=True)
+        self.save()
+        return value
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"gpu-{self.results['date']}.json").write_text(json.dumps(self.results, indent=2))
+
+
+def ratio(m: dict, a: str, b: str, key: str = "tokens_per_s") -> float | None:
+    x, y = m.get(a) or {}, m.get(b) or {}
+    return x[key] / y[key] if key in x and key in y and y[key] else None
+
+
+def summary(results: dict, flops: dict) -> dict:
+    m = results["measured"]
+    big, small = flops.get("1.5b") or flops.get("tiny"), flops.get("0.5b") or flops.get("tiny")
+    mfu = lambda k: m[k]["tokens_per_s"] * big / PEAK_FLOPS if "tokens_per_s" in (m.get(k) or {}) else None
+    best_tuned = max((k for k in ("tuned", "tuned_chunked", "tuned_compile") if "tokens_per_s" in (m.get(k) or {})),
+                     key=lambda k: m[k]["tokens_per_s"], default=None)
+    share1, share4 = m.get("share_1") or {}, m.get("share_4") or {}
+    return {
+        "ftray_vs_bare_default": ratio(m, "ftray_default", "bare_default"),
+        "ftray_vs_hf_default": ratio(m, "ftray_default", "hf_default"),
+        "best_tuned": best_tuned,
+        "tuned_vs_hf_default": ratio(m, best_tuned, "hf_default") if best_tuned else None,
+        "tuned_vs_hf_tuned": ratio(m, best_tuned, "hf_tuned" if "hf_tuned" in m and "error" not in m["hf_tuned"]
+                                   else "hf_tuned_no_liger") if best_tuned else None,
+        "tuned_vs_ftray_default": ratio(m, best_tuned, "ftray_default") if best_tuned else None,
+        "mfu_ftray_default": mfu("ftray_default"), "mfu_tuned": mfu(best_tuned) if best_tuned else None,
+        "mfu_hf_default": mfu("hf_default"), "mfu_hf_tuned": mfu("hf_tuned"),
+        "tuned_peak_vs_unfused": ratio(m, "tuned" if "peak_mem_gib" in (m.get("tuned") or {}) else "tuned_chunked",
+                                       "tuned_unfused", "peak_mem_gib"),
+        "share_4_vs_1_wall": share1["wall_s"] / share4["wall_s"] if "wall_s" in share1 and "wall_s" in share4 else None,
+        "share_2_vs_1_wall": (share1["wall_s"] / m["share_2"]["wall_s"]
+                              if "wall_s" in share1 and "wall_s" in (m.get("share_2") or {}) else None),
+        "score_gpu_vs_cpu": ratio(m, "score_gpu", "score_cpu", "rows_per_s"),
+        "flops_per_token": {"1.5b": big, "0.5b": small},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="0.5b,1.5b", help=f"comma-separated, of {', '.join(SHAPES)}")
+    ap.add_argument("--sizes", default="0.5b,1.5b", help="0.5b,1.5b on a GPU; tiny checks the script on a CPU")
     ap.add_argument("--data", default=None, help="a ViGGO folder (train/valid/test.csv); default: synthetic data")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch-tokens", type=int, default=16384, help="the tuned path's token budget per step")
+    ap.add_argument("--budget-s", type=float, default=480, help="no part starts after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = args.sizes.split(",")
     if unknown := [x for x in sizes if x not in SHAPES]:
         ap.error(f"--sizes: unknown {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
-    if args.steps <= WARMUP:
-        ap.error(f"--steps must be more than the {WARMUP} warm-up steps left out of the timings, got {args.steps}")
     if device.type == "cpu" and sizes != ["tiny"]:
         ap.error("no GPU here: this benchmark measures on a GPU; `--sizes tiny` checks the script on a CPU")
-    task = ViggoTask(path=args.data) if args.data else SyntheticTask(n_train=4000, n_valid=64, n_test=8)
-    cfg = dict(rank=16, lr=1e-4, steps=args.steps, batch=args.batch, max_length=256)
-    tok, data = task_data(task, cfg["max_length"])
+    big, small = ("tiny", "tiny") if sizes == ["tiny"] else ("1.5b", "0.5b")
+    task = ViggoTask(path=args.data) if args.data else SyntheticTask(n_train=4000, n_valid=64, n_test=64)
+    tok, data = task_data(task, MAX_LENGTH)
     mean_len = statistics.mean(len(d["input_ids"]) for d in data)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     results: dict = {"date": str(date.today()), "device": name, "torch": torch.__version__,
                      "data": "ViGGO train" if args.data else "synthetic", "mean_tokens_per_example": mean_len,
-                     "settings": dict(cfg, lora_targets="all-linear", lora_alpha=2 * cfg["rank"],
-                                      dtype="bf16 base, fp32 adapters, autocast bf16" if device.type == "cuda" else "fp32"),
-                     "sizes": {}}
+                     "settings": {"lora_rank": RANK, "lora_targets": "all-linear", "lr": LR, "rows": ROWS,
+                                  "max_length": MAX_LENGTH, "warmup_steps": WARMUP, "timed_steps": TIMED,
+                                  "tuned": dict(SPEED_SETTINGS, batch_tokens=args.batch_tokens),
+                                  "share": {"trials": SHARE_TRIALS, "steps": SHARE_STEPS},
+                                  "dtype": "bf16 base, fp32 adapters, autocast bf16" if device.type == "cuda" else "fp32"},
+                     "measured": {}, "skipped": [], "models": {}}
+    parts = Parts(results, args.budget_s, args.out)
     tmp = Path(tempfile.mkdtemp(prefix="ftray-gpu-"))
-    for size in sizes:
-        folder = tmp / f"qwen2.5-{size}-shaped"
-        shape = make_model(folder, SHAPES[size], tok, device)
-        flops_per_token = 4 * shape["n_linear"] + 12 * shape["layers"] * shape["d_model"] * mean_len
-        # One sweep of 3 trials (Ray starts once), then bare and HF Trainer in turns.
-        reports = ftray_sweep(folder, args.data, cfg, tmp, gpus=1 if device.type == "cuda" else 0)
-        sweep = [r[-1] for r in reports]
-        bares, hfs = [], []
-        for _ in range(args.reps):
-            bares.append(bare(folder, data, tok, cfg, device))
-            hfs.append(hf_trainer(folder, data, tok, cfg, device))
-        ftray_rate = statistics.median(t["train_tokens_per_s"] for t in sweep)
-        bare_rate = statistics.median(b["tokens_per_s"] for b in bares)
-        hf_rate = statistics.median(h["tokens_per_s"] for h in hfs)
-        row = {**shape, "flops_per_token": flops_per_token,
-               "ftray_tokens_per_s": ftray_rate, "bare_tokens_per_s": bare_rate, "hf_trainer_tokens_per_s": hf_rate,
-               "ftray_mfu": ftray_rate * flops_per_token / PEAK_FLOPS, "bare_mfu": bare_rate * flops_per_token / PEAK_FLOPS,
-               "hf_trainer_mfu": hf_rate * flops_per_token / PEAK_FLOPS,
-               "ftray_step_s": statistics.median(t["step_s"] for t in sweep),
-               "bare_step_s": statistics.median(b["step_s"] for b in bares),
-               "ftray_first_report_tokens_per_s": statistics.median(r[0]["train_tokens_per_s"] for r in reports),
-               "ftray_vs_hf_trainer": ftray_rate / hf_rate, "ftray_vs_bare": ftray_rate / bare_rate,
-               "hf_trainer_padding_efficiency": statistics.median(h["padding_efficiency"] for h in hfs),
-               "ftray_peak_gpu_mem_gib": max((t.get("peak_gpu_mem_gib", 0.0) for t in sweep), default=0.0),
-               "bare_peak_mem_gib": max((b.get("peak_mem_gib", 0.0) for b in bares), default=0.0),
-               "hf_trainer_peak_mem_gib": max((h.get("peak_mem_gib", 0.0) for h in hfs), default=0.0),
-               "ftray_trial_setup_s": statistics.median(t["setup_s"] for t in sweep),
-               "ftray_worker_start_s": statistics.median(t["worker_start_s"] for t in sweep)}
-        results["sizes"][size] = row
-        print(f"{size}: {json.dumps(row)}", flush=True)
-        for f in folder.iterdir():
-            f.unlink()
+    folders, flops = {}, {}
+    for size in dict.fromkeys((big, small)):
+        folders[size] = tmp / f"qwen2.5-{size}-shaped"
+        shape = make_model(folders[size], SHAPES[size], tok, device)
+        flops[size] = 4 * shape["n_linear"] + 12 * shape["layers"] * shape["d_model"] * mean_len
+        results["models"][size] = dict(shape, flops_per_token=flops[size])
+    tuned = dict(SPEED_SETTINGS, compile=False, batch_tokens=args.batch_tokens)
+    rows_for_budget = max(1, round(args.batch_tokens / mean_len))
+    # (a) today's comparison, then (b) the tuned path, on the big model.
+    parts.run("ftray_default", ftray_loop, folders[big], task, device)
+    parts.run("bare_default", bare, folders[big], data, tok, device)
+    parts.run("hf_default", hf_trainer, folders[big], data, tok, device)
+    if "error" in parts.run("tuned", ftray_loop, folders[big], task, device, **tuned):
+        # fused_loss "auto" is Liger's kernel on CUDA: where it fails, ftray's own chunked loss.
+        parts.run("tuned_chunked", ftray_loop, folders[big], task, device, **dict(tuned, fused_loss="chunked"))
+    parts.run("tuned_unfused", ftray_loop, folders[big], task, device, **dict(tuned, fused_loss="off"))
+    if "error" in parts.run("hf_tuned", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget, tuned=True):
+        parts.run("hf_tuned_no_liger", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget, tuned=True,
+                  liger=False)
+    # (c) sweeps sharing the GPU, then (d) scoring their kept adapters; the optional parts last.
+    cpus = os.cpu_count() or 1
+    parts.run("share_1", share_sweep, folders[small], args.data, tmp, 1, device.type == "cuda", cpus)
+    share4 = parts.run("share_4", share_sweep, folders[small], args.data, tmp, 4, device.type == "cuda", cpus)
+    kept = kept_checkpoints(share4["run_dir"]) if share4 and "run_dir" in share4 else []
+    if kept:
+        score_rows = 32 if device.type == "cuda" else 4
+        parts.run("score_gpu" if device.type == "cuda" else "score_cpu_check", score_rate, kept, task,
+                  folders[small], score_rows, device.type)
+        parts.run("score_cpu", score_rate, kept[:1], task, folders[small], 4, "cpu")
+    parts.run("tuned_compile", ftray_loop, folders[big], task, device, **dict(tuned, compile=True))
+    parts.run("share_2", share_sweep, folders[small], args.data, tmp, 2, device.type == "cuda", cpus)
+    results["summary"] = summary(results, flops)
+    parts.save()
+    print_table(results)
+    print(json.dumps(results["summary"]))
 
-    print(f"\nftray on GPU ({name}, torch {torch.__version__}, {results['data']}, batch {cfg['batch']}, "
-          f"LoRA r{cfg['rank']} all-linear, {cfg['steps']} steps, {WARMUP} warm-up)")
-    print(f"  {'size':6} {'params':>8} {'ftray tok/s':>12} {'bare tok/s':>11} {'HF tok/s':>10} {'ftray/HF':>9} "
-          f"{'ftray/bare':>10} {'MFU ftray':>9} {'MFU HF':>7} {'peak GiB':>9}")
-    for size, r in results["sizes"].items():
-        print(f"  {size:6} {r['params'] / 1e9:7.2f}B {r['ftray_tokens_per_s']:12.0f} {r['bare_tokens_per_s']:11.0f} "
-              f"{r['hf_trainer_tokens_per_s']:10.0f} {r['ftray_vs_hf_trainer']:9.2f} {r['ftray_vs_bare']:10.2f} "
-              f"{r['ftray_mfu']:9.3f} {r['hf_trainer_mfu']:7.3f} {r['ftray_peak_gpu_mem_gib']:9.1f}")
+
+def print_table(results: dict) -> None:
+    m, s = results["measured"], results["summary"]
+    print(f"\nftray on GPU ({results['device']}, torch {results['torch']}, {results['data']}, LoRA r{RANK} all-linear,"
+          f" {WARMUP} warm-up + {TIMED} timed steps each; run_local = a one-worker trial's loop without Ray)")
+    print(f"  {'measurement':16} {'tokens/s':>10} {'tokens/step':>12} {'peak GiB':>9}")
+    for key, v in m.items():
+        if isinstance(v, dict) and "tokens_per_s" in v:
+            print(f"  {key:16} {v['tokens_per_s']:10.0f} {v.get('tokens_per_step', float('nan')):12.0f} "
+                  f"{v.get('peak_mem_gib', v.get('max_trial_peak_gib', 0.0)):9.1f}"
+                  + (f"   wall {v['wall_s']:.1f} s, {v['trials']} trials" if "wall_s" in v else ""))
+        elif isinstance(v, dict) and "error" in v:
+            print(f"  {key:16} error: {v['error'][:200]}")
+    for k, v in s.items():
+        if k != "flops_per_token":
+            print(f"  {k:24} {v if not isinstance(v, float) else round(v, 3)}")
     print("  FLOPs/token = 4*N_linear + 12*layers*d_model*T (T = mean tokens per example); MFU over 989 TFLOP/s bf16")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"gpu-{results['date']}.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results))
+    for line in results["skipped"]:
+        print(f"  skipped: {line}")
 
 
 if __name__ == "__main__":
