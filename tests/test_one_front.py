@@ -69,7 +69,7 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
     assert trial_front(before["trials"], "max") == ["a", "c"]  # the validation front, what pruning kept before
     assert before["frontier"] == ["a", "c"]  # no test scores yet: the front is validation's
 
-    def score_held_out(run, sweep, quiet=False):
+    def score_held_out(run, sweep, **_):
         """What the real one writes (each finished trial's adapter on the test rows), without a model:
         pruning must run after it."""
         for t in run["trials"]:

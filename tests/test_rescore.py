@@ -73,7 +73,7 @@ def test_a_scoring_task_holds_one_worker_of_its_rung_and_a_gpu_rung_without_a_gp
     from ftray.rescore import scoring_resources
     from ftray.sweep import Sweep
 
-    sweep = Sweep(name="g", task=task, models=[ModelSpec("tiny-xs", gpus_per_worker=0.25), "tiny-s"], workers=2)
+    sweep = Sweep(name="g", task=task, models=[ModelSpec("tiny-xs", workers=1, gpus_per_worker=0.25), "tiny-s"], workers=2)
     said: list[str] = []
     assert scoring_resources(sweep, "tiny-xs", {"CPU": 16, "GPU": 1}, said.append) == {"CPU": 1.0, "GPU": 0.25}
     assert scoring_resources(sweep, "tiny-s", {"CPU": 16, "GPU": 1}, said.append) == {"CPU": 1.0}
