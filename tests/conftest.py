@@ -62,6 +62,23 @@ def ray_temp_folder():
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def task():
+    """A small synthetic task for the training unit tests (test_packing, test_fused_loss); a test file
+    that needs another defines its own `task`, which wins there."""
+    from ftray.tasks import SyntheticTask
+
+    return SyntheticTask(n_train=64, n_valid=8, n_test=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok(task):
+    """The presets' tokenizer (ftray.models.build_tokenizer), trained on `task`'s training text."""
+    from ftray.models import build_tokenizer
+
+    return build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A real byte-level BPE tokenizer trained here on synthetic sentences: no hub, no ftray.models."""

@@ -9,22 +9,11 @@ from ftray.config import SPEED_SETTINGS, TrialConfig
 from ftray.context import local_checkpoint
 from ftray.data import collate, tokenize_examples
 from ftray.errors import FtrayInputError
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer, tokenizer_to_json
+from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
 from ftray.recipe import TrialJob, run_local
 from ftray.steps import ChunkedLinearCrossEntropy, FusedLossLM, chunked_linear_cross_entropy
-from ftray.tasks import SyntheticTask
 
 TINY = ModelSpec("tiny-xs")
-
-
-@pytest.fixture(scope="module")
-def task():
-    return SyntheticTask(n_train=64, n_valid=8, n_test=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tok(task):
-    return build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
 
 
 def grads_of(loss, tensors):

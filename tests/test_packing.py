@@ -6,21 +6,10 @@ import torch
 
 from ftray.config import TrialConfig
 from ftray.data import IGNORE, Layout, batches, collate, tokenize_examples
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer, tokenizer_to_json
+from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
 from ftray.recipe import TrialJob, run_local
-from ftray.tasks import SyntheticTask
 
 TINY = ModelSpec("tiny-xs")
-
-
-@pytest.fixture(scope="module")
-def task():
-    return SyntheticTask(n_train=64, n_valid=8, n_test=8, seed=0)
-
-
-@pytest.fixture(scope="module")
-def tok(task):
-    return build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
 
 
 @pytest.fixture(scope="module")
