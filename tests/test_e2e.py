@@ -12,6 +12,7 @@ session by tests/conftest.py and shared with tests/test_report_e2e.py.
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -51,10 +52,10 @@ def test_all_trials_finish_and_report_agrees_with_tune(sweep_run, shared_report)
         assert t["model"] == tt.config["model"]
         # The trial's whole TrialConfig: the sweep's defaults with the sampled values replaced.
         assert t["config"]["lora_rank"] == tt.config["lora_rank"] == t["lora_rank"]
-        assert t["config"]["steps"] == 24 and t["config"]["batch_size"] == 8 and t["config"]["max_length"] == 96
+        assert t["config"]["steps"] == 160 and t["config"]["batch_size"] == 16 and t["config"]["max_length"] == 96
         assert t["objective"] == pytest.approx(tt.last_result["slot_f1"])
         assert t["metrics"]["eval_loss"] == pytest.approx(tt.last_result["eval_loss"])
-        assert t["steps"] == 24
+        assert t["steps"] == 160
         assert 0 < t["trainable_params"] < t["params"]
         assert t["wall_s"] > 0
         assert 0 < tt.last_result["worker_start_s"] < t["wall_s"]
@@ -86,15 +87,15 @@ def test_each_trial_reports_as_it_trains_and_loss_falls(sweep_run, shared_report
     # One-worker trials train in their Tune trials' processes (no Train worker group); the console shows
     # ftray's progress lines.
     assert "each trial 1 worker in its Tune trial x 0.9 CPU" in log and "RayTrainWorker" not in log
-    assert "evaluation at step 24/24" in log and "Reporting training result" not in log
+    assert "evaluation at step 160/160" in log and "Reporting training result" not in log
     for t in report["trials"]:
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
         losses = [h["train_loss"] for h in history]
         assert losses[-1] < losses[0], losses
         assert history[-1]["world_size"] == 1
-        # Two reports (steps 12 and 24): tokens and train_s count from the trial's start (the frontier's
+        # Two reports (steps 80 and 160): tokens and train_s count from the trial's start (the frontier's
         # token cost reads the last report), step_s is the median step since the previous report.
-        assert [h["step"] for h in history] == [12, 24]
+        assert [h["step"] for h in history] == [80, 160]
         assert history[1]["tokens"] > 1.5 * history[0]["tokens"] > 0
         assert history[1]["train_s"] > history[0]["train_s"] > 0
         intervals = [history[0]["train_s"], history[1]["train_s"] - history[0]["train_s"]]
@@ -102,7 +103,7 @@ def test_each_trial_reports_as_it_trains_and_loss_falls(sweep_run, shared_report
             assert 0 < h["step_s"] <= interval_s  # a median step fits in the steps' own time
         # Each evaluation keeps its rows' parts, and they add up to the metric reported.
         rows = history[-1]["eval_rows"]["slot_f1"]
-        assert len(rows) == 16
+        assert len(rows) == t["config"]["eval_samples"] == 32
         assert sum(n for n, _ in rows) / max(1e-12, sum(d for _, d in rows)) == pytest.approx(history[-1]["slot_f1"])
 
 
@@ -134,8 +135,17 @@ def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_
     assert "ftray: scoring 5 trials on 40 held-out test rows (of 40) as Ray tasks: 0.9 CPU each" in shared_sweep.stdout
     for t in report["trials"]:
         assert t["test"]["n"] == 40 and t["test"]["of"] == 40
-        assert 0 <= t["test"]["metrics"]["slot_f1"] <= 1
+        # Each trial's held-out score is its test rows' parts added up (a trial that learnt nothing would
+        # score 0 and pass any range check; the sweep learns, see conftest.SHARED_SWEEP).
+        test = rf.read_test_scores(t["trial_dir"])
+        rows = test.rows["slot_f1"]
+        assert len(rows) == 40 and t["test"]["metrics"]["slot_f1"] == pytest.approx(
+            sum(n for n, _ in rows) / sum(d for _, d in rows))
+        assert t["test"]["metrics"]["slot_f1"] > 0
         assert f"ftray: scored trial {t['id']} ({t['model']}, 40 rows) in " in shared_sweep.stdout
+    # The trials learnt different amounts: their scores are not one number repeated.
+    assert len({t["test"]["metrics"]["slot_f1"] for t in report["trials"]}) > 1
+    assert len({t["objective"] for t in report["trials"]}) > 1
     # A Ray task's scores are this process's, row by row and to the last bit: the same adapter, rows,
     # batches, precision (fp32 on CPU) and thread count (the task's one CPU).
     kept = next(t for t in report["trials"] if t["checkpoint"])
@@ -152,9 +162,40 @@ def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_
     assert there.rows == {k: [list(r) for r in v] for k, v in here.rows.items()}
     a = report["analysis"]
     assert a["source"] == "test"
-    for t in report["trials"]:  # an interval on every trial's number, around it
-        iv = a["intervals"]["trials"][t["id"]]
-        assert iv["lo"] <= t["test"]["metrics"]["slot_f1"] <= iv["hi"] and iv["n"] == 40
+    for t in report["trials"]:  # an interval on every trial's number, around it, strictly: a score above 0
+        iv = a["intervals"]["trials"][t["id"]]  # on 40 rows is uncertain on both sides
+        assert iv["lo"] < t["test"]["metrics"]["slot_f1"] < iv["hi"] and iv["n"] == 40
+
+
+def test_the_held_out_path_gives_a_trials_adapter_its_own_validation_score(sweep_run, shared_report):
+    """rescore.score_checkpoint (what the report's test numbers and `ftray eval` run) on the rows the trial
+    was evaluated on during training (the first eval_samples of valid) gives back the trial's last
+    report, row by row: the adapter, tokenizer and settings saved in the checkpoint are all it needs."""
+    import torch
+
+    from ftray import runfolder as rf
+    from ftray.rescore import score_checkpoint
+
+    sweep = rf.sweep_of_run(str(sweep_run[0]))
+    kept = [t for t in shared_report["trials"] if t["checkpoint"]]
+    assert kept
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the trial's thread count (0.9 CPU: one thread), so the same float sums
+    try:
+        for t in kept:
+            last = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")][-1]
+            assert Path(last["checkpoint_path"]).name == Path(t["checkpoint"]).name  # the last report's adapter
+            rows = sweep.task.examples("valid")[: t["config"]["eval_samples"]]
+            here = score_checkpoint(t["checkpoint"], sweep.task, sweep.model(t["model"]), rows,
+                                    batch_size=t["config"]["batch_size"])
+            assert here.predictions == last["eval_predictions"]
+            assert here.rows == {k: [tuple(r) for r in v] for k, v in last["eval_rows"].items()}
+            assert {k: here.metrics[k] for k in sweep.task.metric_names} == \
+                {k: last[k] for k in sweep.task.metric_names}
+            assert here.metrics["eval_loss"] == pytest.approx(last["eval_loss"], rel=1e-9)
+            assert last["slot_f1"] > 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _wandb_records(run_file: str) -> list[dict]:
@@ -179,17 +220,30 @@ def test_wandb_offline_runs_hold_config_and_history(sweep_run, shared_report):
         trial = next(t for t in report["trials"] if t["id"] in text)
         by_trial[trial["id"]] = (trial, records, text)
     assert set(by_trial) == {t["id"] for t in report["trials"]}
+    last_scores = []
     for trial, records, text in by_trial.values():
-        # The run's config is the trial's TrialConfig, value for value, and its parameter count.
-        for key in ("model", "lora_rank", "data_fraction", "lr", "seed", "steps"):
-            value = trial["config"][key]
-            assert (value if isinstance(value, str) else json.dumps(value)) in text, key
-        assert str(trial["params"]) in text
-        # Its history holds what the trial reported, value for value.
+        # The run's config (the run record's, then each config update's) is the trial's TrialConfig, field
+        # by field, with its parameter counts.
+        config = {}
+        for r in records:
+            update = (r.get("run") or {}).get("config", {}).get("update") or (r.get("config") or {}).get("update") or {}
+            config.update(update)
+        for key, value in trial["config"].items():
+            if key in config:
+                assert config[key] == value, (key, config[key], value)
+        assert {k: config[k] for k in ("model", "lora_rank", "data_fraction", "lr", "seed", "steps")} == \
+            {k: trial["config"][k] for k in ("model", "lora_rank", "data_fraction", "lr", "seed", "steps")}
+        assert (config["params"], config["trainable_params"]) == (trial["params"], trial["trainable_params"])
+        # Its history holds what the trial reported, step by step and value for value: the scores (not
+        # all 0 since the sweep learns, see conftest.SHARED_SWEEP) and the losses.
+        history = {r["history"]["item"]["_step"]: r["history"]["item"] for r in records if r["type"] == "history"}
         result = [json.loads(line) for line in open(Path(trial["trial_dir"]) / "result.json")]
+        assert sorted(history) == [row["step"] for row in result]
         for row in result:
-            for key in ("train_loss", "eval_loss", "slot_f1"):
-                assert repr(row[key])[:10] in text, (key, row[key])
+            for key in ("train_loss", "eval_loss", "slot_f1", "rouge_l", "parse_failure_rate"):
+                assert history[row["step"]][key] == pytest.approx(row[key], rel=1e-12, abs=0), (key, row["step"])
+        last_scores.append(history[result[-1]["step"]]["slot_f1"])
+    assert max(last_scores) > 0 and len(set(last_scores)) > 1, last_scores  # what the trials learnt, not 0s
 
 
 def test_no_secret_is_written_anywhere(sweep_run, shared_sweep):
@@ -306,6 +360,12 @@ def test_a_killed_train_worker_restarts_from_the_checkpoint(ddp_run):
     # step is reported twice at most once per restart (the interval the lost worker was in).
     assert steps[-1] == 6 and all(b >= a for a, b in zip(steps, steps[1:])), steps
     assert len(steps) - len(set(steps)) <= t["restarts"]
+    # The workers said where they went on from (ftray/recipe.py logs it after loading a checkpoint): a
+    # step the trial had reported, with its checkpoint, before the kill, never step 0. A restart from
+    # scratch would log no such line (and train 6 steps again, which the checks above could not tell).
+    resumed = [int(n) for n in re.findall(r"resumed at step (\d+)/6", ddp_run.out)]
+    assert resumed, ddp_run.out[-3000:]
+    assert all(0 < n < 6 and n % 2 == 0 and n in steps for n in resumed), (resumed, steps)
 
 
 def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(ddp_run):

@@ -191,9 +191,15 @@ def test_analyse_keeps_its_keys_and_adds_the_evidence():
     assert a["decisions"][0]["question"] == "leverage" and a["decisions"][1]["question"] == "target"
     assert a["power_law"] == {"fitted": False, "reason": "needs 3+ model sizes and 3+ data fractions (this sweep "
                                                          "has 2 and 2)"}
+    # The first model step (s -> m at data 0.25) has a true gain of +0.1 (rates 0.4 -> 0.5) on 200 rows
+    # whose paired differences have a standard error near 0.045: its interval holds +0.1, excludes 0,
+    # and so the one right answer is "better" ("undecided" would be an interval too wide, "worse" a sign
+    # error).
     step = a["leverage"]["model"]["steps"][0]
-    assert step["interval"]["lo"] <= step["gain"] <= step["interval"]["hi"] and step["answer"] in (
-        "better", "worse", "undecided")
+    assert (step["from"], step["to"], step["data_fraction"]) == ("s", "m", 0.25)
+    assert 0 < step["interval"]["lo"] <= step["gain"] <= step["interval"]["hi"]
+    assert step["interval"]["lo"] <= 0.1 <= step["interval"]["hi"]
+    assert step["answer"] == "better"
     json.dumps(a, allow_nan=False)
 
 

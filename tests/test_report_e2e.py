@@ -4,6 +4,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,21 +33,54 @@ def run_dir(shared_sweep):
     return shared_sweep.run_dir
 
 
+SIGNED = re.compile(r"[+-]\d+(?:\.\d+)?")
+INTERVAL = re.compile(r"([+-]?\d+(?:\.\d+)?) \[([+-]?\d+(?:\.\d+)?), ([+-]?\d+(?:\.\d+)?)\]")
+
+
+def differences_without_their_interval(line: str) -> list[str]:
+    """The signed numbers (the differences a verdict states) of `line` that are not followed by their own
+    interval "[lo, hi]" around them (the exceptions are below). An interval that does not hold its number
+    counts as missing too."""
+    bad = []
+    for m in INTERVAL.finditer(line):
+        value, lo, hi = (float(x) for x in m.groups())
+        if not lo <= value <= hi:
+            bad.append(m.group(0))
+    bare = INTERVAL.sub("", line)  # what is left once every number with its interval is taken out
+    # Not differences: a margin to the target (its score's interval is shown beside it) and the effect a
+    # power calculation says more rows could detect.
+    bad += [m.group(0) for m in SIGNED.finditer(bare) if not bare[:m.start()].endswith(("margin ", "detect "))]
+    return bad
+
+
+def test_differences_without_their_interval_finds_a_bare_one():
+    # The check below must be able to fail: one interval on a line does not cover a second difference.
+    assert differences_without_their_interval("gains +0.10 [+0.02, +0.18]; the next +0.05 at 2x") == ["+0.05"]
+    assert differences_without_their_interval("gains +0.30 [+0.02, +0.18]") == ["+0.30 [+0.02, +0.18]"]
+    assert differences_without_their_interval("a: 0.12 [0.05, 0.20], margin +0.02): met") == []
+
+
 def test_report_files_hold_what_the_report_says(run_dir, shared_report):
-    proc = ftray("report", str(run_dir), "--json", "--target", "0.05")
+    # A target between the trials' lowest and highest test scores (the sweep learns, and its trials
+    # differ: tests/test_e2e.py), so some trials reach it and some do not.
+    def score(t):
+        return t["test"]["metrics"]["slot_f1"] if t["test"] else t["objective"]
+
+    scores = sorted({score(t) for t in shared_report["trials"] if t["objective"] is not None})
+    assert len(scores) > 1 and scores[-1] > 0, scores
+    target = (scores[0] + scores[1]) / 2
+    proc = ftray("report", str(run_dir), "--json", "--target", repr(target))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     a = report["analysis"]
     # The smallest model whose best trial reaches the target, read off the trials themselves (test scores).
-    def score(t):
-        return t["test"]["metrics"]["slot_f1"] if t["test"] else t["objective"]
-
-    reaching = [t for t in report["trials"] if t["objective"] is not None and score(t) >= 0.05]
-    smallest = min(reaching, key=lambda t: (t["params"], -score(t)), default=None)
-    assert a["target"]["target"] == 0.05
-    assert (a["target"]["result"] or {}).get("model") == (smallest["model"] if smallest else None)
-    assert a["target"]["confidence"] in ("met with confidence", "met on the point estimate only", "no interval") \
-        or smallest is None
+    reaching = [t for t in report["trials"] if t["objective"] is not None and score(t) >= target]
+    smallest = min(reaching, key=lambda t: (t["params"], -score(t)))
+    assert a["target"]["target"] == target
+    assert a["target"]["result"]["model"] == smallest["model"]
+    assert a["target"]["result"]["params"] == smallest["params"]
+    assert a["target"]["confidence"] in ("met with confidence", "met on the point estimate only")
+    assert f"smallest model reaching slot_f1 >= {target:g}: {smallest['model']} (" in a["target"]["text"]
     for name in ("frontier.png", "data_fraction.png", "lora_rank.png"):
         image = matplotlib.image.imread(run_dir / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -59,8 +93,10 @@ def test_report_files_hold_what_the_report_says(run_dir, shared_report):
             (t["model"], t["params"], t["lora_rank"], t["lr"])
         assert row["on_front"] == str(int(t["id"] in shared_report["frontier"]))
     assert json.loads((run_dir / "report.json").read_text())["frontier"] == shared_report["frontier"]
-    # Every stated difference carries an interval.
-    assert "[" in " ".join(a["verdicts"])
+    # Every stated difference carries its own interval, around it; the verdicts do state some.
+    assert sum(len(INTERVAL.findall(v)) for v in a["verdicts"]) >= 2, a["verdicts"]
+    for v in a["verdicts"]:
+        assert differences_without_their_interval(v) == [], v
 
 
 def test_only_frontier_checkpoints_are_kept(run_dir, shared_report):
@@ -70,18 +106,30 @@ def test_only_frontier_checkpoints_are_kept(run_dir, shared_report):
         assert kept == (t["id"] in report["frontier"]), t["id"]
 
 
-def test_eval_scores_the_frontier_adapters_on_new_rows(run_dir, shared_sweep, shared_report, tmp_path, capsys):
-    new_rows = tmp_path / "new.csv"
-    lines = Path(shared_sweep.data["test"]).read_text().splitlines()  # rows the sweep never trained or validated on
-    new_rows.write_text("\n".join(lines[:21]) + "\n")
-    proc = ftray("eval", str(run_dir), "--data", str(new_rows), "--json")
+def test_eval_of_the_validation_rows_gives_each_trial_its_last_reported_scores(run_dir, shared_sweep, shared_report,
+                                                                                tmp_path, capsys):
+    """`ftray eval` (a Ray task per frontier adapter, the held-out path) on the rows each trial was
+    evaluated on during training, the first eval_samples of valid.csv, reproduces the trial's last
+    report exactly. (Rows the sweep never saw are scored the same way at the end of the sweep: the test
+    scores, tests/test_e2e.py.)"""
+    report = shared_report  # `ftray report RUN --json`, run once
+    [eval_samples] = {t["config"]["eval_samples"] for t in report["trials"]}
+    rows = tmp_path / "valid_rows.csv"
+    lines = Path(shared_sweep.data["valid"]).read_text().splitlines()  # a header, then one row a line
+    rows.write_text("\n".join(lines[: 1 + eval_samples]) + "\n")
+    proc = ftray("eval", str(run_dir), "--data", str(rows), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    report = shared_report  # `ftray report RUN --json`, run once
-    assert result["rows"] == 20
+    assert result["rows"] == eval_samples
     assert {t["id"] for t in result["trials"]} == set(report["frontier"])
+    metric_names = ("exact_match", "act_accuracy", "slot_precision", "slot_recall", "slot_f1", "parse_failure_rate",
+                    "rouge_l")
     for t in result["trials"]:
-        assert 0.0 <= t["objective"] <= 1.0 and "rouge_l" in t["new_metrics"]
+        trial = next(r for r in report["trials"] if r["id"] == t["id"])
+        last = [json.loads(line) for line in open(Path(trial["trial_dir"]) / "result.json")][-1]
+        assert {k: t["new_metrics"][k] for k in metric_names} == {k: last[k] for k in metric_names}, t["id"]
+        assert t["new_metrics"]["eval_loss"] == pytest.approx(last["eval_loss"], rel=1e-9)
+        assert t["objective"] == last["slot_f1"] == t["old_objective"] > 0
     # A missing data file is bad input (in this process, as tests/test_bad_inputs.py runs the CLI).
     assert main(["eval", str(run_dir), "--data", str(tmp_path / "missing.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
