@@ -28,8 +28,9 @@ sweep = Sweep(
     objective="slot_f1",  # scored on greedily generated text for held-out validation rows
     num_trials=9,
     # One worker a trial, trained in its Tune trial's own process: two trials run at once on 2 cores and
-    # no Ray Train worker group is started per trial (on 2 cores that start-up and the all-reduce cost
-    # more than the training itself). The data-parallel path: sweeps/viggo_frontier.py and the tests.
+    # no Ray Train worker group is started per trial (on 2 cores its start-up and synchronisation
+    # outweighed these tiny models' training: README). The data-parallel path: sweeps/viggo_frontier.py
+    # and the tests.
     workers=1,
     steps=300,
     batch_size=16,
