@@ -393,11 +393,12 @@ def main() -> None:
     parts.run("ftray_default", ftray_loop, folders[big], task, device)
     parts.run("bare_default", bare, folders[big], data, tok, device)
     parts.run("hf_default", hf_trainer, folders[big], data, tok, device)
-    if "error" in parts.run("tuned", ftray_loop, folders[big], task, device, **tuned):
+    if "error" in (parts.run("tuned", ftray_loop, folders[big], task, device, **tuned) or {}):
         # fused_loss "auto" is Liger's kernel on CUDA: where it fails, ftray's own chunked loss.
         parts.run("tuned_chunked", ftray_loop, folders[big], task, device, **dict(tuned, fused_loss="chunked"))
     parts.run("tuned_unfused", ftray_loop, folders[big], task, device, **dict(tuned, fused_loss="off"))
-    if "error" in parts.run("hf_tuned", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget, tuned=True):
+    if "error" in (parts.run("hf_tuned", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget,
+                             tuned=True) or {}):
         parts.run("hf_tuned_no_liger", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget, tuned=True,
                   liger=False)
     # (c) sweeps sharing the GPU, then (d) scoring their kept adapters; the optional parts last.

@@ -127,6 +127,22 @@ class TrialConfig:
         if self.pack_length is not None and not self.pack:
             raise FtrayInputError(f"pack_length={self.pack_length!r} is set but pack is False: set pack=True or "
                                   "leave pack_length None")
+        if self.batch_tokens is not None and self.batch_tokens < self.row_width:
+            raise FtrayInputError(f"batch_tokens={self.batch_tokens} is under one row's width ({self.row_width}: "
+                                  f"{'pack_length' if self.pack else 'max_length'} rounded up to pad_to_multiple="
+                                  f"{self.pad_to_multiple}), so every micro-batch would break the budget: raise it")
+
+    @property
+    def layout(self):
+        """How the trial's micro-batches become rows (ftray.data.Layout)."""
+        from ftray.data import Layout
+
+        return Layout(self.pad_to_multiple, (self.pack_length or self.max_length) if self.pack else None)
+
+    @property
+    def row_width(self) -> int:
+        """The widest row a micro-batch can have: a packed row, or an example of max_length, rounded up."""
+        return self.layout.width(self.max_length)
 
     @property
     def alpha(self) -> float:

@@ -181,7 +181,8 @@ def batches(tokenized: Sequence[dict], batch_size: int, seed: int, epoch: int, r
     with the longest batch: measurably slower steps, README, Benchmarks.)
     With `batch_tokens`, a batch is cut where the next example would take it past that many tokens as
     `layout` lays it out, padding included (at least one example a batch), instead of at `batch_size`
-    examples; no batch is dropped then (`drop_last` is for fixed-size batches).
+    examples (`drop_last` is for fixed-size batches). Every rank gets the same number of batches, so with
+    several workers the fewer than world_size batches left over at an epoch's end are left out of it.
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad batching: batch_size={batch_size}, rank={rank}, world_size={world_size}")

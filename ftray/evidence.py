@@ -85,9 +85,13 @@ class Evidence:
         """Draws of the group's mean score; `seeds`: draw its trials anew too (seed noise)."""
         if not group or not self.covers(group):
             return None
+        # In the order of the trials' seeds, and keyed by the configuration and its seeds: the same
+        # scores give the same interval in every run, though Tune names the trials anew each time.
+        group = sorted(group, key=lambda t: (str((t.get("config") or {}).get("seed")), t["id"]))
         cols = [self.col[t["id"]] for t in group]
         if seeds:
-            return stats.seed_resampled_means(self.draws, [cols], self.seed).column(0)
+            key = config_key(group[0]) + repr([(t.get("config") or {}).get("seed") for t in group])
+            return stats.seed_resampled_means(self.draws, [cols], self.seed, keys=[key]).column(0)
         one = self.draws.columns(cols)
         return stats.Draws(one.low.mean(axis=1), one.high.mean(axis=1))
 
@@ -109,7 +113,8 @@ def best_group(trials: Sequence[Mapping], mode: str) -> list[Mapping]:
     groups: dict[str, list] = {}
     for t in trials:
         groups.setdefault(config_key(t), []).append(t)
-    return max(groups.values(), key=lambda g: (sign(mode) * mean_objective(g), len(g)))
+    # Ties go to the configuration that sorts first, not to whichever trial id Tune drew.
+    return max(sorted(groups.items()), key=lambda kv: (sign(mode) * mean_objective(kv[1]), len(kv[1])))[1]
 
 
 def cells(trials: Sequence[Mapping], mode: str) -> dict[tuple, dict]:

@@ -76,8 +76,9 @@ def _memory_estimate(sweep, rung, config, params: int, trainable: int):
         return max(candidate_values(key, sweep.space[key])) if key in sweep.space else getattr(defaults, key)
 
     text = config.get_text_config()
-    length = largest("max_length")
-    # A token budget sets a micro-batch's tokens, padding included: as many rows of max_length.
+    # The widest rows the trial can have (packed rows, widths rounded up), and as many as a token budget
+    # or batch_size allows: the biggest micro-batch.
+    length = defaults.replace(max_length=largest("max_length")).row_width
     rows = -(-defaults.batch_tokens // length) if defaults.batch_tokens else largest("batch_size")
     return estimate_memory(params=params, trainable=trainable, hidden=text.hidden_size, layers=text.num_hidden_layers,
                            vocab=text.vocab_size, rows=rows, length=length, checkpointing=rung.gradient_checkpointing,

@@ -31,7 +31,7 @@ import torch
 
 from ftray.config import TrialConfig
 from ftray.context import LocalContext, RayContext, TrialContext
-from ftray.data import Layout, batches, select, tokenize_examples
+from ftray.data import batches, select, tokenize_examples
 from ftray.evaluate import score, sum_over_workers
 from ftray.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
                           load_tokenizer)
@@ -138,7 +138,7 @@ class LoRARecipe:
         self.valid_examples = self.job.task.examples("valid")[: cfg.eval_samples]
         self.train_data = tokenize_examples(train_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
         self.valid_data = tokenize_examples(self.valid_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
-        self.layout = Layout(cfg.pad_to_multiple, (cfg.pack_length or cfg.max_length) if cfg.pack else None)
+        self.layout = cfg.layout
         if cfg.steps:
             self.total_steps = cfg.steps
         elif cfg.batch_tokens is None:

@@ -121,7 +121,9 @@ def run_job(job: ScoringJob, examples: Sequence[Example]) -> ScoredTrial:
     if not st.exists(st.join(job.checkpoint, TRIAL_CONFIG)):
         raise FtrayInputError(f"trial {job.trial_id}: its checkpoint {st.redact(job.checkpoint)} is gone (no "
                               f"{TRIAL_CONFIG} there), so it cannot be scored")
-    device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray set CUDA_VISIBLE_DEVICES to its GPU
+    # Ray set CUDA_VISIBLE_DEVICES to its GPU; a logical GPU on a machine without CUDA scores on the CPU,
+    # as a trial trains there (trial.py).
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads_for(job.resources))
     started = time.time()
     try:
@@ -191,6 +193,11 @@ def scoring_resources(sweep, model_id: str, cluster: Mapping[str, float], log: L
             log(f"ftray: note: the Ray cluster has no GPU for {model_id!r} (its rung asks for {need['GPU']:g}): "
                 "scoring it on CPU in fp32, not in the bf16 it trained in (--address or RAY_ADDRESS: a cluster with GPUs)")
         need.pop("GPU")
+    if need["CPU"] > cpus:  # a run made on a bigger cluster, scored here: a task no node could take waits forever
+        if log:
+            log(f"ftray: note: {model_id!r} trained with {need['CPU']:g} CPUs a worker; this Ray has {cpus:g}: scoring "
+                f"with {cpus:g}")
+        need["CPU"] = cpus
     return need
 
 

@@ -201,7 +201,9 @@ def _run_folder(sweep: Sweep, storage: str, name: str, resume: bool,
 
 # Settings added to ftray since a run may have been made, with the value that reproduces how such a
 # run ran: resumed by a newer ftray, it goes on as it started.
-AS_BEFORE = {("scaling", "one_worker_in_trial"): False, ("scaling", "gpu_memory_gb"): None}
+AS_BEFORE = {("scaling", "one_worker_in_trial"): False, ("scaling", "gpu_memory_gb"): None,
+             ("trial", "pack_length"): None, ("trial", "batch_tokens"): None, ("trial", "fused_loss"): "off",
+             ("trial", "compile"): False}
 
 
 def as_recorded(sweep: Sweep, recorded: Mapping) -> tuple[Sweep, dict]:

@@ -167,13 +167,17 @@ def resample_ratios(row_sets: Sequence, n_boot: int = RESAMPLES, seed: int = SEE
     return Draws(low, high)
 
 
-def seed_resampled_means(draws: Draws, groups: Sequence[Sequence[int]], seed: int = SEED) -> Draws:
+def seed_resampled_means(draws: Draws, groups: Sequence[Sequence[int]], seed: int = SEED,
+                         keys: Sequence[str] | None = None) -> Draws:
     """(n_boot x G): per draw, each group's mean over its trials drawn with replacement.
 
     A group is one configuration run with several seeds; drawing its trials anew in each replicate
     puts the seed-to-seed spread into the interval (a two-level bootstrap: rows, then seeds). A
     group of one trial keeps its row-only draws: one seed cannot show seed noise. With k seeds
     the draws' variance is (k - 1) / k of the seeds' own, so 2-4 seeds understate it somewhat.
+    `keys`, one a group, seed each group's draw of its trials: give what names the group (its
+    configuration and seeds), so the same scores give the same interval whatever the trials' ids or
+    their order; without them, the columns seed it.
     """
     b = draws.low.shape[0]
     low, high = np.empty((b, len(groups))), np.empty((b, len(groups)))
@@ -183,7 +187,8 @@ def seed_resampled_means(draws: Draws, groups: Sequence[Sequence[int]], seed: in
         if k == 1:
             low[:, g], high[:, g] = draws.low[:, cols[0]], draws.high[:, cols[0]]
             continue
-        rng = np.random.default_rng([seed, zlib.crc32(repr(cols).encode())])
+        key = keys[g] if keys is not None else repr(cols)
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
         counts = rng.multinomial(k, np.full(k, 1.0 / k), size=b)
         low[:, g] = (draws.low[:, cols] * counts).sum(axis=1) / k
         high[:, g] = (draws.high[:, cols] * counts).sum(axis=1) / k

@@ -83,6 +83,9 @@ def test_a_head_it_cannot_take_keeps_the_models_own_loss(tok):
 @pytest.mark.parametrize("settings,field", [
     (dict(batch_tokens=32), "batch_tokens"), (dict(pack=True, pack_length=32), "pack_length"),
     (dict(pack_length=128), "pack_length"), (dict(fused_loss="liger"), "fused_loss"), (dict(compile=1), "compile"),
+    # A packed row wider than the budget, or an example rounded up past it: no micro-batch could keep it.
+    (dict(pack=True, pack_length=256, batch_tokens=128), "batch_tokens"),
+    (dict(pad_to_multiple=128, batch_tokens=64), "batch_tokens"),
 ])
 def test_bad_speed_settings_name_their_field(settings, field):
     with pytest.raises(FtrayInputError, match=f"^{field}"):

@@ -284,6 +284,21 @@ def test_repeats_put_seed_noise_into_the_interval():
     assert not any(v.startswith("m: seed") for v in a["verdicts"])  # the seed makes repeats, not a setting
 
 
+def test_the_same_scores_give_the_same_intervals_whatever_the_trial_ids():
+    """Tune names trials anew in every run (random ids, so another order): a report of the same scores
+    must not move. Repeats are where the order used to matter (the draw of seeds)."""
+    import copy
+
+    trials = make_trials(lambda i, p, f: 0.5 + 0.02 * i, seeds=(0, 1, 2), seed_sd=0.08, seed=1)
+    renamed = copy.deepcopy(trials)
+    for k, t in enumerate(renamed):
+        t["id"] = f"z{len(renamed) - k:04d}"  # other ids, sorting in the reverse order
+    first, second = analyse(trials, "acc", "max"), analyse(list(reversed(renamed)), "acc", "max")
+    strip = lambda cs: sorted((c["model"], c["data_fraction"], c["interval"]["lo"], c["interval"]["hi"]) for c in cs)
+    assert strip(first["intervals"]["cells"]) == strip(second["intervals"]["cells"])
+    assert first["verdicts"] == second["verdicts"]
+
+
 def test_target_met_with_confidence_or_on_the_point_estimate_only():
     trials = make_trials(lambda i, p, f: [0.5, 0.7, 0.9][i], n_rows=200)
     sure = analyse(trials, "acc", "max", target=0.6)["target"]

@@ -158,8 +158,11 @@ def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
 
     s = make(workers=1)
     old = s.describe()
-    del old["scaling"]["one_worker_in_trial"]  # as recorded before the settings existed
-    del old["scaling"]["gpu_memory_gb"]
+    # As recorded before these settings existed (the four trial settings came with token budgets,
+    # bounded packing, the fused loss and compile).
+    for group, key in (("scaling", "one_worker_in_trial"), ("scaling", "gpu_memory_gb"), ("trial", "pack_length"),
+                       ("trial", "batch_tokens"), ("trial", "fused_loss"), ("trial", "compile")):
+        del old[group][key]
     assert diff_descriptions(old, s.describe())  # compared as they are, a change ...
     resumed, recorded = as_recorded(s, old)
     assert diff_descriptions(recorded, resumed.describe()) == []  # ... but not a different sweep,
