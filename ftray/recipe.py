@@ -145,7 +145,8 @@ class LoRARecipe:
             per_step = cfg.batch_size * cfg.grad_accum * self.world
             self.total_steps = max(1, math.ceil(cfg.epochs * len(self.train_data) / per_step))
         else:  # token budgets: an epoch is as many micro-batches as the data cuts into (the same every epoch, or nearly)
-            self.total_steps = max(1, math.ceil(cfg.epochs * len(self._batches(0)) / cfg.grad_accum))
+            self._epoch_batches = (0, self._batches(0))  # kept: the loop starts with them
+            self.total_steps = max(1, math.ceil(cfg.epochs * len(self._epoch_batches[1]) / cfg.grad_accum))
 
     def _setup_model(self) -> None:
         """Base weights (bf16 on GPU), LoRA adapters (fp32), DDP across the workers."""

@@ -204,18 +204,18 @@ def scoring_resources(sweep, model_id: str, cluster: Mapping[str, float], log: L
 @contextlib.contextmanager
 def ray_running(log: Log | None, address: str | None = None) -> Iterator[None]:
     """Ray for scoring: the one this process already runs (a sweep's), else the cluster at `address` (or
-    RAY_ADDRESS) or a local Ray started as a sweep starts one (search._init_ray), without the dashboard
+    RAY_ADDRESS) or a local Ray started as a sweep starts one (search.init_ray), without the dashboard
     (only Ray Train's trials need it); a Ray started here is shut down after."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    from ftray.search import _init_ray  # Tune and Optuna's imports: only where no sweep is running
+    from ftray.search import init_ray  # Tune and Optuna's imports: only where no sweep is running
 
     said = io.StringIO()
     with contextlib.redirect_stdout(said):  # its "started a local Ray" line goes where this command logs
-        _init_ray(address, dashboard=False)
+        init_ray(address, dashboard=False)
     if log and said.getvalue().strip():
         log(said.getvalue().strip())
     try:
@@ -243,14 +243,34 @@ def _shippable_checkpoints(trials: Sequence[dict]) -> dict[str, str]:
 def _progress(log: Log | None, trials: Sequence[dict], metric: str, n: int) -> Callable[[ScoredTrial], None]:
     models = {t["id"]: t["model"] for t in trials}
 
-    def said(result: ScoredTrial) -> None:
+    def say(result: ScoredTrial) -> None:
         if log:
             m = result.scores.metrics
             first = [metric] if metric in m else []
-            said = ", ".join(f"{k} {m[k]:.4g}" for k in first + [k for k in m if k != metric])
+            values = ", ".join(f"{k} {m[k]:.4g}" for k in first + [k for k in m if k != metric])
             log(f"ftray: scored trial {result.trial_id} ({models[result.trial_id]}, {n} rows) in "
-                f"{result.seconds:.1f} s on {result.device}: {said}")
-    return said
+                f"{result.seconds:.1f} s on {result.device}: {values}")
+    return say
+
+
+def _score(trials: Sequence[dict], sweep, examples: Sequence[Example], what: str, log: Log | None,
+           ray_address: str | None, metric: str, on_scored: Callable[[ScoredTrial], None] | None = None,
+           batch_size: int = SCORE_BATCH) -> list[ScoredTrial]:
+    """The trials' adapters scored on `examples` as Ray tasks (Ray started for it where none runs), each
+    handed to `on_scored` as it completes and its progress logged; `what` names the rows in the log."""
+    shipped = _shippable_checkpoints(trials)
+    progress = _progress(log, trials, metric, len(examples))
+
+    def done(result: ScoredTrial) -> None:
+        if on_scored is not None:
+            on_scored(result)
+        progress(result)
+
+    with ray_running(log, ray_address):
+        jobs = _jobs(trials, sweep, shipped, log, batch_size)
+        if log:
+            log(f"ftray: scoring {len(trials)} {what} as Ray tasks: {_shapes(jobs)}")
+        return score_on_ray(jobs, examples, on_scored=done)
 
 
 def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: str | None = None) -> int:
@@ -280,21 +300,14 @@ def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: s
     if not todo:
         return 0
     by_id = {t["id"]: t for t in todo}
-    shipped = _shippable_checkpoints(todo)
-    progress = _progress(log, todo, sweep.objective, len(examples))
 
     def write(result: ScoredTrial) -> None:
         t = by_id[result.trial_id]
         rf.write_test_scores(t["trial_dir"], rf.TestScores(result.scores.metrics, result.scores.rows, len(examples),
                                                            len(split), t["checkpoint"]))
-        progress(result)
 
-    with ray_running(log, ray_address):
-        jobs = _jobs(todo, sweep, shipped, log)
-        if log:
-            log(f"ftray: scoring {len(todo)} trials on {len(examples)} held-out test rows (of {len(split)}) "
-                f"as Ray tasks: {_shapes(jobs)}")
-        score_on_ray(jobs, examples, on_scored=write)
+    _score(todo, sweep, examples, f"trials on {len(examples)} held-out test rows (of {len(split)})", log,
+           ray_address, sweep.objective, on_scored=write)
     return len(todo)
 
 
@@ -328,14 +341,9 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
     for t in front:
         if not t.get("checkpoint"):
             raise FtrayInputError(f"trial {t['id']} has no checkpoint left to score")
-    shipped = _shippable_checkpoints(front)
-    with ray_running(log, ray_address):
-        jobs = _jobs(front, sweep, shipped, log, batch_size)
-        if log:
-            log(f"ftray: scoring {len(front)} frontier trials on {len(examples)} rows of {data_file} as Ray tasks: "
-                f"{_shapes(jobs)}")
-        scored = {r.trial_id: r.scores.metrics
-                  for r in score_on_ray(jobs, examples, on_scored=_progress(log, front, obj["metric"], len(examples)))}
+    scored = {r.trial_id: r.scores.metrics
+              for r in _score(front, sweep, examples, f"frontier trials on {len(examples)} rows of {data_file}", log,
+                              ray_address, obj["metric"], batch_size=batch_size)}
     rows = [dict(t, old_objective=t["objective"], objective=scored[t["id"]][obj["metric"]], new_metrics=scored[t["id"]])
             for t in front]
     new_front = trial_front(rows, obj["mode"])

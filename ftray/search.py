@@ -147,7 +147,7 @@ def scheduler(sweep: Sweep):
     )
 
 
-def _init_ray(address: str | None, dashboard: bool = True) -> None:
+def init_ray(address: str | None, dashboard: bool = True) -> None:
     import ray
 
     if ray.is_initialized():
@@ -248,7 +248,7 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
 
     import ray
 
-    _init_ray(options.ray_address, dashboard=sweep.uses_train())
+    init_ray(options.ray_address, dashboard=sweep.uses_train())
     try:
         resources = plan_resources(sweep, ray.cluster_resources())
     except FtrayInputError:

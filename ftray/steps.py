@@ -115,13 +115,18 @@ def _liger_loss():
     return loss
 
 
+def _base(model):
+    """The transformers model inside a peft one (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def plain_head(model) -> torch.nn.Linear | None:
     """The output layer a (peft) causal LM computes its logits with, when it is a plain Linear layer
     (frozen, or trained as a whole through peft's modules_to_save); None when it is anything else (a
     LoRA-adapted head) or when the model does more to its logits than the head (softcapping, scaling)."""
     from peft.utils.other import ModulesToSaveWrapper
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     config = getattr(base, "config", None)
     if getattr(config, "final_logit_softcapping", None) is not None or getattr(config, "logit_scale", None) is not None:
         return None
@@ -146,7 +151,7 @@ class FusedLossLM(torch.nn.Module):
         super().__init__()
         self.model, self._loss = model, loss
         self._head = [head]  # not a submodule: it is the model's own, registered there
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = _base(model)
         self._decoder = [base.get_decoder()]
 
     @classmethod
@@ -186,7 +191,7 @@ def compile_layers(model) -> int:
     """
     if not hasattr(torch.compiler, "set_stance"):
         raise FtrayInputError(f"compile=True needs torch >= 2.6 (to run evaluation eagerly), this is {torch.__version__}")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     layers = getattr(base.get_decoder(), "layers", None) or []
     for layer in layers:
         layer.compile(backend=COMPILE_BACKEND)

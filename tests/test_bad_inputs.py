@@ -103,7 +103,7 @@ def no_ray(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(ftray.search, "_init_ray", refuse)
+    monkeypatch.setattr(ftray.search, "init_ray", refuse)
 
 
 @pytest.mark.parametrize("name, files, expected", CASES, ids=[c[0] for c in CASES])
