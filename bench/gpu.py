@@ -5,7 +5,7 @@
 
 One run, side by side, on one GPU (parts in this order; a part that would start past --budget-s is
 skipped and said so, and every part's result is written as soon as it is measured):
-  (a) default  -- the 1.5B model at 32 rows a step, ftray's recipe as a trial runs it (ftray.recipe.run_local:
+  (a) default  -- the 1.5B model at 32 rows a step, ftray's recipe as a trial runs it (ftray.train.recipe.run_local:
                   the loop a one-worker trial runs in its Tune trial's process, without Ray), the same step in
                   a bare PyTorch loop, and Hugging Face's Trainer (bf16, its default sampler)
   (b) tuned    -- ftray with SPEED_SETTINGS (rows packed to bounded width, fused linear cross-entropy,
@@ -14,7 +14,7 @@ skipped and said so, and every part's result is written as soon as it is measure
                   DataCollatorWithFlattening and its Liger flag) at about the same tokens a step
   (c) share    -- `ftray run` of a sweep of 8 trials of the 0.5B model at 1, 4 and 2 trials per GPU
                   (gpus_per_worker 1, 0.25, 0.5): wall time from start to the report, tokens/s of all trials
-  (d) score    -- held-out scoring (rescore.score_checkpoint: generation and metrics) of the adapters the
+  (d) score    -- held-out scoring (scoring.score_checkpoint: generation and metrics) of the adapters the
                   4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s)
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
@@ -45,10 +45,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftray.config import SPEED_SETTINGS, TrialConfig  # noqa: E402
-from ftray.data import batches, collate, select, tokenize_examples  # noqa: E402
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_tokenizer  # noqa: E402
-from ftray.recipe import TrialJob, lr_lambda, run_local  # noqa: E402
+from ftray.spec.config import SPEED_SETTINGS, TrialConfig  # noqa: E402
+from ftray.train.data import batches, collate, select, tokenize_examples  # noqa: E402
+from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_tokenizer  # noqa: E402
+from ftray.train.recipe import TrialJob, lr_lambda, run_local  # noqa: E402
 from ftray.tasks import SyntheticTask, ViggoTask  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16
@@ -271,7 +271,7 @@ def kept_checkpoints(run_dir: str) -> list[str]:
 
 def score_rate(checkpoints: list[str], task, folder: Path, rows: int, device: str) -> dict:
     """Rows scored per second by ftray's held-out scoring (generation and metrics) of these adapters."""
-    from ftray.rescore import score_checkpoint
+    from ftray.driver.scoring import score_checkpoint
 
     if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # the CPU path at its best: every core on one adapter

@@ -1,12 +1,12 @@
-"""How close is ftray's GPU memory estimate (ftray.resources.estimate_memory) to a real training step?
+"""How close is ftray's GPU memory estimate (ftray.driver.resources.estimate_memory) to a real training step?
 
     python bench/gpu_memory.py [--out FILE]
 
 On one GPU, randomly initialised models of Qwen2.5-0.5B's and 1.5B's shapes (bench/gpu.py's SHAPES), built
 as the recipe builds them (bf16 frozen base, LoRA r16 on all linear layers in fp32, fused AdamW, bf16
-autocast, ftray.steps.forward_backward), train 2 steps on micro-batches of every row at full length;
+autocast, ftray.train.steps.forward_backward), train 2 steps on micro-batches of every row at full length;
 the peak of torch.cuda.max_memory_allocated is set beside the estimate. One JSON object per line.
-Its figures (bench/results/gpu-memory-2026-12-04.json) fitted ftray.resources' ACTIVATION_BYTES and LOGIT_BYTES.
+Its figures (bench/results/gpu-memory-2026-12-04.json) fitted ftray.driver.resources' ACTIVATION_BYTES and LOGIT_BYTES.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftray.lora import LoraSettings, apply_lora, count_params  # noqa: E402
-from ftray.models import ModelSpec  # noqa: E402
-from ftray.resources import CUDA_CONTEXT_BYTES, GIB, estimate_memory  # noqa: E402
-from ftray.steps import forward_backward  # noqa: E402
+from ftray.train.lora import LoraSettings, apply_lora, count_params  # noqa: E402
+from ftray.train.models import ModelSpec  # noqa: E402
+from ftray.driver.resources import CUDA_CONTEXT_BYTES, GIB, estimate_memory  # noqa: E402
+from ftray.train.steps import forward_backward  # noqa: E402
 
 SHAPES = {
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,

@@ -1,5 +1,5 @@
 """Is ftray's worker loop itself slower than a bare loop? Both in this process, no Ray: ftray's training
-recipe (`ftray.recipe.run_local`: the loop Train workers run, as rank 0 of 1, no checkpoint kept) against
+recipe (`ftray.train.recipe.run_local`: the loop Train workers run, as rank 0 of 1, no checkpoint kept) against
 bench/gpu.py's bare step, on the same data, model (a small Qwen2-shaped model, built locally) and batch.
 CPU or GPU.
 
@@ -15,9 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.gpu as g  # noqa: E402
-from ftray.config import TrialConfig  # noqa: E402
-from ftray.models import LoraSettings, ModelSpec  # noqa: E402
-from ftray.recipe import TrialJob, run_local  # noqa: E402
+from ftray.spec.config import TrialConfig  # noqa: E402
+from ftray.train.models import LoraSettings, ModelSpec  # noqa: E402
+from ftray.train.recipe import TrialJob, run_local  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 
 

@@ -28,11 +28,11 @@ import torch.distributed as dist
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftray.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
+from ftray.train.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
+from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
-from ftray.evaluate import evaluate  # noqa: E402
-from ftray.recipe import lr_lambda  # noqa: E402
+from ftray.train.evaluate import evaluate  # noqa: E402
+from ftray.train.recipe import lr_lambda  # noqa: E402
 
 
 # ---- one trial as a bare PyTorch loop (no Ray): the baseline ---------------------------------------
@@ -214,9 +214,9 @@ def ftray_loop_tokens_per_s(cfg: dict) -> float:
     """Non-padding tokens/s of ftray's training recipe (the loop a Train worker runs), in this process as rank
     0 of 1 on this CPU, one report at the end (its evaluation is outside the timed loop, as in ftray's own
     train_s; no checkpoint is kept)."""
-    from ftray.config import TrialConfig
-    from ftray.models import tokenizer_to_json
-    from ftray.recipe import TrialJob, run_local
+    from ftray.spec.config import TrialConfig
+    from ftray.train.models import tokenizer_to_json
+    from ftray.train.recipe import TrialJob, run_local
 
     task = SyntheticTask(n_train=cfg["n_train"], n_valid=8, n_test=8, seed=cfg["seed"])
     tok = build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
@@ -272,14 +272,14 @@ _PARAMS: dict = {}
 
 def _params(model: str) -> int:
     if model not in _PARAMS:
-        from ftray.models import param_counts
+        from ftray.train.models import param_counts
 
         _PARAMS[model] = param_counts(ModelSpec(model), 512, None)[0]
     return _PARAMS[model]
 
 
 def _hv(points, ref) -> float:
-    from ftray.frontier import front_hypervolume
+    from ftray.results.frontier import front_hypervolume
 
     trials = [{"id": str(i), "objective": v, "params": p, "status": "TERMINATED", "reason": None}
               for i, (v, p) in enumerate(points)]
@@ -308,13 +308,13 @@ def replay_sweep(curves: list[dict], seed: int, strategy: str, max_trials: int):
 def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> float:
     """Compute (training steps) until the searched front reaches 95% of the grid front's hypervolume.
 
-    The trials are chosen by ftray's own searcher set-up (ftray.search: the define-by-run space with the
+    The trials are chosen by ftray's own searcher set-up (ftray.driver.search: the define-by-run space with the
     models round-robin and the learning rate per model, the seeded sampler) and stopped by ftray's own
     scheduler (PerModelASHA), fed the grid's cached learning curves instead of training.
     """
     import optuna
 
-    from ftray.search import DefineByRun, sampler, scheduler
+    from ftray.driver.search import DefineByRun, sampler, scheduler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     full = [(c["curve"][-1][1], c["params"]) for c in curves]
@@ -475,7 +475,7 @@ def main() -> None:
         "step_ratio_vs_bare": "median train seconds per step inside Ray Train DDP / the same in bare DDP (same runs)",
         "ray_floor_step_ratio": "the same for the bare loop inside plain Ray Train / bare DDP (same runs)",
         "tokens_per_s_ratio_vs_hf_trainer": "non-padding tokens/s, one process, same model/LoRA/batch/steps: ftray's worker "
-                                            "loop (ftray.recipe.run_local: the Train workers' loop without Ray, "
+                                            "loop (ftray.train.recipe.run_local: the Train workers' loop without Ray, "
                                             "length-grouped batches) / "
                                             f"transformers Trainer; median of {reps}, A B A B",
         "padding_efficiency": "non-padding / all tokens in one epoch of ftray's batches (rank 0 of 2)",

@@ -1,6 +1,6 @@
 """The Python entry points, mirrored one to one by the CLI: `ftray.run(sweep)`, `ftray.resume(run_dir)`.
 
-Each runs the sweep (ftray/search.py), then finishes it as `ftray run` does: the checkpoints of
+Each runs the sweep (ftray/driver/search.py), then finishes it as `ftray run` does: the checkpoints of
 trials off the frontier pruned, the report printed and written into the run folder, the W&B summary
 run logged. A sweep run from Python needs no sweep file: its recorded configuration rebuilds it
 for `ftray resume` and `ftray eval` (a task defined in Python needs its file, see runfolder.py).
@@ -28,8 +28,8 @@ def run(sweep, storage: str | None = None, name: str | None = None, *, new_run: 
         ray_address: str | None = None, sweep_file: str | None = None, keep_all_checkpoints: bool = False,
         quiet: bool = False) -> RunResult:
     """Run a sweep (starting a local Ray unless RAY_ADDRESS names a cluster), report and prune."""
-    from ftray.search import Options
-    from ftray.search import run as run_sweep
+    from ftray.driver.search import Options
+    from ftray.driver.search import run as run_sweep
 
     run_dir = run_sweep(sweep, Options(storage=storage, name=name, new_run=new_run, ray_address=ray_address,
                                        sweep_file=sweep_file))
@@ -39,8 +39,8 @@ def run(sweep, storage: str | None = None, name: str | None = None, *, new_run: 
 def resume(run_dir: str, *, ray_address: str | None = None, resume_errored: bool = False,
            restart_errored: bool = False, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
     """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""
-    from ftray.search import Options
-    from ftray.search import resume as resume_sweep
+    from ftray.driver.search import Options
+    from ftray.driver.search import resume as resume_sweep
 
     run_dir = resume_sweep(run_dir, Options(ray_address=ray_address, resume_errored=resume_errored,
                                             restart_errored=restart_errored))
@@ -50,13 +50,13 @@ def resume(run_dir: str, *, ray_address: str | None = None, resume_errored: bool
 def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
     """The end of a run: every finished trial scored on held-out test rows, checkpoints off the
     frontier pruned, the report written and sent to W&B."""
-    from ftray import runfolder as rf
-    from ftray.report import build_report, format_report, load_run, write_report_files
-    from ftray.rescore import score_held_out, to_stdout
-    from ftray.tracking import log_sweep_summary
+    from ftray.results import runfolder as rf
+    from ftray.results.report import build_report, format_report, load_run, write_report_files
+    from ftray.driver.scoring import score_held_out, to_stdout
+    from ftray.driver.tracking import log_sweep_summary
 
     run = load_run(run_dir)
-    # As Ray tasks on the sweep's Ray, each trial with its rung's worker resources (rescore.py).
+    # As Ray tasks on the sweep's Ray, each trial with its rung's worker resources (driver/scoring.py).
     if score_held_out(run, sweep or rf.sweep_of_run(run["run_dir"]), log=None if quiet else to_stdout):
         run = load_run(run_dir)
     if not keep_all_checkpoints:

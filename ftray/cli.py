@@ -11,7 +11,7 @@ import os
 import sys
 
 from ftray.errors import FtrayInputError, ScoringFailed
-from ftray.sweepfile import debug
+from ftray.spec.sweepfile import debug
 
 EXIT_INPUT = 2
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors in your input (FTRAY_DEBUG=1)")
     args = parser.parse_args(argv)
     before = os.environ.get("FTRAY_DEBUG")
-    if args.debug:  # read where the error is raised (ftray/sweepfile.py), and by the handler below
+    if args.debug:  # read where the error is raised (ftray/spec/sweepfile.py), and by the handler below
         os.environ["FTRAY_DEBUG"] = "1"
     try:
         return _COMMANDS[args.command](args)
@@ -96,7 +96,7 @@ def _one_line(text: str) -> str:
 
 def cmd_run(args) -> int:
     from ftray.api import run
-    from ftray.sweepfile import load_sweep
+    from ftray.spec.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep_file)
     result = run(sweep, storage=args.storage, name=args.name, new_run=args.new_run, ray_address=args.address,
@@ -120,9 +120,9 @@ def _status(result) -> int:
 
 def cmd_validate(args) -> int:
     from ftray import storage as st
-    from ftray.preflight import check_fits_here, check_storage, prepare
-    from ftray.resources import check_gpu_fit
-    from ftray.sweepfile import load_sweep
+    from ftray.driver.preflight import check_fits_here, check_storage, prepare
+    from ftray.driver.resources import check_gpu_fit
+    from ftray.spec.sweepfile import load_sweep
 
     sweep = load_sweep(args.sweep_file)
     prepared = prepare(sweep, hub_optional=True)
@@ -144,12 +144,12 @@ def cmd_validate(args) -> int:
 
 def cmd_report(args) -> int:
     from ftray import storage as st
-    from ftray.report import build_report, format_report, load_run, write_report_files
+    from ftray.results.report import build_report, format_report, load_run, write_report_files
 
     run = load_run(args.run_dir)
     if args.rescore:
-        from ftray.rescore import score_held_out, to_stderr
-        from ftray.runfolder import sweep_of_run
+        from ftray.driver.scoring import score_held_out, to_stderr
+        from ftray.results.runfolder import sweep_of_run
 
         # Progress on stderr: stdout is the report (--json: one JSON object).
         if score_held_out(run, sweep_of_run(run["run_dir"]), log=to_stderr, ray_address=args.address):
@@ -166,7 +166,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ftray.rescore import format_rescore, rescore
+    from ftray.driver.scoring import format_rescore, rescore
 
     result = rescore(args.run_dir, args.data, ray_address=args.address)  # progress on stderr
     print(json.dumps(result) if args.json else format_rescore(result))
@@ -174,10 +174,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ftray.frontier import default_reference, front_hypervolume, source_view
+    from ftray.results.frontier import default_reference, front_hypervolume, source_view
     from ftray import storage as st
-    from ftray.plots import compare_plot
-    from ftray.report import load_run
+    from ftray.results.plots import compare_plot
+    from ftray.results.report import load_run
 
     runs = [load_run(d) for d in args.run_dirs]
     objectives = {(r["objective"]["metric"], r["objective"]["mode"]) for r in runs}

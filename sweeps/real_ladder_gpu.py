@@ -1,7 +1,7 @@
 """sweeps/real_ladder.py's question on a GPU cluster: published sizes against pruned larger models.
 
 Qwen2.5-Instruct at its published 0.5B, 1.5B and 3B sizes, beside depth rungs cut from the larger two
-to about the size of the next smaller one (first layers and the last kept: ftray/depth.py):
+to about the size of the next smaller one (first layers and the last kept: ftray/train/depth.py):
 3B@18L (about 1.7B parameters, against the published 1.5B) and 1.5B@8L (about 0.6B, against the
 published 0.5B). Does a pruned, finetuned bigger model beat the model trained at that size? ViGGO, text
 -> meaning representation, prompts in the chat template ("auto"), LoRA rank 16, learning rate searched

@@ -73,15 +73,15 @@ def task():
 
 @pytest.fixture(scope="module")
 def tok(task):
-    """The presets' tokenizer (ftray.models.build_tokenizer), trained on `task`'s training text."""
-    from ftray.models import build_tokenizer
+    """The presets' tokenizer (ftray.train.models.build_tokenizer), trained on `task`'s training text."""
+    from ftray.train.models import build_tokenizer
 
     return build_tokenizer(t for e in task.examples("train") for t in (e.prompt, e.completion))
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    """A real byte-level BPE tokenizer trained here on synthetic sentences: no hub, no ftray.models."""
+    """A real byte-level BPE tokenizer trained here on synthetic sentences: no hub, no ftray.train.models."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -137,7 +137,7 @@ sweep = Sweep(
     eval_every=80,
     eval_samples=32,
     max_new_tokens=40,
-    # 16, ftray.rescore.SCORE_BATCH: the trial's last evaluation and `ftray eval` of the same rows run the
+    # 16, ftray.driver.scoring.SCORE_BATCH: the trial's last evaluation and `ftray eval` of the same rows run the
     # same batches, so the held-out path can be checked to give the trial's own numbers exactly.
     batch_size=16,
     max_length=96,

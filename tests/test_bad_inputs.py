@@ -98,12 +98,12 @@ CASES = [
 @pytest.fixture
 def no_ray(monkeypatch):
     """A case that got as far as starting Ray is a failed case, not a slow one."""
-    import ftray.search
+    import ftray.driver.search
 
     def refuse(*a, **k):
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(ftray.search, "init_ray", refuse)
+    monkeypatch.setattr(ftray.driver.search, "init_ray", refuse)
 
 
 @pytest.mark.parametrize("name, files, expected", CASES, ids=[c[0] for c in CASES])
@@ -152,10 +152,10 @@ def _words(prefix: str, n: int) -> str:
 
 
 def test_max_length_that_cuts_some_rows_warns_with_the_counts(tmp_path, capsys):
-    from ftray.data import tokenize_examples
-    from ftray.models import tokenizer_from_json
-    from ftray.preflight import prepare
-    from ftray.sweepfile import load_sweep
+    from ftray.train.data import tokenize_examples
+    from ftray.train.models import tokenizer_from_json
+    from ftray.driver.preflight import prepare
+    from ftray.spec.sweepfile import load_sweep
 
     # Short rows fit in 48 tokens even one byte a token; the long training row's completion and the long
     # evaluation row's prompt cannot.
@@ -182,8 +182,8 @@ def test_max_length_that_cuts_some_rows_warns_with_the_counts(tmp_path, capsys):
 def test_grid_cells_that_num_trials_leaves_out_are_named(tmp_path, capsys):
     import optuna
 
-    from ftray.search import DefineByRun
-    from ftray.sweepfile import load_sweep
+    from ftray.driver.search import DefineByRun
+    from ftray.spec.sweepfile import load_sweep
 
     f = tmp_path / "s.py"
     f.write_text(HEAD + "sweep = Sweep(name='b', task=SyntheticTask(n_train=40, n_valid=8, n_test=8), "

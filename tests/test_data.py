@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from ftray.data import (batches, collate, filter_examples, nested_subset, padding_efficiency, select,
+from ftray.train.data import (batches, collate, filter_examples, nested_subset, padding_efficiency, select,
                         tokenize_examples)
 from ftray.errors import FtrayInputError
-from ftray.prompts import encode_prompt, end_of_answer_id, resolve_format, stop_token_ids
+from ftray.train.prompts import encode_prompt, end_of_answer_id, resolve_format, stop_token_ids
 from ftray.tasks import Example, SyntheticTask
 
 
@@ -123,7 +123,7 @@ def test_collate_pads_to_the_longest_in_the_batch():
     assert padding_efficiency([[{"input_ids": [5, 6, 7]}, {"input_ids": [8]}]]) == pytest.approx(4 / 6)
 
 
-# ---- prompt formats (ftray/prompts.py); the real SmolLM2 tokenizer: tests/test_real_model.py -------------
+# ---- prompt formats (ftray/train/prompts.py); the real SmolLM2 tokenizer: tests/test_real_model.py -------------
 def _copy(tok):
     from transformers import PreTrainedTokenizerFast
 

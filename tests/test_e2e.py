@@ -126,8 +126,8 @@ def test_frontier_checkpoints_carry_the_adapter_and_tokenizer_and_the_rest_are_p
 def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_run, shared_report, shared_sweep):
     import torch
 
-    from ftray import runfolder as rf
-    from ftray.rescore import score_checkpoint
+    from ftray.results import runfolder as rf
+    from ftray.driver.scoring import score_checkpoint
 
     report = shared_report
     # Scored at the end of the sweep, before the checkpoints were pruned: a Ray task per trial, two at
@@ -168,13 +168,13 @@ def test_trials_are_scored_on_held_out_test_rows_and_the_report_uses_them(sweep_
 
 
 def test_the_held_out_path_gives_a_trials_adapter_its_own_validation_score(sweep_run, shared_report):
-    """rescore.score_checkpoint (what the report's test numbers and `ftray eval` run) on the rows the trial
+    """scoring.score_checkpoint (what the report's test numbers and `ftray eval` run) on the rows the trial
     was evaluated on during training (the first eval_samples of valid) gives back the trial's last
     report, row by row: the adapter, tokenizer and settings saved in the checkpoint are all it needs."""
     import torch
 
-    from ftray import runfolder as rf
-    from ftray.rescore import score_checkpoint
+    from ftray.results import runfolder as rf
+    from ftray.driver.scoring import score_checkpoint
 
     sweep = rf.sweep_of_run(str(sweep_run[0]))
     kept = [t for t in shared_report["trials"] if t["checkpoint"]]
@@ -303,7 +303,7 @@ def ddp_run(tmp_path_factory):
     import csv
 
     from conftest import kill_tree, output, start, wait_for, write_synthetic_csvs
-    from ftray.pretrained import cache_root
+    from ftray.train.pretrained import cache_root
 
     tmp_path = tmp_path_factory.mktemp("ddp")
     missing = real_model_missing()
@@ -360,7 +360,7 @@ def test_a_killed_train_worker_restarts_from_the_checkpoint(ddp_run):
     # step is reported twice at most once per restart (the interval the lost worker was in).
     assert steps[-1] == 6 and all(b >= a for a, b in zip(steps, steps[1:])), steps
     assert len(steps) - len(set(steps)) <= t["restarts"]
-    # The workers said where they went on from (ftray/recipe.py logs it after loading a checkpoint): a
+    # The workers said where they went on from (ftray/train/recipe.py logs it after loading a checkpoint): a
     # step the trial had reported, with its checkpoint, before the kill, never step 0. A restart from
     # scratch would log no such line (and train 6 steps again, which the checks above could not tell).
     resumed = [int(n) for n in re.findall(r"resumed at step (\d+)/6", ddp_run.out)]
@@ -374,7 +374,7 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(ddp_run):
     and an adapter that peft alone loads with the tokenizer saved beside it."""
     if ddp_run.missing:
         pytest.skip(ddp_run.missing)
-    from ftray.data import nested_subset
+    from ftray.train.data import nested_subset
 
     report = ddp_run.report
     assert [t["config"]["data_filter"] for t in report["trials"]] == ["inform"]
@@ -394,11 +394,11 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(ddp_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftray.depth import kept_layers, prune_layers
-    from ftray.evaluate import score
-    from ftray.models import ModelSpec
-    from ftray.pretrained import materialize
-    from ftray.runfolder import sweep_of_run
+    from ftray.train.depth import kept_layers, prune_layers
+    from ftray.train.evaluate import score
+    from ftray.train.models import ModelSpec
+    from ftray.train.pretrained import materialize
+    from ftray.results.runfolder import sweep_of_run
 
     [t] = [t for t in report["trials"] if t["checkpoint"]][:1]
     ckpt = Path(t["checkpoint"])

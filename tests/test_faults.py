@@ -89,7 +89,7 @@ def s3(monkeypatch):
 
 
 def test_sweep_from_python_on_s3_killed_then_resumed_and_evaluated(tmp_path, s3, capsys):
-    from ftray import runfolder as rf
+    from ftray.results import runfolder as rf
     from ftray import storage as st
 
     storage, fs = s3
@@ -188,7 +188,7 @@ def test_faults_are_classified_the_sweep_goes_on_and_resume_errored_continues(tm
     """A loss that turns NaN, an out-of-memory, a bug in user code and a lost trial process, one trial
     each in one sweep: each classified, none retried in vain; then `ftray resume --resume-errored`
     continues the errored trials from their checkpoints."""
-    from ftray import runfolder as rf
+    from ftray.results import runfolder as rf
 
     f = sweep_file(tmp_path, BASE + """
 from ftray.tasks import SyntheticTask as _Synthetic

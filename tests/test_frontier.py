@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ftray.frontier import (analyse, cost_front, front_hypervolume, hypervolume_2d, iteration_time, leverage,
+from ftray.results.frontier import (analyse, cost_front, front_hypervolume, hypervolume_2d, iteration_time, leverage,
                             setting_effects, smallest_meeting_target, trial_front)
 
 
@@ -108,8 +108,8 @@ def test_a_control_of_the_same_size_is_compared_beside_the_ladder_not_stepped_on
     assert lev["data"]["gain_per_doubling"] == pytest.approx(0.05) and set(lev["data"]["per_model"]) == {"s", "m", "l"}
     assert [(c["best"], c["other"], c["params"]) for c in lev["same_size"]] == [("m", "m-random", 400)] * 2
     assert [c["gain"] for c in lev["same_size"]] == pytest.approx([0.35, 0.4])
-    from ftray.frontier import trial_front
-    from ftray.report import format_report
+    from ftray.results.frontier import trial_front
+    from ftray.results.report import format_report
 
     extra = {"trainable_params": 1, "metrics": {}, "train_loss": None, "first_train_loss": None, "restarts": 0,
              "steps": 10, "stopped_early": False, "checkpoint": None, "trial_dir": "/x", "outcome": None}
@@ -144,7 +144,7 @@ def test_iteration_time_and_cost_front():
 
 
 def test_default_reference_lies_past_the_worst_trial():
-    from ftray.frontier import default_reference
+    from ftray.results.frontier import default_reference
 
     done = {"status": "TERMINATED", "reason": None}
     trials = [{"id": "a", "objective": 0.2, "params": 100, **done}, {"id": "b", "objective": 0.6, "params": 1000, **done}]
@@ -204,8 +204,8 @@ def test_analyse_keeps_its_keys_and_adds_the_evidence():
 
 
 def test_format_report_prints_intervals_and_undecided_lines():
-    from ftray.frontier import trial_front as front
-    from ftray.report import format_report
+    from ftray.results.frontier import trial_front as front
+    from ftray.results.report import format_report
 
     extra = {"trainable_params": 1, "metrics": {}, "train_loss": None, "first_train_loss": None, "restarts": 0,
              "steps": 10, "stopped_early": False, "checkpoint": None, "trial_dir": "/x", "outcome": None}

@@ -4,14 +4,14 @@ train the same curve as the defaults; token budgets train and resume exactly."""
 import pytest
 import torch
 
-import ftray.steps
-from ftray.config import SPEED_SETTINGS, TrialConfig
-from ftray.context import local_checkpoint
-from ftray.data import collate, tokenize_examples
+import ftray.train.steps
+from ftray.spec.config import SPEED_SETTINGS, TrialConfig
+from ftray.train.context import local_checkpoint
+from ftray.train.data import collate, tokenize_examples
 from ftray.errors import FtrayInputError
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
-from ftray.recipe import TrialJob, run_local
-from ftray.steps import ChunkedLinearCrossEntropy, FusedLossLM, chunked_linear_cross_entropy
+from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
+from ftray.train.recipe import TrialJob, run_local
+from ftray.train.steps import ChunkedLinearCrossEntropy, FusedLossLM, chunked_linear_cross_entropy
 
 TINY = ModelSpec("tiny-xs")
 
@@ -103,7 +103,7 @@ def run(task, tok, trace=None, checkpoint_dir=None, resume_from=None, **settings
 
 def test_the_speed_settings_train_the_same_curve_as_the_defaults(task, tok, monkeypatch):
     # Dynamo traces the layers as on a GPU; inductor's code generation would take a minute on a CPU.
-    monkeypatch.setattr(ftray.steps, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(ftray.train.steps, "COMPILE_BACKEND", "eager")
     default_trace: list = []
     tuned_trace: list = []
     default = run(task, tok, default_trace)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import output, start
 from ftray import FtrayInputError, ModelSpec, Scaling, Sweep, SyntheticTask
-from ftray.resources import GIB, MemoryEstimate, check_gpu_fit, estimate_memory, plan_resources, trial_request
+from ftray.driver.resources import GIB, MemoryEstimate, check_gpu_fit, estimate_memory, plan_resources, trial_request
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_the_estimate_stays_just_above_every_peak_measured_on_a_gpu():
     """The constants were fitted to bench/gpu_memory.py's peaks: the estimate must not fall below one (a
     trial that passes the check would then run out of memory), nor be far above (it would refuse sweeps
     that fit)."""
-    from ftray.resources import CUDA_CONTEXT_BYTES
+    from ftray.driver.resources import CUDA_CONTEXT_BYTES
 
     shapes = {"0.5b": (896, 24), "1.5b": (1536, 28)}
     measured = json.loads(next((REPO / "bench" / "results").glob("gpu-memory-*.json")).read_text())["rows"]
@@ -115,7 +115,7 @@ def _args(s):
 def test_prepare_estimates_each_gpu_rung_at_its_largest_batch():
     from ray import tune
 
-    from ftray.preflight import prepare
+    from ftray.driver.preflight import prepare
 
     s = sweep(["tiny-xs", ModelSpec("tiny-m", gpus_per_worker=0)], gpus_per_worker=0.25,
               space={"batch_size": tune.choice([4, 32]), "max_length": 64})
@@ -131,8 +131,8 @@ from dataclasses import dataclass
 
 import ray
 from ftray import Sweep, SyntheticTask, WandB
-from ftray import runfolder as rf
-from ftray.search import Options, run
+from ftray.results import runfolder as rf
+from ftray.driver.search import Options, run
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import pytest
 
 from ftray import storage as st
 from ftray.errors import FtrayInputError
-from ftray.sweep import WandB
+from ftray.spec.sweep import WandB
 from ftray.tasks import TextTask, ViggoTask
 from ftray.tasks._files import read_rows
 
@@ -196,7 +196,7 @@ def test_check_writable_names_the_uri_without_secrets(tmp_path):
 def test_a_trial_whose_reported_checkpoint_is_gone_gets_its_newest_kept_folder(tmp_path, scheme):
     """Train keeps checkpoint_manager_snapshot.json beside a trial's checkpoint folders: a file that sorts
     after them, and no checkpoint (a job on file:// storage once tried to score it)."""
-    from ftray import runfolder as rf
+    from ftray.results import runfolder as rf
 
     folder = tmp_path / "run" / rf.CHECKPOINTS / "t1"
     for name in ("checkpoint_2026-11-29_17-42-35.959666", "checkpoint_2026-11-29_17-42-38.000001"):
@@ -220,7 +220,7 @@ def _experiment_state(trial_ids) -> str:
 def test_a_part_written_experiment_state_gives_way_to_a_whole_one(tmp_path, monkeypatch, capsys):
     """Tune rewrites its experiment state in place; a reader (ftray report on a live run, ftray resume)
     that catches it mid-write on object storage takes the newest whole one, or reads again."""
-    from ftray import runfolder as rf
+    from ftray.results import runfolder as rf
 
     monkeypatch.setattr(rf, "STATE_REREAD_S", 0.0)
     run = tmp_path / "run"
@@ -342,7 +342,7 @@ def clean_wandb_env(monkeypatch, tmp_path):
     ({}, "auto", "offline", "no API key is set here"),
 ])
 def test_wandb_mode_follows_the_environment(clean_wandb_env, env, sweep_mode, mode, reason):
-    from ftray.tracking import wandb_mode, wandb_mode_and_reason
+    from ftray.driver.tracking import wandb_mode, wandb_mode_and_reason
 
     for key, value in env.items():
         clean_wandb_env.setenv(key, value)
@@ -352,7 +352,7 @@ def test_wandb_mode_follows_the_environment(clean_wandb_env, env, sweep_mode, mo
 
 
 def test_wandb_netrc_key_and_bad_mode(clean_wandb_env, tmp_path):
-    from ftray.tracking import wandb_mode_and_reason
+    from ftray.driver.tracking import wandb_mode_and_reason
 
     netrc = tmp_path / "netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password " + "n" * 40 + "\n")
@@ -366,8 +366,8 @@ def test_wandb_netrc_key_and_bad_mode(clean_wandb_env, tmp_path):
 
 
 def test_wandb_setup_message_says_mode_and_why_never_the_key(clean_wandb_env, capsys):
-    from ftray.config import TrialConfig
-    from ftray.tracking import WandbTracking
+    from ftray.spec.config import TrialConfig
+    from ftray.driver.tracking import WandbTracking
 
     key = "s3cr3t" * 7
     clean_wandb_env.setenv("WANDB_API_KEY", key)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftray.metrics import MR_METRIC_NAMES, exact_match, mr_metrics, normalize_mr, parse_mr, rouge_l
+from ftray.tasks.metrics import MR_METRIC_NAMES, exact_match, mr_metrics, normalize_mr, parse_mr, rouge_l
 
 # train.csv, lines 2, 5, 17, 311 and 455.
 DIRT = ("inform(name[Dirt: Showdown], release_year[2012], esrb[E 10+ (for Everyone 10 and Older)], "
@@ -111,7 +111,7 @@ def _old_micro_f1(predictions, references):
 
 
 def test_rows_sum_to_the_aggregates_including_the_zero_cases():
-    from ftray.metrics import aggregate, mr_rows, ratio_of_sums
+    from ftray.tasks.metrics import aggregate, mr_rows, ratio_of_sums
 
     partial = ("confirm(name[Layers of Fear], genres[point-and-click, adventure, horror], "
                "player_perspective[third person])")
@@ -134,7 +134,7 @@ def test_rows_sum_to_the_aggregates_including_the_zero_cases():
 
 
 def test_text_rows_are_means():
-    from ftray.metrics import exact_match_rows, ratio_of_sums, rouge_l_rows
+    from ftray.tasks.metrics import exact_match_rows, ratio_of_sums, rouge_l_rows
 
     preds, refs = ["were there any terrible games in 2014 ?", "a b c d"], [REQUEST_REF, "a c"]
     assert rouge_l_rows(preds, refs) == [(pytest.approx(3 / 4), 1.0), (pytest.approx(2 / 3), 1.0)]

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftray import pretrained
-from ftray.depth import kept_layers
+from ftray.train import pretrained
+from ftray.train.depth import kept_layers
 from ftray.errors import FtrayInputError
-from ftray.models import (PRESETS, LoraSettings, ModelSpec, apply_lora, as_model_spec, build_model, build_tokenizer,
+from ftray.train.models import (PRESETS, LoraSettings, ModelSpec, apply_lora, as_model_spec, build_model, build_tokenizer,
                           count_params, linear_module_names, load_tokenizer, param_counts, preset_names,
                           tokenizer_from_json, tokenizer_to_json, validate_model_id)
 
@@ -84,7 +84,7 @@ def test_tokenizer_is_deterministic_and_round_trips(tok):
     text = tokenizer_to_json(tok)
     assert len(tok) == 512 and tokenizer_to_json(build_tokenizer(corpus())) == text
     # Also in a fresh process (hash seeds differ there): a resumed sweep rebuilds the same tokenizer.
-    code = ("import sys; from tests.test_models import corpus; from ftray.models import build_tokenizer, "
+    code = ("import sys; from tests.test_models import corpus; from ftray.train.models import build_tokenizer, "
             "tokenizer_to_json; sys.stdout.write(tokenizer_to_json(build_tokenizer(corpus())))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,

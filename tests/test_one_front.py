@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from ftray import runfolder as rf
-from ftray.config import SETTINGS, TrialConfig
-from ftray.frontier import trial_front
+from ftray.results import runfolder as rf
+from ftray.spec.config import SETTINGS, TrialConfig
+from ftray.results.frontier import trial_front
 
 PARAMS = {"tiny-xs": 100, "tiny-s": 400}
 ROWS = 20
@@ -55,10 +55,10 @@ def make_run(run_dir, sweep) -> None:
 
 def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatch, capsys):
     from ftray import Sweep, SyntheticTask, WandB
-    from ftray import rescore
+    from ftray.driver import scoring
     from ftray.api import finish
     from ftray.cli import main
-    from ftray.report import CSV_COLUMNS, build_report, frontier_csv, load_run
+    from ftray.results.report import CSV_COLUMNS, build_report, frontier_csv, load_run
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
     sweep = Sweep(name="front", task=SyntheticTask(n_train=50, n_valid=10, n_test=ROWS), models=list(PARAMS),
@@ -78,7 +78,7 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
                                                                t["checkpoint"]))
         return len(run["trials"])
 
-    monkeypatch.setattr(rescore, "score_held_out", score_held_out)
+    monkeypatch.setattr(scoring, "score_held_out", score_held_out)
     result = finish(str(run_dir), sweep, quiet=True)
 
     test_front = ["b", "d"]

@@ -4,10 +4,10 @@ never the loss or its gradients."""
 import pytest
 import torch
 
-from ftray.config import TrialConfig
-from ftray.data import IGNORE, Layout, batches, collate, tokenize_examples
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
-from ftray.recipe import TrialJob, run_local
+from ftray.spec.config import TrialConfig
+from ftray.train.data import IGNORE, Layout, batches, collate, tokenize_examples
+from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
+from ftray.train.recipe import TrialJob, run_local
 
 TINY = ModelSpec("tiny-xs")
 

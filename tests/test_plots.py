@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from ftray.plots import _params_axis  # noqa: E402
+from ftray.results.plots import _params_axis  # noqa: E402
 
 
 @pytest.mark.parametrize("params, expected, absent", [
@@ -28,7 +28,7 @@ def test_parameter_axis_labels(params, expected, absent):
 def test_error_bars_where_intervals_exist(tmp_path):
     import numpy as np
 
-    from ftray.plots import _error_bars, write_plots
+    from ftray.results.plots import _error_bars, write_plots
 
     fig, ax = plt.subplots()
     _error_bars(ax, [1, 2, 3], [0.5, 0.6, 0.7], [{"lo": 0.4, "hi": 0.6}, None, {"lo": None, "hi": None}])

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import real_model_missing
-from ftray import pretrained
-from ftray.data import tokenize_examples
-from ftray.models import LoraSettings, ModelSpec, apply_lora, build_model, load_tokenizer, param_counts
-from ftray.prompts import encode_prompt, end_of_answer_id, stop_token_ids
+from ftray.train import pretrained
+from ftray.train.data import tokenize_examples
+from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, load_tokenizer, param_counts
+from ftray.train.prompts import encode_prompt, end_of_answer_id, stop_token_ids
 from ftray.tasks import Example
 
 pytestmark = pytest.mark.skipif(real_model_missing() is not None, reason=str(real_model_missing()))
@@ -84,7 +84,7 @@ def test_lora_counts_on_a_pruned_rung_match_the_built_model(tok):
 
 def test_too_deep_a_rung_is_refused_before_any_work():
     from ftray.errors import FtrayInputError
-    from ftray.models import validate_model_id
+    from ftray.train.models import validate_model_id
 
     with pytest.raises(FtrayInputError, match=r"'smollm2-135m@31L': layers=31 but 'smollm2-135m' has 30"):
         validate_model_id(ModelSpec("smollm2-135m@31L"))

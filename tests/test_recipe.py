@@ -6,11 +6,11 @@ import os
 import pytest
 import torch
 
-from ftray.config import TrialConfig
-from ftray.context import local_checkpoint
-from ftray.evaluate import evaluate
-from ftray.models import LoraSettings, ModelSpec, build_model, build_tokenizer, tokenizer_to_json
-from ftray.recipe import TRAINER_STATE, DidNotFitError, TrialJob, run_local
+from ftray.spec.config import TrialConfig
+from ftray.train.context import local_checkpoint
+from ftray.train.evaluate import evaluate
+from ftray.train.models import LoraSettings, ModelSpec, build_model, build_tokenizer, tokenizer_to_json
+from ftray.train.recipe import TRAINER_STATE, DidNotFitError, TrialJob, run_local
 from ftray.tasks import SyntheticTask
 
 TINY = ModelSpec("tiny-xs")
@@ -128,9 +128,9 @@ def test_out_of_memory_says_what_to_lower(task, tokenizer_json):
 def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_resumes_from_the_latest(
         task, tokenizer_json, tmp_path):
     """TrialContext (a one-worker trial in its Tune trial's process) with Tune's report replaced by a list."""
-    from ftray import runfolder as rf
-    from ftray.context import TrialContext
-    from ftray.recipe import run_recipe
+    from ftray.results import runfolder as rf
+    from ftray.train.context import TrialContext
+    from ftray.train.recipe import run_recipe
 
     run_dir, reports = str(tmp_path / "run"), []
 
@@ -158,7 +158,7 @@ def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_re
 
 
 def test_retention_ranks_as_trains_does_and_leaves_trains_own_checkpoints(tmp_path):
-    from ftray import runfolder as rf
+    from ftray.results import runfolder as rf
 
     run_dir = str(tmp_path)
     local = tmp_path / "local"
@@ -177,8 +177,8 @@ def test_retention_ranks_as_trains_does_and_leaves_trains_own_checkpoints(tmp_pa
 
 
 def test_a_failure_in_the_trials_own_process_is_classified_by_its_type():
-    from ftray.recipe import DidNotFitError, DivergedError
-    from ftray.trial import classify_failure
+    from ftray.train.recipe import DidNotFitError, DivergedError
+    from ftray.driver.trial import classify_failure
 
     assert classify_failure(DivergedError("NaN at step 3")) == ("diverged", "NaN at step 3")
     assert classify_failure(DidNotFitError("lower batch_size"))[0] == "did-not-fit"

@@ -1,4 +1,4 @@
-"""Scoring adapters again (ftray/rescore.py), without starting a Ray: batched generation, and what a
+"""Scoring adapters again (ftray/driver/scoring.py), without starting a Ray: batched generation, and what a
 failed scoring task turns into. The Ray tasks themselves run at the end of the shared sweep
 (tests/test_e2e.py: their scores equal this process's, row by row) and in `ftray eval`
 (tests/test_report_e2e.py)."""
@@ -6,13 +6,13 @@ failed scoring task turns into. The Ray tasks themselves run at the end of the s
 import pytest
 import torch
 
-from ftray.config import TrialConfig
-from ftray.context import local_checkpoint
+from ftray.spec.config import TrialConfig
+from ftray.train.context import local_checkpoint
 from ftray.errors import FtrayInputError
-from ftray.evaluate import score
-from ftray.models import LoraSettings, ModelSpec, build_tokenizer, tokenizer_to_json
-from ftray.recipe import TrialJob, run_local
-from ftray.rescore import ScoringJob, _failure, load_adapter, run_job
+from ftray.train.evaluate import score
+from ftray.train.models import LoraSettings, ModelSpec, build_tokenizer, tokenizer_to_json
+from ftray.train.recipe import TrialJob, run_local
+from ftray.driver.scoring import ScoringJob, _failure, load_adapter, run_job
 from ftray.tasks import SyntheticTask
 
 TINY = ModelSpec("tiny-xs")
@@ -70,8 +70,8 @@ def test_a_missing_checkpoint_is_one_line_naming_the_trial_and_other_failures_na
 
 
 def test_a_scoring_task_holds_one_worker_of_its_rung_and_a_gpu_rung_without_a_gpu_falls_back_to_cpu(task):
-    from ftray.rescore import scoring_resources
-    from ftray.sweep import Sweep
+    from ftray.driver.scoring import scoring_resources
+    from ftray.spec.sweep import Sweep
 
     sweep = Sweep(name="g", task=task, models=[ModelSpec("tiny-xs", workers=1, gpus_per_worker=0.25), "tiny-s"], workers=2)
     said: list[str] = []

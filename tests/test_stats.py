@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ftray import stats
-from ftray.frontier import analyse, leverage
+from ftray.results import stats
+from ftray.results.frontier import analyse, leverage
 
 LADDER = [("s", 100_000), ("m", 400_000), ("l", 1_600_000)]
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -267,7 +267,7 @@ def test_a_difference_inside_the_noise_is_undecided_and_says_what_would_decide_i
 
 
 def test_repeats_put_seed_noise_into_the_interval():
-    from ftray.evidence import Evidence, cells
+    from ftray.results.evidence import Evidence, cells
 
     # Seeds whose rates differ by ~0.08 (sd), 400 rows each: the rows pin each trial down to a few
     # points, so the seeds' spread is most of what is uncertain about a configuration's score.

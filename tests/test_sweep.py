@@ -25,8 +25,8 @@ def test_defaults_sweep_the_whole_ladder_and_choose_the_mode():
 def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
     from dataclasses import dataclass
 
-    from ftray.metrics import sign
-    from ftray.search import scheduler
+    from ftray.tasks.metrics import sign
+    from ftray.driver.search import scheduler
 
     # ASHA on a metric other than the objective stops trials by that metric's own direction.
     s = make(objective="slot_f1", asha=ASHA(grace_steps=50, metric="parse_failure_rate"), steps=100)
@@ -131,7 +131,7 @@ def test_grouped_settings_and_a_misspelt_field():
 def test_grid_search_is_checked_and_cycled_with_the_ladder():
     import optuna
 
-    from ftray.search import DefineByRun
+    from ftray.driver.search import DefineByRun
 
     with pytest.raises(FtrayInputError, match=r"space\['lora_rank'\]"):
         make(space={"lora_rank": tune.grid_search([4, 0])})
@@ -143,7 +143,7 @@ def test_grid_search_is_checked_and_cycled_with_the_ladder():
 
 
 def test_a_sweep_is_rebuilt_from_its_description():
-    from ftray.sweep import Sweep, diff_descriptions
+    from ftray.spec.sweep import Sweep, diff_descriptions
 
     s = make(space={"lora_rank": tune.grid_search([2, 8]), "lr": tune.loguniform(1e-4, 1e-2),
                     "grad_accum": tune.qrandint(1, 4, 1), "data_fraction": tune.choice([0.5, 1.0])}, steps=30)
@@ -153,8 +153,8 @@ def test_a_sweep_is_rebuilt_from_its_description():
 
 
 def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
-    from ftray.search import as_recorded
-    from ftray.sweep import diff_descriptions
+    from ftray.driver.search import as_recorded
+    from ftray.spec.sweep import diff_descriptions
 
     s = make(workers=1)
     old = s.describe()
@@ -209,7 +209,7 @@ def test_cli_validate_exit_status(tmp_path, capsys):
 
 
 def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
-    from ftray.trial import train_env
+    from ftray.driver.trial import train_env
 
     monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
@@ -223,18 +223,18 @@ def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
 
 
 def test_the_worker_loop_imports_without_ray_tune():
-    """Every Train worker of every trial imports ftray.recipe: Ray Tune (seconds of imports) stays out."""
+    """Every Train worker of every trial imports ftray.train.recipe: Ray Tune (seconds of imports) stays out."""
     import subprocess
     import sys
 
-    code = "import sys, ftray.recipe, ftray; assert 'ray.tune' not in sys.modules; ftray.Sweep; assert 'ray.tune' in sys.modules"
+    code = "import sys, ftray.train.recipe, ftray; assert 'ray.tune' not in sys.modules; ftray.Sweep; assert 'ray.tune' in sys.modules"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_a_one_worker_trial_reserves_its_worker_in_tune_and_a_train_run_only_its_driver():
     from ftray import ModelSpec, Sweep, SyntheticTask
-    from ftray.resources import TRIAL_DRIVER_CPU, plan_resources, trial_request, trial_shapes
+    from ftray.driver.resources import TRIAL_DRIVER_CPU, plan_resources, trial_request, trial_shapes
 
     models = ["tiny-xs", ModelSpec("tiny-s", workers=2), ModelSpec("tiny-m", gpus_per_worker=0.5)]
     sweep = Sweep(name="r", task=SyntheticTask(), models=models, workers=1, cpus_per_worker=1.0, num_trials=8)

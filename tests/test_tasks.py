@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ftray.errors import FtrayInputError
-from ftray.metrics import MR_METRIC_NAMES, parse_mr
+from ftray.tasks.metrics import MR_METRIC_NAMES, parse_mr
 from ftray.tasks import Example, SyntheticTask, TextTask, ViggoTask
 
 VIGGO = Path(__file__).resolve().parents[2] / "shared/data/viggo"
@@ -192,7 +192,7 @@ def test_text_task_errors(tmp_path):
 # ---- per-row scores ------------------------------------------------------------------------------
 
 def test_score_rows_give_back_score(tmp_path):
-    from ftray.metrics import aggregate
+    from ftray.tasks.metrics import aggregate
 
     synthetic = SyntheticTask(n_train=50, n_valid=6)
     valid = synthetic.examples("valid")

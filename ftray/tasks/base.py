@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ftray.errors import FtrayInputError
-from ftray.metrics import MODES
+from ftray.tasks.metrics import MODES
 
 
 # Per metric, one (num, den) per row: the metric over any rows is sum(num) / sum(den).
@@ -33,7 +33,7 @@ class Task:
 
     def metric_mode(self, name: str) -> str:
         """"max" where a larger value of metric `name` is better, else "min". ftray's own metrics declare
-        theirs in ftray.metrics.MODES; a task that scores metrics of its own overrides this."""
+        theirs in ftray.tasks.metrics.MODES; a task that scores metrics of its own overrides this."""
         if name not in MODES:
             raise FtrayInputError(f"task {self.name!r} does not say whether a larger {name} is better: give the "
                                   "sweep mode='max' or 'min', or define the task's metric_mode")

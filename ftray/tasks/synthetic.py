@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError
-from ftray.metrics import mr_metrics, mr_rows
+from ftray.tasks.metrics import mr_metrics, mr_rows
 from ftray.tasks.base import Example, ScoreRows, Task
-from ftray.metrics import MR_METRIC_NAMES as MR_METRICS
+from ftray.tasks.metrics import MR_METRIC_NAMES as MR_METRICS
 
 SYLLABLES = ["ka", "lo", "mir", "zen", "tor", "vel", "qua", "rin", "bo", "sha", "dra", "ex", "pol", "ny", "gar",
              "fi", "lum", "os", "tek", "ra", "vox", "ji", "mo", "sel", "cor", "ul", "pha", "din", "wy", "ber"]

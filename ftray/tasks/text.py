@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.metrics import MR_METRIC_NAMES, aggregate, exact_match_rows, mr_rows, rouge_l_rows
+from ftray.tasks.metrics import MR_METRIC_NAMES, aggregate, exact_match_rows, mr_rows, rouge_l_rows
 from ftray.tasks._files import read_rows
 from ftray.tasks.base import Example, ScoreRows, Task
 

@@ -25,7 +25,7 @@ class Prepared:
 def prepare(sweep, hub_optional: bool = False) -> Prepared:
     """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer;
     warn (stderr) about settings that run but may mean little."""
-    from ftray.models import build_tokenizer, model_config, param_counts, tokenizer_to_json
+    from ftray.train.models import build_tokenizer, model_config, param_counts, tokenizer_to_json
 
     notes: list[str] = []
     try:
@@ -67,8 +67,8 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
 
 def _memory_estimate(sweep, rung, config, params: int, trainable: int):
     """A GPU trial's peak memory at the largest micro-batch its settings and the space allow."""
-    from ftray.resources import estimate_memory
-    from ftray.space import candidate_values
+    from ftray.driver.resources import estimate_memory
+    from ftray.spec.space import candidate_values
 
     defaults = sweep.trial_config({"model": rung.id})
 
@@ -108,12 +108,12 @@ def check_lengths(sweep, tokenizers: list[tuple[list[str], object]]) -> list[str
 
     An error where it cuts into the completion of every row of a split: then no row trains (or is
     scored) on a whole answer, nor on the end token that teaches the model to stop, and the sweep's
-    numbers mean nothing. (Truncation always keeps some completion tokens, ftray/data.py's `truncate`,
+    numbers mean nothing. (Truncation always keeps some completion tokens, ftray/train/data.py's `truncate`,
     so "cut into" is the line to draw, not "cut away".) A warning with the counts and the longest row
     where it cuts some rows.
     """
-    from ftray.data import encode_examples
-    from ftray.space import candidate_values
+    from ftray.train.data import encode_examples
+    from ftray.spec.space import candidate_values
 
     def values(key):
         return candidate_values(key, sweep.space[key]) if key in sweep.space else [getattr(sweep.trial, key)]
@@ -152,7 +152,7 @@ def check_lengths(sweep, tokenizers: list[tuple[list[str], object]]) -> list[str
 
 def _cuts(rows, max_length: int) -> tuple[int, int]:
     """How many of the encoded rows (encode_examples) `max_length` cuts, and how many into the completion."""
-    from ftray.data import truncate
+    from ftray.train.data import truncate
 
     cut = into = 0
     for prompt, head, answer in rows:
@@ -167,8 +167,8 @@ def _rung_tokenizers(sweep, preset_tokenizer, model_params: dict, hub_optional: 
     """The tokenizer of every rung a trial can use, once, with the rungs that use it: the presets share the
     sweep's; a pretrained rung loads its source's, which its depth rungs (and a random control made
     from the same files) share. Rungs whose models the hub could not be asked about are left out."""
-    from ftray import pretrained
-    from ftray.models import load_tokenizer
+    from ftray.train import pretrained
+    from ftray.train.models import load_tokenizer
 
     shared: dict = {}
     for model_id in sweep.models_in_space():
@@ -207,7 +207,7 @@ def check_fits_here(sweep, ray_address: str | None) -> None:
     its resources."""
     import ray
 
-    from ftray.resources import local_resources, plan_resources
+    from ftray.driver.resources import local_resources, plan_resources
 
     if not (ray_address or os.environ.get("RAY_ADDRESS") or ray.is_initialized()):
         try:
@@ -218,7 +218,7 @@ def check_fits_here(sweep, ray_address: str | None) -> None:
 
 def check_run_name(name: str) -> str:
     """A run folder's name, as `--name` gives it: one folder inside the storage, never a path out of it."""
-    from ftray.sweep import is_folder_name
+    from ftray.spec.sweep import is_folder_name
 
     if not is_folder_name(name):
         raise FtrayInputError(f"--name must be letters, digits, '_', '.', '-' (one folder name), got {name!r}")

@@ -20,7 +20,7 @@ import os
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
-from ftray import runfolder as rf
+from ftray.results import runfolder as rf
 
 
 class Fifo(FIFOScheduler):

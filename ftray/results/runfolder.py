@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ftray import storage as st
-from ftray.config import TrialConfig
+from ftray.spec.config import TrialConfig
 from ftray.errors import FtrayInputError
-from ftray.metrics import sign
+from ftray.tasks.metrics import sign
 
 RUN_FILE = "ftray_run.json"
 SWEEP_COPY = "sweep.py"  # the sweep file as run, so `ftray resume` needs nothing else
@@ -128,8 +128,8 @@ def sweep_of_run(run_dir: str):
 
     A sweep whose task (or a search-space function) is defined in Python can only be rebuilt by
     running its sweep file's code: the file where it still is, else the copy in the run folder."""
-    from ftray.sweep import Sweep
-    from ftray.sweepfile import load_sweep
+    from ftray.spec.sweep import Sweep
+    from ftray.spec.sweepfile import load_sweep
 
     record = require_record(run_dir)
     sweep = Sweep.from_description(record.sweep)

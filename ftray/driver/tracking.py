@@ -14,9 +14,9 @@ from typing import Callable, Mapping
 
 from ray import tune
 
-from ftray.config import TrialConfig
-from ftray.frontier import test_score
-from ftray.sweep import WandB
+from ftray.spec.config import TrialConfig
+from ftray.results.frontier import test_score
+from ftray.spec.sweep import WandB
 
 NOT_LOGGED = {"config", "trial_id", "experiment_tag", "date", "hostname", "node_ip", "pid", "checkpoint_path",
               "checkpoint_dir_name", "should_checkpoint", "done", "trial_log_path", "experiment_id"}

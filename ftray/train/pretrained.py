@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ftray.depth import kept_layers, pruned_config, prune_layers
+from ftray.train.depth import kept_layers, pruned_config, prune_layers
 from ftray.errors import FtrayInputError
 
 # Part of the cache key: a change to what a conversion writes must not reuse folders of the old one.

@@ -7,9 +7,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ftray import stats
-from ftray.metrics import sign
-from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, rows_need, seed_need,
+from ftray.results import stats
+from ftray.tasks.metrics import sign
+from ftray.results.evidence import (Evidence, answer, cells, is_scored, mean_objective, rows_need, seed_need,
                             trials_need)
 
 NOT_ENOUGH = ("not enough trials to compare data with model size (need one model at 2+ data fractions and "

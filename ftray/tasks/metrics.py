@@ -16,7 +16,7 @@ from typing import Sequence
 MR_METRIC_NAMES = ("exact_match", "act_accuracy", "slot_precision", "slot_recall", "slot_f1", "parse_failure_rate")
 
 # Each metric's direction, declared beside its definition: "max" where a larger value is better. Every
-# metric ftray computes is here (eval_loss is ftray/evaluate.py's); a task with metrics of its own
+# metric ftray computes is here (eval_loss is ftray/train/evaluate.py's); a task with metrics of its own
 # declares theirs in Task.metric_mode. Nothing guesses a direction from a metric's name.
 MODES = {"eval_loss": "min", "exact_match": "max", "act_accuracy": "max", "slot_precision": "max",
          "slot_recall": "max", "slot_f1": "max", "parse_failure_rate": "min", "rouge_l": "max"}

@@ -1,7 +1,7 @@
 """Ray Tune on the driver: the search space, the searcher and scheduler, the Tuner, run and resume.
 
-What a trial does is ftray/trial.py; what it needs and how many run at once, ftray/resources.py;
-what the run leaves on disk, ftray/runfolder.py.
+What a trial does is ftray/driver/trial.py; what it needs and how many run at once, ftray/driver/resources.py;
+what the run leaves on disk, ftray/results/runfolder.py.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any, Mapping
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from ftray import runfolder as rf
+from ftray.results import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
-from ftray.metrics import sign
-from ftray.preflight import check_fits_here, check_run_name, check_storage, prepare
-from ftray.space import is_domain, is_grid
-from ftray.resources import check_gpu_fit, fmt_resources, plan_resources, trial_request, trial_shapes
-from ftray.sweep import Sweep, diff_descriptions
+from ftray.tasks.metrics import sign
+from ftray.driver.preflight import check_fits_here, check_run_name, check_storage, prepare
+from ftray.spec.space import is_domain, is_grid
+from ftray.driver.resources import check_gpu_fit, fmt_resources, plan_resources, trial_request, trial_shapes
+from ftray.spec.sweep import Sweep, diff_descriptions
 
 
 class DefineByRun:
@@ -122,7 +122,7 @@ class KeepHistory(Callback):
 
 def _callbacks(sweep: Sweep, run_dir: str, record: rf.RunRecord) -> list:
     """Both phases' Tune callbacks: W&B (one group per run folder) and the resumed trials' history."""
-    from ftray.tracking import WandbTracking
+    from ftray.driver.tracking import WandbTracking
 
     return [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
                           trial_config=sweep.trial_config), KeepHistory()]
@@ -135,7 +135,7 @@ def searcher(sweep: Sweep):
 
 def scheduler(sweep: Sweep):
     """The sweep's Tune scheduler: ASHA per model size where asked, else Fifo (both: schedulers.py)."""
-    from ftray.schedulers import Fifo, PerModelASHA
+    from ftray.driver.schedulers import Fifo, PerModelASHA
 
     asha = sweep.search.asha
     if asha is None:
@@ -295,7 +295,7 @@ def _keep_credentials_out_of_runtime_env() -> None:
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
     from ray import tune
 
-    from ftray.trial import TrialSetup, run_trial, train_env
+    from ftray.driver.trial import TrialSetup, run_trial, train_env
 
     _keep_credentials_out_of_runtime_env()
 
@@ -365,7 +365,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from ftray.schedulers import Fifo
+    from ftray.driver.schedulers import Fifo
 
     confirm_dir = st.join(run_dir, rf.CONFIRM)
     trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)

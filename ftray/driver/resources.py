@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ftray.errors import FtrayInputError
-from ftray.steps import LOGITS_PER_CHUNK
+from ftray.train.steps import LOGITS_PER_CHUNK
 
 # The idle trial driver (it only waits on its Train workers) counts as this many CPUs, so a
 # 2-worker trial fits on 2 cores instead of needing 3 and hanging.
@@ -159,7 +159,7 @@ def estimate_memory(*, params: int, trainable: int, hidden: int, layers: int, vo
     - activations: what backward needs of every layer, ACTIVATION_BYTES per token and hidden unit; with
       gradient checkpointing only each layer's bf16 input is kept, and one layer's activations at a time;
     - logits: tokens x vocabulary, LOGIT_BYTES each (the fp32 loss and its gradient); with a fused loss
-      (TrialConfig.fused_loss) one chunk of them at a time (ftray.steps.LOGITS_PER_CHUNK);
+      (TrialConfig.fused_loss) one chunk of them at a time (ftray.train.steps.LOGITS_PER_CHUNK);
     - the process's CUDA context, CUDA_CONTEXT_BYTES.
     Not counted: the evaluation's generation, which holds less than a training step at ftray's
     evaluation sizes (a KV cache for eval rows, logits of one position at a time).

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ftray.errors import FtrayInputError
-from ftray.prompts import cut_prompt, encode_completions, encode_prompts, resolve_format
+from ftray.train.prompts import cut_prompt, encode_completions, encode_prompts, resolve_format
 from ftray.tasks.base import Example
 
 IGNORE = -100  # the label value that the loss skips
@@ -65,7 +65,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer, max_length: int, f
     """Each example as {"input_ids": prompt + completion + end, "labels": the same with the prompt -100},
     cut to `max_length` tokens (`truncate`).
 
-    `fmt` is the prompt format ("auto", "chat" or "plain", ftray/prompts.py): the same one generation
+    `fmt` is the prompt format ("auto", "chat" or "plain", ftray/train/prompts.py): the same one generation
     must use. Loss falls on the completion and the token that ends it (EOS, or a chat template's
     end-of-turn) only.
     """

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Sequence
 
-from ftray import stats
-from ftray.metrics import sign
-from ftray.evidence import (Evidence, answer, cells, is_scored, mean_objective, on_test, power_law,  # noqa: F401
+from ftray.results import stats
+from ftray.tasks.metrics import sign
+from ftray.results.evidence import (Evidence, answer, cells, is_scored, mean_objective, on_test, power_law,  # noqa: F401
                             rows_need, source_view, target_check, test_score)
-from ftray.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
+from ftray.results.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]], mode: str) -> list[str]:

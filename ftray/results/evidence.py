@@ -11,8 +11,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ftray import stats
-from ftray.metrics import sign
+from ftray.results import stats
+from ftray.tasks.metrics import sign
 
 
 def is_scored(trial: Mapping) -> bool:

@@ -2,8 +2,8 @@
 
 A rung of the ladder is a `ModelSpec`: a model id plus what that size needs (workers, GPUs, batch,
 gradient checkpointing), so a sweep mixing 0.5B and 7B models gives each its own resources. Where
-pretrained weights come from is ftray/pretrained.py; depth rungs ("@kL") are ftray/depth.py; LoRA
-is ftray/lora.py (its names are importable from here too).
+pretrained weights come from is ftray/train/pretrained.py; depth rungs ("@kL") are ftray/train/depth.py; LoRA
+is ftray/train/lora.py (its names are importable from here too).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Iterable
 
 import torch
 
-from ftray import pretrained
+from ftray.train import pretrained
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.resources import check_gpus_per_worker
-from ftray.lora import (ALL_LINEAR, LoraSettings, _is_int, _is_number, _targets, apply_lora, count_params,  # noqa: F401
+from ftray.driver.resources import check_gpus_per_worker
+from ftray.train.lora import (ALL_LINEAR, LoraSettings, _is_int, _is_number, _targets, apply_lora, count_params,  # noqa: F401
                         linear_module_names)
 
 EOS = "<|endoftext|>"
@@ -52,7 +52,7 @@ class ModelSpec:
     `id` names the source: a tiny preset, a named pretrained preset ("smollm2-135m", or its random-init
     control "smollm2-135m-random"), a .gguf file, a local Hugging Face folder or a hub id; with
     "@<k>L" (or `layers=k`) it is a depth rung that keeps k of the source's decoder layers
-    (ftray/depth.py says which). The depth is part of the id, so the report, the search space and
+    (ftray/train/depth.py says which). The depth is part of the id, so the report, the search space and
     every per-model setting tell the rungs of one source apart: ModelSpec("smollm2-135m", layers=12)
     is ModelSpec("smollm2-135m@12L").
     """
@@ -234,7 +234,7 @@ def _preset_config(spec: ModelSpec, vocab_size: int, tokenizer=None):
 
 def base_dtype(device: torch.device) -> torch.dtype:
     """The frozen base weights' dtype on `device`: bf16 on a GPU, fp32 elsewhere. A trial trains in it,
-    and its adapter is scored in it again (ftray/rescore.py), so both see the same numbers."""
+    and its adapter is scored in it again (ftray/driver/scoring.py), so both see the same numbers."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
@@ -245,7 +245,7 @@ def autocast(device: torch.device):
 
 def build_model(spec: ModelSpec, tokenizer, *, seed: int, dtype: torch.dtype = torch.float32):
     """The base model: a preset built from its config (random weights, seeded), or what
-    ftray/pretrained.py loads: pretrained weights (pruned for a "@kL" rung) or a seeded random control."""
+    ftray/train/pretrained.py loads: pretrained weights (pruned for a "@kL" rung) or a seeded random control."""
     from transformers import LlamaForCausalLM
 
     if spec.is_preset:

@@ -3,7 +3,7 @@
 A sweep file defines a module-level `sweep = Sweep(...)`. Its settings are grouped by concern, in
 the manner of Ray's ScalingConfig / RunConfig / FailureConfig:
 
-- what each trial trains, its budget and its evaluation: `trial=TrialConfig(...)` (ftray/config.py),
+- what each trial trains, its budget and its evaluation: `trial=TrialConfig(...)` (ftray/spec/config.py),
   the defaults of every trial; `space` samples some of them with Ray Tune's primitives
   (`tune.choice`, `tune.loguniform`, `tune.grid_search`, ...);
 - how a trial is scaled: `scaling=Scaling(...)`;
@@ -27,12 +27,12 @@ from typing import Any, Mapping, Sequence
 
 from ray.tune.search.sample import Categorical
 
-from ftray.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
+from ftray.spec.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
 from ftray.errors import FtrayInputError
-from ftray.metrics import MODES
-from ftray.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
-from ftray.resources import check_gpus_per_worker
-from ftray.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid
+from ftray.tasks.metrics import MODES
+from ftray.train.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
+from ftray.driver.resources import check_gpus_per_worker
+from ftray.spec.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid
 from ftray.tasks.base import Task
 
 
@@ -79,7 +79,7 @@ class ASHA:
 @dataclass(frozen=True)
 class WandB:
     """Weights & Biases settings. mode "auto": online when an API key is available, else offline;
-    `WANDB_MODE` in the environment wins (see ftray/tracking.py)."""
+    `WANDB_MODE` in the environment wins (see ftray/driver/tracking.py)."""
 
     project: str = "ftray"
     entity: str | None = None

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from ftray import storage as st
-from ftray.config import TrialConfig
+from ftray.spec.config import TrialConfig
 from ftray.errors import FtrayInputError, ScoringFailed
-from ftray.frontier import trial_front
+from ftray.results.frontier import trial_front
 
 if TYPE_CHECKING:
-    from ftray.evaluate import Scores
-    from ftray.models import ModelSpec
+    from ftray.train.evaluate import Scores
+    from ftray.train.models import ModelSpec
     from ftray.tasks.base import Example, Task
 
 SCORE_BATCH = 16  # rows per forward pass and per generate() call
@@ -75,8 +75,8 @@ def load_adapter(checkpoint: str, rung, device: str = "cpu"):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from ftray.models import base_dtype, build_model
-    from ftray.recipe import TRIAL_CONFIG
+    from ftray.train.models import base_dtype, build_model
+    from ftray.train.recipe import TRIAL_CONFIG
 
     device = torch.device(device)
     with open(os.path.join(checkpoint, TRIAL_CONFIG)) as f:
@@ -93,8 +93,8 @@ def score_checkpoint(checkpoint: str, task, rung, examples, batch_size: int = SC
     `examples`, in this process on `device` (bf16 autocast on a GPU, as in training)."""
     import torch
 
-    from ftray.evaluate import score
-    from ftray.models import autocast
+    from ftray.train.evaluate import score
+    from ftray.train.models import autocast
 
     device = torch.device(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +116,7 @@ def run_job(job: ScoringJob, examples: Sequence[Example]) -> ScoredTrial:
     import ray
     import torch
 
-    from ftray.recipe import TRIAL_CONFIG
+    from ftray.train.recipe import TRIAL_CONFIG
 
     if not st.exists(st.join(job.checkpoint, TRIAL_CONFIG)):
         raise FtrayInputError(f"trial {job.trial_id}: its checkpoint {st.redact(job.checkpoint)} is gone (no "
@@ -184,7 +184,7 @@ def scoring_resources(sweep, model_id: str, cluster: Mapping[str, float], log: L
     """What a trial's scoring task holds: one worker's resources of its rung, the CPUs a sweep gives a
     worker (`cpus_per_worker`, else one). A rung with a GPU on a cluster without one is scored on CPU
     (in fp32), with a note: today's behaviour, rather than a task no node can ever take."""
-    from ftray.resources import worker_resources
+    from ftray.driver.resources import worker_resources
 
     cpus = float(cluster.get("CPU", 1))
     need = worker_resources(sweep, model_id, sweep.scaling.cpus_per_worker or min(1.0, cpus))
@@ -211,7 +211,7 @@ def ray_running(log: Log | None, address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    from ftray.search import init_ray  # Tune and Optuna's imports: only where no sweep is running
+    from ftray.driver.search import init_ray  # Tune and Optuna's imports: only where no sweep is running
 
     said = io.StringIO()
     with contextlib.redirect_stdout(said):  # its "started a local Ray" line goes where this command logs
@@ -282,8 +282,8 @@ def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: s
     the split, the same for every trial, so their scores pair up row by row. Each trial's scores are
     written as its task completes.
     """
-    from ftray import runfolder as rf
-    from ftray.data import nested_subset
+    from ftray.results import runfolder as rf
+    from ftray.train.data import nested_subset
     from ftray.errors import HubUnavailable
 
     n = sweep.trial.test_samples
@@ -313,7 +313,7 @@ def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: s
 
 def _shapes(jobs: Sequence[ScoringJob]) -> str:
     """"1 CPU each" or, per distinct request, "1 CPU x 1 GPU (tiny-s)"."""
-    from ftray.resources import fmt_resources
+    from ftray.driver.resources import fmt_resources
 
     shapes: dict[str, list[str]] = {}
     for job in jobs:
@@ -326,8 +326,8 @@ def _shapes(jobs: Sequence[ScoringJob]) -> str:
 def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Log | None = to_stderr,
             ray_address: str | None = None) -> dict:
     """The frontier trials of a run scored on the rows of `data_file`, and the front they make now."""
-    from ftray.report import load_run
-    from ftray.runfolder import sweep_of_run
+    from ftray.results.report import load_run
+    from ftray.results.runfolder import sweep_of_run
 
     run = load_run(run_dir)
     sweep = sweep_of_run(run["run_dir"])

@@ -23,7 +23,7 @@ def debug() -> bool:
 
 def load_sweep(path: str | Path):
     """Import a sweep file and return its module-level `sweep`; errors name the file and line."""
-    from ftray.sweep import Sweep
+    from ftray.spec.sweep import Sweep
 
     path = Path(path)
     if not path.is_file():

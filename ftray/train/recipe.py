@@ -5,7 +5,7 @@ Reads in the order it runs: `setup` (tokenizer, data, model with LoRA, optimizer
 to resume from), the base evaluation, then `train`: get a batch, forward, backward, step, and every
 `eval_every` steps `report` (evaluate, save a checkpoint, hand both to the context).
 
-Ray is behind a small context (ftray/context.py): rank, world size, device, the checkpoint to resume
+Ray is behind a small context (ftray/train/context.py): rank, world size, device, the checkpoint to resume
 from, and report. `RayContext` is a Train worker's, `TrialContext` a Tune trial's; `LocalContext` is
 one plain process (rank 0 of 1), which is how the bench and the unit tests run this very loop
 (`run_local`).
@@ -29,13 +29,13 @@ from typing import Any, Mapping
 
 import torch
 
-from ftray.config import TrialConfig
-from ftray.context import LocalContext, RayContext, TrialContext
-from ftray.data import batches, select, tokenize_examples
-from ftray.evaluate import score, sum_over_workers
-from ftray.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
+from ftray.spec.config import TrialConfig
+from ftray.train.context import LocalContext, RayContext, TrialContext
+from ftray.train.data import batches, select, tokenize_examples
+from ftray.train.evaluate import score, sum_over_workers
+from ftray.train.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
                           load_tokenizer)
-from ftray.steps import (FusedLossLM, compile_layers, forward_backward, lr_lambda,  # noqa: F401 (lr_lambda: bench/)
+from ftray.train.steps import (FusedLossLM, compile_layers, forward_backward, lr_lambda,  # noqa: F401 (lr_lambda: bench/)
                          make_optimizer)
 from ftray.tasks.base import Task
 
@@ -398,7 +398,7 @@ def train_loop(loop_config: dict) -> None:
 
 def run_recipe(job: TrialJob, ctx, *, restarts: int = 0, launched_at: float | None = None) -> None:
     """The recipe under a context; a NaN loss ends it with DivergedError, which the trial classifies
-    (ftray/trial.py). On Train, every worker sees the same NaN gradient norm, so all stop here together."""
+    (ftray/driver/trial.py). On Train, every worker sees the same NaN gradient norm, so all stop here together."""
     with _memory_errors(job):
         recipe = LoRARecipe(job, ctx, restarts=restarts, launched_at=launched_at)
         recipe.run()
@@ -410,7 +410,7 @@ def run_local(job: TrialJob, checkpoint_dir: str | None = None, *, resume_from: 
               device: torch.device | str = "cpu", trace: list | None = None, verbose: bool = False) -> list[dict]:
     """The same recipe in this process, as rank 0 of 1: returns the reported metrics, in order.
 
-    Each report's checkpoint goes to `ftray.context.local_checkpoint(checkpoint_dir, step)` (none kept when
+    Each report's checkpoint goes to `ftray.train.context.local_checkpoint(checkpoint_dir, step)` (none kept when
     checkpoint_dir is None); `resume_from` is such a folder to go on from. `trace`, a list, receives
     (step, epoch, position, batch indices, loss tensor) for every micro-batch trained.
     """

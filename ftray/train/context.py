@@ -87,7 +87,7 @@ class TrialContext:
 
     def __init__(self, run_dir: str, trial_id: str, *, keep: int, objective: str, mode: str,
                  device: torch.device, report: Callable[[dict], None] | None = None):
-        from ftray import runfolder as rf
+        from ftray.results import runfolder as rf
 
         self.rank, self.world, self.device = 0, 1, device
         self.run_dir, self.trial_id, self.keep, self.objective, self.mode = run_dir, trial_id, keep, objective, mode
@@ -109,7 +109,7 @@ class TrialContext:
             yield st.local_copy(self.kept[-1].path, tmp)
 
     def report(self, metrics: dict, save: Callable[[str], None] | None) -> None:
-        from ftray import runfolder as rf
+        from ftray.results import runfolder as rf
         from ftray import storage as st
 
         if save:

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from ftray.data import collate, tokenize_examples
-from ftray.prompts import encode_prompt, encode_completions, resolve_format, stop_token_ids
+from ftray.train.data import collate, tokenize_examples
+from ftray.train.prompts import encode_prompt, encode_completions, resolve_format, stop_token_ids
 from ftray.tasks.base import Example, Task
 
 
@@ -73,7 +73,7 @@ def generate(model, tokenizer, examples: Sequence[Example], indices: Sequence[in
              max_length: int, max_new_tokens: int, prompt_format: str = "auto", device: torch.device) -> dict[int, str]:
     """Greedy completions of examples[i] for i in `indices`, batched with left padding.
 
-    Prompts are encoded as in training (the chat template, BOS: ftray/prompts.py). Prompts of similar
+    Prompts are encoded as in training (the chat template, BOS: ftray/train/prompts.py). Prompts of similar
     length go in one batch (less padding). Generation stops at the end of an answer or a few tokens past
     the longest reference answer: a model that has not learnt to stop would otherwise spend
     max_new_tokens on every row.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Collection, Mapping, Sequence
 
-from ftray.evidence import Evidence, best_group, mean_objective, source_view
-from ftray.frontier import is_scored
-from ftray.stats import format_count
+from ftray.results.evidence import Evidence, best_group, mean_objective, source_view
+from ftray.results.frontier import is_scored
+from ftray.results.stats import format_count
 
 # Resamples for the plots' error bars: fewer than the report's, as a bar's end moves by pixels only.
 PLOT_RESAMPLES = 1000

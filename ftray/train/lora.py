@@ -13,7 +13,7 @@ import torch
 from ftray.errors import FtrayInputError
 
 if TYPE_CHECKING:
-    from ftray.models import ModelSpec
+    from ftray.train.models import ModelSpec
 
 ALL_LINEAR = "all-linear"
 

@@ -1,4 +1,4 @@
-"""The optimizer, its learning-rate schedule and one micro-batch's forward and backward, for ftray/recipe.py; and
+"""The optimizer, its learning-rate schedule and one micro-batch's forward and backward, for ftray/train/recipe.py; and
 the training speed levers that work on the model: the loss without the full logits, compiled layers."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from ftray.config import TrialConfig
+from ftray.spec.config import TrialConfig
 from ftray.errors import FtrayInputError
 
 
@@ -38,7 +38,7 @@ def forward_backward(model, batch: dict[str, torch.Tensor], *, autocast: Context
     with no_sync:  # DDP's gradient all-reduce hooks run in backward: it must be inside
         with autocast:
             # No KV cache: nothing is generated here, building one costs memory, and with one transformers
-            # would not read packed rows' restarting position_ids as boundaries (ftray.data.collate_packed).
+            # would not read packed rows' restarting position_ids as boundaries (ftray.train.data.collate_packed).
             loss = on_loss(model(**batch, use_cache=False).loss)
         # Outside autocast, as PyTorch advises: backward ops run in the dtypes their forward ops chose.
         (loss / accum).backward()

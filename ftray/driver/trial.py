@@ -1,6 +1,6 @@
 """One Tune trial: one TrialConfig trained, its retries, and its outcome.
 
-A one-worker trial runs the recipe (ftray/recipe.py) in the Tune trial's own process. A larger one
+A one-worker trial runs the recipe (ftray/train/recipe.py) in the Tune trial's own process. A larger one
 drives a Ray Train run: a `TorchTrainer` whose workers run the recipe, with `TuneReportCallback`
 forwarding rank 0's reports (and checkpoint path) to Tune; hyperparameters were sampled once on the
 sweep's driver, so every worker trains the same configuration. How the trial ended is written into
@@ -16,17 +16,17 @@ import time
 from dataclasses import dataclass
 from typing import Mapping
 
-from ftray import runfolder as rf
+from ftray.results import runfolder as rf
 from ftray import storage as st
-from ftray.config import TrialConfig
-from ftray.resources import worker_resources
+from ftray.spec.config import TrialConfig
+from ftray.driver.resources import worker_resources
 
 
 @dataclass(frozen=True)
 class TrialSetup:
     """What the sweep's driver hands every trial (besides its sampled values)."""
 
-    sweep: object  # ftray.sweep.Sweep
+    sweep: object  # ftray.spec.sweep.Sweep
     run_dir: str
     experiment_dir: str  # Tune's experiment folder: the run folder, or its confirm/ phase
     tokenizer_json: str | None
@@ -78,8 +78,8 @@ def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome,
     import ray
     import torch
 
-    from ftray.context import TrialContext
-    from ftray.recipe import run_recipe
+    from ftray.train.context import TrialContext
+    from ftray.train.recipe import run_recipe
 
     sweep, launched = setup.sweep, time.time()
     # Ray set CUDA_VISIBLE_DEVICES to the GPU it gave the trial. A logical GPU (`ray.init(num_gpus=1)` on a
@@ -128,7 +128,7 @@ def _failed(error: Exception, restarts: int) -> tuple[rf.TrialOutcome, Exception
 
 
 def _job(config: TrialConfig, setup: TrialSetup):
-    from ftray.recipe import TrialJob
+    from ftray.train.recipe import TrialJob
 
     sweep = setup.sweep
     rung = sweep.model(config.model)
@@ -142,7 +142,7 @@ def _trainer(job, setup: TrialSetup, trial_id: str, restarts: int):
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ftray.recipe import train_loop
+    from ftray.train.recipe import train_loop
 
     sweep = setup.sweep
     workers, gpus = sweep.workers_for(job.model.id), sweep.gpus_for(job.model.id)
@@ -186,7 +186,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     """The one test for "did not fit": ftray's own error, torch's, the host's."""
     import torch
 
-    from ftray.recipe import DidNotFitError
+    from ftray.train.recipe import DidNotFitError
 
     return isinstance(error, (DidNotFitError, torch.OutOfMemoryError, MemoryError))
 
@@ -205,7 +205,7 @@ def classify_failure(error: Exception) -> tuple[str, str]:
     # has the exception itself.
     text = "\n".join(str(f) for f in failures) if failures else f"{type(error).__name__}: {error}"
     causes = [c for f in failures or [error] for c in _causes(f)]
-    from ftray.recipe import DivergedError
+    from ftray.train.recipe import DivergedError
 
     if any(is_out_of_memory(c) for c in causes):
         return "did-not-fit", _reason(causes, text)
@@ -230,7 +230,7 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def _reason(causes: list[BaseException], text: str) -> str:
     """The message of ftray's own error among the causes, else the last line of the failure."""
-    from ftray.recipe import DidNotFitError, DivergedError
+    from ftray.train.recipe import DidNotFitError, DivergedError
 
     own = [c for c in causes if isinstance(c, (DidNotFitError, DivergedError))]
     return str(own[0])[:500] if own else _last_line(text)

@@ -7,12 +7,12 @@ import math
 
 from dataclasses import asdict
 
-from ftray import runfolder as rf
+from ftray.results import runfolder as rf
 from ftray import storage as st
-from ftray.config import SETTINGS
-from ftray.frontier import analyse, decide_front, test_score, trial_intervals
-from ftray.metrics import sign
-from ftray.stats import format_count
+from ftray.spec.config import SETTINGS
+from ftray.results.frontier import analyse, decide_front, test_score, trial_intervals
+from ftray.tasks.metrics import sign
+from ftray.results.stats import format_count
 
 def load_run(run_dir: str) -> dict:
     """The run as one JSON-able dict: objective, trials (with metrics and status) and frontier (the one
@@ -99,7 +99,7 @@ _BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_toke
 
 
 def _task_metric_keys(result: dict) -> list[str]:
-    from ftray.tracking import NOT_LOGGED
+    from ftray.driver.tracking import NOT_LOGGED
 
     tune_keys = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
                  "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore"}
@@ -214,7 +214,7 @@ def write_report_files(run: dict, report: dict) -> list[str]:
     """frontier.csv, report.json and the PNGs, into the run folder (local or a storage URI)."""
     import tempfile
 
-    from ftray.plots import write_plots
+    from ftray.results.plots import write_plots
 
     run_dir = run["run_dir"]
     written = []
@@ -266,7 +266,7 @@ def format_report(run: dict, report: dict) -> str:
 
 def _scores_table(run: dict, a: dict) -> list[str]:
     """Each scored trial's validation score (what selection used) and test score, with intervals."""
-    from ftray.stats import format_interval
+    from ftray.results.stats import format_interval
 
     iv = a.get("intervals") or {}
     if not iv.get("trials") and a.get("source") != "test":
@@ -293,7 +293,7 @@ def _scores_table(run: dict, a: dict) -> list[str]:
 
 def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
     """The ladder steps and data doublings, each with its paired interval and what it says."""
-    from ftray.stats import format_interval
+    from ftray.results.stats import format_interval
 
     def said(step: dict) -> str:
         ans = step.get("answer")

@@ -134,8 +134,8 @@ class TrialConfig:
 
     @property
     def layout(self):
-        """How the trial's micro-batches become rows (ftray.data.Layout)."""
-        from ftray.data import Layout
+        """How the trial's micro-batches become rows (ftray.train.data.Layout)."""
+        from ftray.train.data import Layout
 
         return Layout(self.pad_to_multiple, (self.pack_length or self.max_length) if self.pack else None)
 

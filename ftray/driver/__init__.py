@@ -1,0 +1,2 @@
+"""The sweep's driver: checks before Ray starts, Ray start-up, the search (Tune, Optuna, schedulers),
+the trial function, resources, held-out scoring as Ray tasks, and W&B."""
