@@ -36,7 +36,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 

@@ -197,7 +197,7 @@ def check_storage(storage: str) -> None:
         # Inside `ray job submit` the working directory is Ray's unpacked copy of --working-dir.
         print(f"ftray: warning: storage {st.redact(storage)!r} is relative, so results go into the job's copy of its "
               f"working directory ({os.getcwd()}), which Ray may delete; pass --storage with an absolute path "
-              "on shared storage or a URI (s3://...)", flush=True)
+              "on shared storage or a URI (s3://...)", file=sys.stderr, flush=True)
     st.check_writable(st.normalize(storage), field="storage")
 
 
