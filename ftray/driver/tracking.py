@@ -16,10 +16,8 @@ from ray import tune
 
 from ftray.spec.config import TrialConfig
 from ftray.results.frontier import test_score
+from ftray.results.runfolder import TUNE_LABELS
 from ftray.spec.sweep import WandB
-
-NOT_LOGGED = {"config", "trial_id", "experiment_tag", "date", "hostname", "node_ip", "pid", "checkpoint_path",
-              "checkpoint_dir_name", "should_checkpoint", "done", "trial_log_path", "experiment_id"}
 
 
 # WANDB_MODE values wandb accepts, as the mode ftray passes to wandb.init.
@@ -140,7 +138,7 @@ class WandbTracking(tune.Callback):
         run = self._run(trial)
         if run is None:
             return
-        row = {k: v for k, v in result.items() if k not in NOT_LOGGED and _is_number(v)}
+        row = {k: v for k, v in result.items() if k not in TUNE_LABELS and _is_number(v)}
         if "trainable_params" in result and "trainable_params" not in run.config:
             run.config.update({"trainable_params": result["trainable_params"], "params": result.get("params")},
                               allow_val_change=True)

@@ -99,13 +99,9 @@ _BOOKKEEPING = {"step", "total_steps", "train_loss", "lr", "tokens", "train_toke
 
 
 def _task_metric_keys(result: dict) -> list[str]:
-    from ftray.driver.tracking import NOT_LOGGED
-
-    tune_keys = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
-                 "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore"}
     return [k for k, v in result.items()
-            if k not in _BOOKKEEPING and k not in NOT_LOGGED and k not in tune_keys and not k.startswith("base_")
-            and isinstance(v, (int, float))]
+            if k not in _BOOKKEEPING and k not in rf.TUNE_LABELS and k not in rf.TUNE_COUNTERS
+            and not k.startswith("base_") and isinstance(v, (int, float))]
 
 
 def _finite(v):
