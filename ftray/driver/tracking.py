@@ -15,7 +15,6 @@ from typing import Callable, Mapping
 from ray import tune
 
 from ftray.spec.config import TrialConfig
-from ftray.results.frontier import test_score
 from ftray.results.runfolder import TUNE_LABELS
 from ftray.spec.sweep import WandB
 
@@ -196,12 +195,11 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
     columns = ["trial", "model", "params", "lora_rank", "data_fraction", "lr", "seed", "objective", "test_objective",
                "interval_lo", "interval_hi", "interval_rows", "base_objective", "wall_s", "on_front", "status"]
     table = wandb.Table(columns=columns)
-    for t in report["trials"]:
-        iv = intervals.get(t["id"]) or {}
-        test = test_score(t, metric)
-        table.add_data(t["id"], t["model"], t["params"], t["lora_rank"], t["data_fraction"], t["lr"],
-                       t["config"].get("seed"), t["objective"], test, iv.get("lo"), iv.get("hi"), iv.get("n"),
-                       t["base_objective"], t["wall_s"], t["id"] in front, t["reason"] or t["status"])
+    for t in run["trials"]:
+        iv = intervals.get(t.id) or {}
+        table.add_data(t.id, t.model, t.params, t.lora_rank, t.data_fraction, t.lr, t.seed, t.objective,
+                       t.test_score(metric), iv.get("lo"), iv.get("hi"), iv.get("n"), t.base_objective, t.wall_s,
+                       t.id in front, t.reason or t.status)
     wb = wandb.init(
         project=settings.project, entity=settings.entity, group=group, job_type="frontier-summary",
         id=f"{group}-summary", name=f"{group}-frontier", dir=local_dir, mode=mode, resume="allow",
