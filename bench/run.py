@@ -280,9 +280,9 @@ def _params(model: str) -> int:
 
 def _hv(points, ref) -> float:
     from ftray.results.frontier import front_hypervolume
+    from ftray.results.trialresult import TrialResult
 
-    trials = [{"id": str(i), "objective": v, "params": p, "status": "TERMINATED", "reason": None}
-              for i, (v, p) in enumerate(points)]
+    trials = [TrialResult(id=str(i), status="TERMINATED", objective=v, params=p) for i, (v, p) in enumerate(points)]
     return front_hypervolume(trials, "min", ref)
 
 

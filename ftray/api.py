@@ -18,6 +18,7 @@ class RunResult:
     run_dir: str
     report: dict  # `ftray report RUN_DIR --json`: trials, frontier, analysis
     text: str  # the report as printed
+    trials: tuple = ()  # the trials (results.trialresult.TrialResult), typed: what report["trials"] shows as JSON
 
     @property
     def frontier(self) -> list[str]:
@@ -76,4 +77,4 @@ def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quie
         shown = st.redact(run["run_dir"])
         print(f"\n{text}\n\nrun folder: {shown}\nreport:     ftray report {shown}   "
               "(files: frontier.csv, report.json, *.png)", flush=True)
-    return RunResult(run["run_dir"], report, text)
+    return RunResult(run["run_dir"], report, text, tuple(run["trials"]))

@@ -114,8 +114,8 @@ def cmd_resume(args) -> int:
 
 def _status(result) -> int:
     """1 when every trial failed (nothing to report on), else 0."""
-    trials = result.report["trials"]
-    return 1 if trials and all(t["status"] == "ERROR" for t in trials) else 0
+    trials = result.trials
+    return 1 if trials and all(t.status == "ERROR" for t in trials) else 0
 
 
 def cmd_validate(args) -> int:

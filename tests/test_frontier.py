@@ -1,20 +1,21 @@
 """Frontier analysis on hand-built result sets whose answers are worked out here."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from ftray.results.frontier import (analyse, cost_front, front_hypervolume, hypervolume_2d, iteration_time, leverage,
                             setting_effects, smallest_meeting_target, trial_front)
+from ftray.results.trialresult import TrialResult
 
 
 def trial(id, model, params, objective, data=1.0, rank=8, lr=1e-3, status="TERMINATED", reason=None, wall=10.0,
           acc=2, tokens=1000, base=None):
-    return {"id": id, "model": model, "params": params, "objective": objective, "data_fraction": data,
-            "lora_rank": rank, "lr": lr, "status": status, "reason": reason, "wall_s": wall, "accelerators": acc,
-            "tokens": tokens, "base_objective": base,
-            "config": {"model": model, "lora_rank": rank, "lr": lr, "data_fraction": data}}
+    return TrialResult(id=id, status=status, reason=reason, model=model, params=params, objective=objective,
+                       base_objective=base, wall_s=wall, accelerators=acc, tokens=tokens,
+                       config={"model": model, "lora_rank": rank, "lr": lr, "data_fraction": data})
 
 
 def test_front_ties_and_domination():
@@ -111,9 +112,6 @@ def test_a_control_of_the_same_size_is_compared_beside_the_ladder_not_stepped_on
     from ftray.results.frontier import trial_front
     from ftray.results.report import format_report
 
-    extra = {"trainable_params": 1, "metrics": {}, "train_loss": None, "first_train_loss": None, "restarts": 0,
-             "steps": 10, "stopped_early": False, "checkpoint": None, "trial_dir": "/x", "outcome": None}
-    trials = [{**t, **extra} for t in trials]
     run = {"run_dir": "/tmp/r", "objective": {"metric": "score", "mode": "max"}, "trials": trials,
            "frontier": trial_front(trials, "max")}
     text = format_report(run, {"analysis": analyse(trials, "score", "max")})
@@ -134,7 +132,7 @@ def test_setting_effects_rank_what_matters():
 def test_iteration_time_and_cost_front():
     trials = [trial("a", "s", 10, 0.5, wall=10, acc=2), trial("b", "s", 10, 0.6, wall=30, acc=2),
               trial("c", "m", 50, 0.7, wall=100, acc=4), trial("d", "m", 50, None, status="ERROR", reason="error", wall=5)]
-    trials[0]["step_s"], trials[1]["step_s"] = 0.1, 0.3  # the m trials never reported a step time
+    trials[0], trials[1] = replace(trials[0], step_s=0.1), replace(trials[1], step_s=0.3)  # m's never reported one
     it = iteration_time(trials)
     assert it["per_model"]["s"]["median_s"] == 20 and it["per_model"]["m"]["median_s"] == 52.5
     assert it["per_model"]["s"]["median_step_s"] == pytest.approx(0.2) and it["per_model"]["m"]["median_step_s"] is None
@@ -146,12 +144,11 @@ def test_iteration_time_and_cost_front():
 def test_default_reference_lies_past_the_worst_trial():
     from ftray.results.frontier import default_reference
 
-    done = {"status": "TERMINATED", "reason": None}
-    trials = [{"id": "a", "objective": 0.2, "params": 100, **done}, {"id": "b", "objective": 0.6, "params": 1000, **done}]
+    trials = [TrialResult("a", "TERMINATED", objective=0.2, params=100), TrialResult("b", "TERMINATED", objective=0.6, params=1000)]
     assert default_reference([trials], "max") == (pytest.approx(0.16), 2000)
     assert default_reference([trials], "min") == (pytest.approx(0.64), 2000)
     # One trial, or all equal: the front still has an area.
-    one = [{"id": "a", "objective": 3.0, "params": 100, **done}]
+    one = [TrialResult("a", "TERMINATED", objective=3.0, params=100)]
     ref = default_reference([one], "min")
     assert ref == (pytest.approx(3.3), 200)
     assert front_hypervolume(one, "min", ref) > 0
@@ -163,7 +160,7 @@ def with_rows(t, rate, n=200, seed=0):
     u = np.random.default_rng(99).random(n)
     noise = np.random.default_rng(seed).random(n)
     hits = np.where(noise < 0.5, u < rate, noise - 0.5 < rate / 2).astype(float)
-    return {**t, "objective": float(hits.mean()), "rows": {"score": [[h, 1.0] for h in hits]}}
+    return replace(t, objective=float(hits.mean()), rows={"score": [[h, 1.0] for h in hits]})
 
 
 def test_setting_effects_carry_intervals_and_decide():
@@ -187,7 +184,7 @@ def test_analyse_keeps_its_keys_and_adds_the_evidence():
                 "setting_effects", "iteration_time", "finetune_gain", "failed", "verdicts",
                 "source", "intervals", "decisions", "power_law"):
         assert key in a, key
-    assert a["source"] == "validation" and set(a["intervals"]["trials"]) == {t["id"] for t in trials}
+    assert a["source"] == "validation" and set(a["intervals"]["trials"]) == {t.id for t in trials}
     assert a["decisions"][0]["question"] == "leverage" and a["decisions"][1]["question"] == "target"
     assert a["power_law"] == {"fitted": False, "reason": "needs 3+ model sizes and 3+ data fractions (this sweep "
                                                          "has 2 and 2)"}
@@ -207,10 +204,8 @@ def test_format_report_prints_intervals_and_undecided_lines():
     from ftray.results.frontier import trial_front as front
     from ftray.results.report import format_report
 
-    extra = {"trainable_params": 1, "metrics": {}, "train_loss": None, "first_train_loss": None, "restarts": 0,
-             "steps": 10, "stopped_early": False, "checkpoint": None, "trial_dir": "/x", "outcome": None}
     # Two sizes, two fractions, 64 rows, gains of a point: nothing here can be decided.
-    trials = [{**with_rows(trial(f"{m}{f}", m, p, 0, data=f), 0.5 + 0.01 * i, n=64, seed=i * 2 + j), **extra}
+    trials = [with_rows(trial(f"{m}{f}", m, p, 0, data=f), 0.5 + 0.01 * i, n=64, seed=i * 2 + j)
               for i, (m, p) in enumerate([("s", 100), ("m", 400)]) for j, f in enumerate((0.5, 1.0))]
     run = {"run_dir": "/tmp/r", "objective": {"metric": "score", "mode": "max"}, "trials": trials,
            "frontier": front(trials, "max")}

@@ -73,9 +73,9 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
         """What the real one writes (each finished trial's adapter on the test rows), without a model:
         pruning must run after it."""
         for t in run["trials"]:
-            test = TRIALS[t["id"]][2]
-            rf.write_test_scores(t["trial_dir"], rf.TestScores({"slot_f1": test}, {"slot_f1": rows(test)}, ROWS, ROWS,
-                                                               t["checkpoint"]))
+            test = TRIALS[t.id][2]
+            rf.write_test_scores(t.trial_dir, rf.TestScores({"slot_f1": test}, {"slot_f1": rows(test)}, ROWS, ROWS,
+                                                            t.checkpoint))
         return len(run["trials"])
 
     monkeypatch.setattr(scoring, "score_held_out", score_held_out)
@@ -86,8 +86,8 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
     assert result.report["analysis"]["frontier_params"] == test_front
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == test_front  # a and c, the validation front, lost theirs; the verdicts' front did not
-    after = {t["id"]: t for t in load_run(str(run_dir))["trials"]}
-    assert [i for i, t in after.items() if t["checkpoint"]] == test_front
+    after = {t.id: t for t in load_run(str(run_dir))["trials"]}
+    assert [i for i, t in after.items() if t.checkpoint] == test_front
 
     with open(run_dir / "frontier.csv", newline="") as f:
         table = list(csv.DictReader(f))

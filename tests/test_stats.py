@@ -3,12 +3,15 @@ right verdict, the intervals' coverage and the power law's exponents are known i
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from ftray.results import stats
 from ftray.results.frontier import analyse, leverage
+from ftray.results.runfolder import TestScores
+from ftray.results.trialresult import TrialResult
 
 LADDER = [("s", 100_000), ("m", 400_000), ("l", 1_600_000)]
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -31,16 +34,16 @@ def make_trials(rate, n_rows=400, seeds=(0,), rho=0.5, seed=0, metric="acc", tes
                 def draw(u):
                     return np.where(rng.random(len(u)) < rho, u < p, rng.random(len(u)) < p).astype(float)
                 hits = draw(difficulty)
-                t = {"id": f"{model}-{f:g}-{s}", "model": model, "params": params, "objective": float(hits.mean()),
-                     "data_fraction": f, "lora_rank": 8, "lr": 1e-3, "status": "TERMINATED", "reason": None,
-                     "wall_s": 10.0, "accelerators": 1, "tokens": 100, "base_objective": None,
-                     "config": {"model": model, "data_fraction": f, "lr": 1e-3, "seed": s},
-                     "rows": {metric: [[h, 1.0] for h in hits]}}
+                test = None
                 if test_rows:
                     th = draw(test_difficulty)
-                    t["test"] = {"metrics": {metric: float(th.mean())}, "rows": {metric: [[h, 1.0] for h in th]},
-                                 "n": test_rows, "of": test_rows}
-                trials.append(t)
+                    test = TestScores({metric: float(th.mean())}, {metric: [[h, 1.0] for h in th]}, test_rows,
+                                      test_rows, checkpoint="")
+                trials.append(TrialResult(
+                    id=f"{model}-{f:g}-{s}", status="TERMINATED", model=model, params=params,
+                    objective=float(hits.mean()), wall_s=10.0, accelerators=1, tokens=100,
+                    config={"model": model, "data_fraction": f, "lr": 1e-3, "seed": s},
+                    rows={metric: [[h, 1.0] for h in hits]}, test=test))
     return trials
 
 
@@ -148,8 +151,8 @@ def test_the_reports_interval_for_a_trial_is_bootstrap_ci_of_its_rows():
     trials = make_trials(lambda i, p, f: [0.02, 0.3, 0.6][i], n_rows=16)
     a = analyse(trials, "acc", "max")
     for t in trials[::4]:
-        alone = stats.bootstrap_ci(t["rows"]["acc"])
-        shown = a["intervals"]["trials"][t["id"]]
+        alone = stats.bootstrap_ci(t.rows["acc"])
+        shown = a["intervals"]["trials"][t.id]
         assert shown["lo"] == pytest.approx(alone["lo"], abs=1e-12) and shown["hi"] == pytest.approx(alone["hi"], abs=1e-12)
 
 
@@ -241,8 +244,8 @@ def test_a_same_size_control_gets_its_own_paired_line_and_leaves_the_levers_alon
     # +0.2 per 4x step; beside m, a control of m's size that scores 0.1 at every fraction.
     trials = make_trials(lambda i, p, f: 0.3 + 0.2 * i)
     control = make_trials(lambda i, p, f: 0.1, seed=1)
-    trials += [dict(t, id="ctl-" + t["id"], model="m-random", config=dict(t["config"], model="m-random"))
-               for t in control if t["model"] == "m"]
+    trials += [replace(t, id="ctl-" + t.id, model="m-random", config=dict(t.config, model="m-random"))
+               for t in control if t.model == "m"]
     lev = leverage(trials, "max", "acc")
     assert lev["decision"]["answer"] == "model", lev["decision"]["text"]
     assert [(s["from"], s["to"]) for s in lev["model"]["steps"]] == [("s", "m"), ("m", "l")] * 3
@@ -287,12 +290,9 @@ def test_repeats_put_seed_noise_into_the_interval():
 def test_the_same_scores_give_the_same_intervals_whatever_the_trial_ids():
     """Tune names trials anew in every run (random ids, so another order): a report of the same scores
     must not move. Repeats are where the order used to matter (the draw of seeds)."""
-    import copy
-
     trials = make_trials(lambda i, p, f: 0.5 + 0.02 * i, seeds=(0, 1, 2), seed_sd=0.08, seed=1)
-    renamed = copy.deepcopy(trials)
-    for k, t in enumerate(renamed):
-        t["id"] = f"z{len(renamed) - k:04d}"  # other ids, sorting in the reverse order
+    # Other ids, sorting in the reverse order.
+    renamed = [replace(t, id=f"z{len(trials) - k:04d}") for k, t in enumerate(trials)]
     first, second = analyse(trials, "acc", "max"), analyse(list(reversed(renamed)), "acc", "max")
     strip = lambda cs: sorted((c["model"], c["data_fraction"], c["interval"]["lo"], c["interval"]["hi"]) for c in cs)
     assert strip(first["intervals"]["cells"]) == strip(second["intervals"]["cells"])
@@ -304,7 +304,7 @@ def test_target_met_with_confidence_or_on_the_point_estimate_only():
     sure = analyse(trials, "acc", "max", target=0.6)["target"]
     assert sure["result"]["model"] == "m" and sure["confidence"] == "met with confidence"
     # A target just under m's score: m meets it on the point estimate; l is the first to be sure.
-    m_best = max(t["objective"] for t in trials if t["model"] == "m")
+    m_best = max(t.objective for t in trials if t.model == "m")
     close = analyse(trials, "acc", "max", target=m_best - 0.005)["target"]
     assert close["result"]["model"] == "m" and close["confidence"] == "met on the point estimate only"
     assert close["with_confidence"]["model"] == "l"
@@ -329,7 +329,7 @@ def test_power_law_recovers_known_exponents():
     x = law["extrapolation"]
     assert x["lo"] <= 1e5 * 0.4 ** (-1 / 0.3) <= x["hi"] and x["beyond_sweep"]
     assert "power law" in law["text"]
-    two = [t for t in trials if t["data_fraction"] != 0.5]
+    two = [t for t in trials if t.data_fraction != 0.5]
     assert not analyse(two, "acc", "max")["power_law"]["fitted"]  # 2 fractions: no fit
 
 
@@ -338,18 +338,16 @@ def test_held_out_test_scores_lead_and_the_output_is_strict_json():
     a = analyse(trials, "acc", "max", target=0.5)
     assert a["source"] == "test" and a["intervals"]["rows"] == [150]
     t0 = trials[0]
-    assert a["intervals"]["trials"][t0["id"]]["value"] == t0["test"]["metrics"]["acc"]
-    assert a["intervals"]["validation"][t0["id"]]["value"] == t0["objective"]
+    assert a["intervals"]["trials"][t0.id]["value"] == t0.test.metrics["acc"]
+    assert a["intervals"]["validation"][t0.id]["value"] == t0.objective
     assert a["verdicts"][0].startswith("numbers are on 150 held-out test rows")
     json.dumps(a, allow_nan=False)
-    trials[0]["test"] = None  # one trial without test scores: everything stays on validation
+    trials[0] = replace(trials[0], test=None)  # one trial without test scores: everything stays on validation
     assert analyse(trials, "acc", "max")["source"] == "validation"
 
 
 def test_without_rows_there_are_no_intervals_and_the_report_says_so():
-    trials = make_trials(lambda i, p, f: 0.3 + 0.2 * i)
-    for t in trials:
-        t.pop("rows")
+    trials = [replace(t, rows=None) for t in make_trials(lambda i, p, f: 0.3 + 0.2 * i)]
     a = analyse(trials, "acc", "max", target=0.6)
     assert "point estimates only" in a["leverage"]["verdict"] and "bigger model" in a["leverage"]["verdict"]
     assert a["intervals"]["trials"] == {} and a["target"]["confidence"] == "no interval"

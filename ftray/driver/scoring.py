@@ -22,13 +22,14 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from ftray import storage as st
 from ftray.spec.config import TrialConfig
 from ftray.errors import FtrayInputError, ScoringFailed
 from ftray.results.frontier import trial_front
+from ftray.results.trialresult import TrialResult
 
 if TYPE_CHECKING:
     from ftray.train.evaluate import Scores
@@ -224,24 +225,24 @@ def ray_running(log: Log | None, address: str | None = None) -> Iterator[None]:
         ray.shutdown()
 
 
-def _jobs(trials: Sequence[dict], sweep, checkpoints: Mapping[str, str], log: Log | None,
+def _jobs(trials: Sequence[TrialResult], sweep, checkpoints: Mapping[str, str], log: Log | None,
           batch_size: int = SCORE_BATCH) -> list[ScoringJob]:
     import ray
 
     cluster = ray.cluster_resources()
-    need = {m: scoring_resources(sweep, m, cluster, log) for m in dict.fromkeys(t["model"] for t in trials)}
-    return [ScoringJob(trial_id=t["id"], model=sweep.model(t["model"]), checkpoint=checkpoints[t["id"]],
-                       task=sweep.task, resources=need[t["model"]], batch_size=batch_size) for t in trials]
+    need = {m: scoring_resources(sweep, m, cluster, log) for m in dict.fromkeys(t.model for t in trials)}
+    return [ScoringJob(trial_id=t.id, model=sweep.model(t.model), checkpoint=checkpoints[t.id],
+                       task=sweep.task, resources=need[t.model], batch_size=batch_size) for t in trials]
 
 
-def _shippable_checkpoints(trials: Sequence[dict]) -> dict[str, str]:
+def _shippable_checkpoints(trials: Sequence[TrialResult]) -> dict[str, str]:
     """Each trial's checkpoint URI with its credentials moved into this process's environment: called
     before Ray starts, so a local Ray's workers inherit them and no task argument carries them."""
-    return {t["id"]: st.without_credentials(t["checkpoint"]) for t in trials}
+    return {t.id: st.without_credentials(t.checkpoint) for t in trials}
 
 
-def _progress(log: Log | None, trials: Sequence[dict], metric: str, n: int) -> Callable[[ScoredTrial], None]:
-    models = {t["id"]: t["model"] for t in trials}
+def _progress(log: Log | None, trials: Sequence[TrialResult], metric: str, n: int) -> Callable[[ScoredTrial], None]:
+    models = {t.id: t.model for t in trials}
 
     def say(result: ScoredTrial) -> None:
         if log:
@@ -253,7 +254,7 @@ def _progress(log: Log | None, trials: Sequence[dict], metric: str, n: int) -> C
     return say
 
 
-def _score(trials: Sequence[dict], sweep, examples: Sequence[Example], what: str, log: Log | None,
+def _score(trials: Sequence[TrialResult], sweep, examples: Sequence[Example], what: str, log: Log | None,
            ray_address: str | None, metric: str, on_scored: Callable[[ScoredTrial], None] | None = None,
            batch_size: int = SCORE_BATCH) -> list[ScoredTrial]:
     """The trials' adapters scored on `examples` as Ray tasks (Ray started for it where none runs), each
@@ -291,20 +292,20 @@ def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: s
         split = sweep.task.examples("test") if n else []
     except HubUnavailable:
         split = []
-    todo = [t for t in run["trials"] if t["objective"] is not None and t["checkpoint"]]
+    todo = [t for t in run["trials"] if t.objective is not None and t.checkpoint]
     if not split or not todo:
         return 0
     examples = [split[i] for i in nested_subset(len(split), min(1.0, n / len(split)), seed=0)]
-    todo = [t for t in todo if (old := rf.read_test_scores(t["trial_dir"])) is None
-            or (old.checkpoint, old.n) != (t["checkpoint"], len(examples))]
+    todo = [t for t in todo if (old := rf.read_test_scores(t.trial_dir)) is None
+            or (old.checkpoint, old.n) != (t.checkpoint, len(examples))]
     if not todo:
         return 0
-    by_id = {t["id"]: t for t in todo}
+    by_id = {t.id: t for t in todo}
 
     def write(result: ScoredTrial) -> None:
         t = by_id[result.trial_id]
-        rf.write_test_scores(t["trial_dir"], rf.TestScores(result.scores.metrics, result.scores.rows, len(examples),
-                                                           len(split), t["checkpoint"]))
+        rf.write_test_scores(t.trial_dir, rf.TestScores(result.scores.metrics, result.scores.rows, len(examples),
+                                                        len(split), t.checkpoint))
 
     _score(todo, sweep, examples, f"trials on {len(examples)} held-out test rows (of {len(split)})", log,
            ray_address, sweep.objective, on_scored=write)
@@ -335,21 +336,20 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
     if not examples:
         raise FtrayInputError(f"{data_file} holds no rows")
     obj = run["objective"]
-    front = [t for t in run["trials"] if t["id"] in set(run["frontier"])]
+    front = [t for t in run["trials"] if t.id in set(run["frontier"])]
     if not front:
         raise FtrayInputError(f"{st.redact(run['run_dir'])}: no trial is on the frontier, so there is nothing to score")
     for t in front:
-        if not t.get("checkpoint"):
-            raise FtrayInputError(f"trial {t['id']} has no checkpoint left to score")
+        if not t.checkpoint:
+            raise FtrayInputError(f"trial {t.id} has no checkpoint left to score")
     scored = {r.trial_id: r.scores.metrics
               for r in _score(front, sweep, examples, f"frontier trials on {len(examples)} rows of {data_file}", log,
                               ray_address, obj["metric"], batch_size=batch_size)}
-    rows = [dict(t, old_objective=t["objective"], objective=scored[t["id"]][obj["metric"]], new_metrics=scored[t["id"]])
-            for t in front]
-    new_front = trial_front(rows, obj["mode"])
+    new_front = trial_front([replace(t, objective=scored[t.id][obj["metric"]]) for t in front], obj["mode"])
     return {"run_dir": st.redact(run["run_dir"]), "data": os.path.abspath(data_file), "rows": len(examples),
-            "objective": obj, "trials": [{k: r[k] for k in ("id", "model", "params", "old_objective", "objective",
-                                                             "new_metrics")} for r in rows],
+            "objective": obj, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective,
+                                          "objective": scored[t.id][obj["metric"]], "new_metrics": scored[t.id]}
+                                         for t in front],
             "frontier_before": run["frontier"], "frontier_after": new_front}
 
 

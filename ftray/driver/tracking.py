@@ -15,11 +15,8 @@ from typing import Callable, Mapping
 from ray import tune
 
 from ftray.spec.config import TrialConfig
-from ftray.results.frontier import test_score
+from ftray.results.runfolder import TUNE_LABELS
 from ftray.spec.sweep import WandB
-
-NOT_LOGGED = {"config", "trial_id", "experiment_tag", "date", "hostname", "node_ip", "pid", "checkpoint_path",
-              "checkpoint_dir_name", "should_checkpoint", "done", "trial_log_path", "experiment_id"}
 
 
 # WANDB_MODE values wandb accepts, as the mode ftray passes to wandb.init.
@@ -140,7 +137,7 @@ class WandbTracking(tune.Callback):
         run = self._run(trial)
         if run is None:
             return
-        row = {k: v for k, v in result.items() if k not in NOT_LOGGED and _is_number(v)}
+        row = {k: v for k, v in result.items() if k not in TUNE_LABELS and _is_number(v)}
         if "trainable_params" in result and "trainable_params" not in run.config:
             run.config.update({"trainable_params": result["trainable_params"], "params": result.get("params")},
                               allow_val_change=True)
@@ -198,12 +195,11 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
     columns = ["trial", "model", "params", "lora_rank", "data_fraction", "lr", "seed", "objective", "test_objective",
                "interval_lo", "interval_hi", "interval_rows", "base_objective", "wall_s", "on_front", "status"]
     table = wandb.Table(columns=columns)
-    for t in report["trials"]:
-        iv = intervals.get(t["id"]) or {}
-        test = test_score(t, metric)
-        table.add_data(t["id"], t["model"], t["params"], t["lora_rank"], t["data_fraction"], t["lr"],
-                       t["config"].get("seed"), t["objective"], test, iv.get("lo"), iv.get("hi"), iv.get("n"),
-                       t["base_objective"], t["wall_s"], t["id"] in front, t["reason"] or t["status"])
+    for t in run["trials"]:
+        iv = intervals.get(t.id) or {}
+        table.add_data(t.id, t.model, t.params, t.lora_rank, t.data_fraction, t.lr, t.seed, t.objective,
+                       t.test_score(metric), iv.get("lo"), iv.get("hi"), iv.get("n"), t.base_objective, t.wall_s,
+                       t.id in front, t.reason or t.status)
     wb = wandb.init(
         project=settings.project, entity=settings.entity, group=group, job_type="frontier-summary",
         id=f"{group}-summary", name=f"{group}-frontier", dir=local_dir, mode=mode, resume="allow",

@@ -1,6 +1,6 @@
 """What the report's verdicts stand on: which scores (held-out test or validation), each cell's best
 configuration with its repeats, one bootstrap shared by every statistic, and what would decide a
-question the intervals leave open. Pure functions over trial records (no Ray).
+question the intervals leave open. Pure functions over `TrialResult`s (no Ray).
 """
 
 from __future__ import annotations
@@ -12,85 +12,61 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ftray.results import stats
+from ftray.results.trialresult import TrialResult
 from ftray.tasks.metrics import sign
 
 
-def is_scored(trial: Mapping) -> bool:
-    return trial.get("objective") is not None and trial.get("status") == "TERMINATED" and not trial.get("reason")
-
-
-def trial_rows(t: Mapping, metric: str) -> list | None:
-    """The trial's per-row (num, den) scores of `metric`, None for failed or older trials."""
-    if "_rows" in t:
-        return t["_rows"]
-    return (t.get("rows") or {}).get(metric) or None
-
-
-def test_score(trial: Mapping, metric: str) -> float | None:
-    """The trial's `metric` on the held-out test rows; None where it was not scored on them."""
-    return ((trial.get("test") or {}).get("metrics") or {}).get(metric)
-
-
-def on_test(trial: Mapping, metric: str) -> dict:
-    """The trial as its held-out test scores show it: objective and per-row scores from the test rows."""
-    v = {**trial, "_rows": ((trial.get("test") or {}).get("rows") or {}).get(metric) or None}
-    if is_scored(trial):
-        v["objective"] = test_score(trial, metric)
-    return v
-
-
-def source_view(trials: Sequence[Mapping], metric: str) -> tuple[str, list[dict], str | None]:
+def source_view(trials: Sequence[TrialResult], metric: str) -> tuple[str, list[TrialResult], str | None]:
     """("test" or "validation", the trials with objective and rows taken from it, a note for the report).
 
     Test scores are used only when every scored trial has them: a front that mixed test and
     validation scores would compare numbers measured on different rows.
     """
-    done = [t for t in trials if is_scored(t)]
-    tested = [t for t in done if test_score(t, metric) is not None]
+    done = [t for t in trials if t.scored]
+    tested = [t for t in done if t.test_score(metric) is not None]
     if done and len(tested) == len(done):
-        view = [on_test(t, metric) for t in trials]
-        sizes = sorted({(t["test"].get("n"), t["test"].get("of")) for t in tested}, key=str)
+        view = [t.on_test(metric) for t in trials]
+        sizes = sorted({(t.test.n, t.test.of) for t in tested}, key=str)
         n, of = sizes[0]
         rows = f"{n} held-out test rows" + (f" (of {of})" if of and of != n else "")
         return "test", view, (f"numbers are on {rows}; the validation rows chose each trial's checkpoint "
                               "and steered the search")
-    view = [{**t, "_rows": trial_rows(t, metric)} for t in trials]
     note = None
     if tested:
         note = (f"test scores exist for {len(tested)} of {len(done)} scored trials; the analysis uses validation "
                 "scores so that every trial is compared on the same rows")
-    return "validation", view, note
+    return "validation", list(trials), note
 
 
 class Evidence:
     """One set of draws for every trial that has rows: the same row weights for all of them, so any two
     statistics built from it are paired, and each number costs one matrix product (`stats.Draws`)."""
 
-    def __init__(self, trials: Iterable[Mapping], metric: str, level: float = stats.LEVEL,
+    def __init__(self, trials: Iterable[TrialResult], metric: str, level: float = stats.LEVEL,
                  n_boot: int = stats.RESAMPLES, seed: int = stats.SEED):
-        rows = {t["id"]: r for t in trials if (r := trial_rows(t, metric))}
+        rows = {t.id: r for t in trials if (r := t.metric_rows(metric))}
         self.level, self.n_boot, self.seed = level, n_boot, seed
         self.col = {i: j for j, i in enumerate(rows)}
         self.n_rows = {i: len(r) for i, r in rows.items()}
         self.draws = stats.resample_ratios(list(rows.values()), n_boot, seed) if rows else None
 
-    def covers(self, trials: Iterable[Mapping]) -> bool:
-        return all(t["id"] in self.col for t in trials)
+    def covers(self, trials: Iterable[TrialResult]) -> bool:
+        return all(t.id in self.col for t in trials)
 
-    def rows(self, trials: Iterable[Mapping]) -> int | None:
-        counts = [self.n_rows[t["id"]] for t in trials if t["id"] in self.n_rows]
+    def rows(self, trials: Iterable[TrialResult]) -> int | None:
+        counts = [self.n_rows[t.id] for t in trials if t.id in self.n_rows]
         return min(counts) if counts else None
 
-    def reps(self, group: Sequence[Mapping], seeds: bool = True) -> stats.Draws | None:
+    def reps(self, group: Sequence[TrialResult], seeds: bool = True) -> stats.Draws | None:
         """Draws of the group's mean score; `seeds`: draw its trials anew too (seed noise)."""
         if not group or not self.covers(group):
             return None
         # In the order of the trials' seeds, and keyed by the configuration and its seeds: the same
         # scores give the same interval in every run, though Tune names the trials anew each time.
-        group = sorted(group, key=lambda t: (str((t.get("config") or {}).get("seed")), t["id"]))
-        cols = [self.col[t["id"]] for t in group]
+        group = sorted(group, key=lambda t: (str(t.seed), t.id))
+        cols = [self.col[t.id] for t in group]
         if seeds:
-            key = config_key(group[0]) + repr([(t.get("config") or {}).get("seed") for t in group])
+            key = config_key(group[0]) + repr([t.seed for t in group])
             return stats.seed_resampled_means(self.draws, [cols], self.seed, keys=[key]).column(0)
         one = self.draws.columns(cols)
         return stats.Draws(one.low.mean(axis=1), one.high.mean(axis=1))
@@ -99,16 +75,16 @@ class Evidence:
         return None if reps is None else stats.summarize(value, reps, self.level, n)
 
 
-def mean_objective(group: Sequence[Mapping]) -> float:
-    return sum(t["objective"] for t in group) / len(group)
+def mean_objective(group: Sequence[TrialResult]) -> float:
+    return sum(t.objective for t in group) / len(group)
 
 
-def config_key(t: Mapping) -> str:
+def config_key(t: TrialResult) -> str:
     """A configuration without its seed: trials that share it are repeats."""
-    return json.dumps({k: v for k, v in (t.get("config") or {}).items() if k != "seed"}, sort_keys=True, default=str)
+    return json.dumps({k: v for k, v in t.config.items() if k != "seed"}, sort_keys=True, default=str)
 
 
-def best_group(trials: Sequence[Mapping], mode: str) -> list[Mapping]:
+def best_group(trials: Sequence[TrialResult], mode: str) -> list[TrialResult]:
     """The trials of the configuration with the best mean objective (over its seeds)."""
     groups: dict[str, list] = {}
     for t in trials:
@@ -117,12 +93,12 @@ def best_group(trials: Sequence[Mapping], mode: str) -> list[Mapping]:
     return max(sorted(groups.items()), key=lambda kv: (sign(mode) * mean_objective(kv[1]), len(kv[1])))[1]
 
 
-def cells(trials: Sequence[Mapping], mode: str) -> dict[tuple, dict]:
+def cells(trials: Sequence[TrialResult], mode: str) -> dict[tuple, dict]:
     """(params, model, data fraction) -> {"group": the best configuration's trials, "n": trials in the cell}."""
     by_cell: dict[tuple, list] = {}
     for t in trials:
-        if is_scored(t):
-            by_cell.setdefault((t["params"], t["model"], float(t["data_fraction"])), []).append(t)
+        if t.scored:
+            by_cell.setdefault((t.params, t.model, float(t.data_fraction)), []).append(t)
     return {k: {"group": best_group(v, mode), "n": len(v)} for k, v in sorted(by_cell.items())}
 
 
@@ -140,7 +116,7 @@ def seed_se(reps: stats.Draws | None, rows_only: stats.Draws | None) -> float:
     return math.sqrt(max(0.0, float(np.var(reps.centre, ddof=1) - np.var(rows_only.centre, ddof=1))))
 
 
-def rows_need(ev: Evidence, delta: float, rows_only: stats.Draws | None, trials: Sequence[Mapping],
+def rows_need(ev: Evidence, delta: float, rows_only: stats.Draws | None, trials: Sequence[TrialResult],
               reps: stats.Draws | None = None) -> dict | None:
     """More evaluation rows, by the power calculation on the row-only spread of this statistic (with
     the seeds' part, which rows do not shrink, held fixed); None when rows cannot decide it."""
@@ -155,7 +131,7 @@ def rows_need(ev: Evidence, delta: float, rows_only: stats.Draws | None, trials:
                     "alpha 0.05, from the observed paired variance (Miller 2024)"}
 
 
-def seed_need(groups: Sequence[Sequence[Mapping]], delta: float, reps: stats.Draws | None,
+def seed_need(groups: Sequence[Sequence[TrialResult]], delta: float, reps: stats.Draws | None,
               rows_only: stats.Draws | None) -> dict:
     """Repeats: none yet (seed noise is not in the interval), or how many seeds per cell would let the
     seeds' part of the error fit under the difference (their mean's error shrinks as 1 / sqrt(seeds))."""
@@ -187,11 +163,11 @@ def trials_need(cell_map: Mapping[tuple, dict]) -> dict | None:
     return {"kind": "trials", "cells": [list(c) for c in missing], "text": f"more trials at {named}"}
 
 
-def target_check(trials: Sequence[Mapping], target: float, mode: str, ev: Evidence, hit: Mapping | None) -> dict:
+def target_check(trials: Sequence[TrialResult], target: float, mode: str, ev: Evidence, hit: Mapping | None) -> dict:
     """Whether the point-estimate answer meets the target with confidence (its bound past the target),
     and the smallest model that does."""
     up = sign(mode)
-    scored = [t for t in trials if is_scored(t)]
+    scored = [t for t in trials if t.scored]
 
     def checked(group):
         iv = ev.interval(mean_objective(group), ev.reps(group), ev.rows(group))
@@ -200,21 +176,21 @@ def target_check(trials: Sequence[Mapping], target: float, mode: str, ev: Eviden
 
     out = {"confidence": None, "interval": None, "seeds": None, "with_confidence": None}
     if hit:
-        trial = next(t for t in scored if t["id"] == hit["trial"])
-        group = [t for t in scored if t["model"] == hit["model"] and config_key(t) == config_key(trial)]
+        trial = next(t for t in scored if t.id == hit["trial"])
+        group = [t for t in scored if t.model == hit["model"] and config_key(t) == config_key(trial)]
         iv, sure = checked(group)
         out["interval"], out["seeds"] = iv, len(group)
         out["confidence"] = ("no interval" if iv is None or iv["lo"] is None
                              else "met with confidence" if sure else "met on the point estimate only")
-    for params, model in sorted({(t["params"], t["model"]) for t in scored}):
+    for params, model in sorted({(t.params, t.model) for t in scored}):
         groups: dict[str, list] = {}
         for t in scored:
-            if t["model"] == model:
+            if t.model == model:
                 groups.setdefault(config_key(t), []).append(t)
         sure = [(iv, g) for iv, ok, g in ((*checked(g), g) for g in groups.values()) if ok]
         if sure:
             iv, g = max(sure, key=lambda x: up * x[0]["value"])
-            out["with_confidence"] = {"model": model, "params": params, "trials": [t["id"] for t in g],
+            out["with_confidence"] = {"model": model, "params": params, "trials": [t.id for t in g],
                                       "interval": iv}
             break
     return out

@@ -1,4 +1,4 @@
-"""Frontier analysis: pure functions over trial records (no Ray)."""
+"""Frontier analysis: pure functions over `TrialResult`s (no Ray)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Iterable, Mapping, Sequence
 
 from ftray.results import stats
 from ftray.tasks.metrics import sign
-from ftray.results.evidence import (Evidence, answer, cells, is_scored, mean_objective, on_test, power_law,  # noqa: F401
-                            rows_need, source_view, target_check, test_score)
+from ftray.results.evidence import (Evidence, answer, cells, mean_objective, power_law,  # noqa: F401
+                            rows_need, source_view, target_check)
 from ftray.results.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
+from ftray.results.trialresult import TrialResult
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]], mode: str) -> list[str]:
@@ -32,14 +33,14 @@ def pareto_front(points: Sequence[tuple[str, float, float]], mode: str) -> list[
     return front
 
 
-def trial_front(trials: Iterable[Mapping], mode: str, size_key: str = "params") -> list[str]:
-    """The frontier over finished trials with an objective, by parameter count (or another size)."""
-    points = [(t["id"], t["objective"], t[size_key]) for t in trials if is_scored(t)]
+def trial_front(trials: Iterable[TrialResult], mode: str) -> list[str]:
+    """The frontier over finished trials with an objective, by parameter count."""
+    points = [(t.id, t.objective, t.params) for t in trials if t.scored]
     points.sort(key=lambda p: (p[2], p[0]))
     return pareto_front(points, mode)
 
 
-def decide_front(trials: Sequence[Mapping], metric: str, mode: str) -> list[str]:
+def decide_front(trials: Sequence[TrialResult], metric: str, mode: str) -> list[str]:
     """The run's front, decided here once: by parameters, on held-out test scores where every scored
     trial has them, else on validation scores (`source_view`), as the report's verdicts read them.
 
@@ -66,56 +67,52 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, floa
     return area
 
 
-def _minimised(t: Mapping, mode: str, size_key: str, log_size: bool) -> tuple[float, float]:
-    size = float(t[size_key])
-    return (-sign(mode) * t["objective"],
+def _minimised(t: TrialResult, mode: str, log_size: bool) -> tuple[float, float]:
+    size = float(t.params)
+    return (-sign(mode) * t.objective,
             math.log10(size) if log_size else size)
 
 
-def front_hypervolume(trials: Iterable[Mapping], mode: str, ref: tuple[float, float], size_key: str = "params",
+def front_hypervolume(trials: Iterable[TrialResult], mode: str, ref: tuple[float, float],
                       log_size: bool = True) -> float:
     """Hypervolume of the scored trials in (objective, size) against `ref` = (objective, size) in the
     original units: an objective no better than ref[0] and a size no smaller than ref[1] add nothing.
     Size is taken as log10, so each 10x in parameters weighs the same."""
     ref_min = (-sign(mode) * ref[0], math.log10(ref[1]) if log_size else ref[1])
-    pts = [_minimised(t, mode, size_key, log_size) for t in trials if is_scored(t) and t.get(size_key)]
+    pts = [_minimised(t, mode, log_size) for t in trials if t.scored and t.params]
     return hypervolume_2d(pts, ref_min)
 
 
-def default_reference(runs: Sequence[Sequence[Mapping]], mode: str, size_key: str = "params",
+def default_reference(runs: Sequence[Sequence[TrialResult]], mode: str,
                       margin: float = 0.1) -> tuple[float, float]:
     """A reference point common to several runs: twice the largest size, and the worst objective seen
     made worse by `margin` of the objectives' range (of the value itself when all are equal), so
     that the worst trial on a front, or a front of one trial, still counts."""
-    scored = [t for trials in runs for t in trials if is_scored(t) and t.get(size_key)]
+    scored = [t for trials in runs for t in trials if t.scored and t.params]
     if not scored:
         return (0.0, 1.0)
-    values = [t["objective"] for t in scored]
+    values = [t.objective for t in scored]
     worst = min(values, key=lambda v: sign(mode) * v)
     span = (max(values) - min(values)) or abs(worst) or 1.0
     return (worst - sign(mode) * margin * span,
-            2.0 * max(t[size_key] for t in scored))
+            2.0 * max(t.params for t in scored))
 
 
-def cost_front(trials: Iterable[Mapping], mode: str, cost: str = "accelerator_s") -> list[str]:
+def cost_front(trials: Iterable[TrialResult], mode: str, cost: str = "accelerator_s") -> list[str]:
     """Pareto set over (objective, cost): accelerator seconds (wall x accelerators) or tokens."""
     points = []
     for t in trials:
-        if not is_scored(t):
+        if not t.scored:
             continue
         c = _cost(t, cost)
         if c is not None:
-            points.append((t["id"], t["objective"], c))
+            points.append((t.id, t.objective, c))
     points.sort(key=lambda p: (p[2], p[0]))
     return pareto_front(points, mode)
 
 
-def _cost(t: Mapping, cost: str) -> float | None:
-    if cost == "tokens":
-        return t.get("tokens")
-    if t.get("wall_s") is None:
-        return None
-    return t["wall_s"] * (t.get("accelerators") or 1)
+def _cost(t: TrialResult, cost: str) -> float | None:
+    return t.tokens if cost == "tokens" else t.accelerator_s
 
 
 # ---- the questions a team asks -------------------------------------------------------------------
@@ -123,26 +120,26 @@ def _better(a: float, b: float, mode: str) -> bool:
     return sign(mode) * (a - b) > 0
 
 
-def _best(trials: Iterable[Mapping], mode: str) -> Mapping | None:
+def _best(trials: Iterable[TrialResult], mode: str) -> TrialResult | None:
     best = None
     for t in trials:
-        if is_scored(t) and (best is None or _better(t["objective"], best["objective"], mode)):
+        if t.scored and (best is None or _better(t.objective, best.objective, mode)):
             best = t
     return best
 
 
-def smallest_meeting_target(trials: Iterable[Mapping], target: float, mode: str) -> dict | None:
+def smallest_meeting_target(trials: Iterable[TrialResult], target: float, mode: str) -> dict | None:
     """The smallest model whose best trial reaches `target`, with the margin (positive: past it)."""
-    meeting = [t for t in trials if is_scored(t) and sign(mode) * (t["objective"] - target) >= 0]
+    meeting = [t for t in trials if t.scored and sign(mode) * (t.objective - target) >= 0]
     if not meeting:
         return None
-    smallest = min(t["params"] for t in meeting)
-    best = _best([t for t in meeting if t["params"] == smallest], mode)
-    return {"model": best["model"], "params": best["params"], "trial": best["id"], "objective": best["objective"],
-            "margin": sign(mode) * (best["objective"] - target)}
+    smallest = min(t.params for t in meeting)
+    best = _best([t for t in meeting if t.params == smallest], mode)
+    return {"model": best.model, "params": best.params, "trial": best.id, "objective": best.objective,
+            "margin": sign(mode) * (best.objective - target)}
 
 
-def setting_effects(trials: Sequence[Mapping], mode: str, settings: Sequence[str] | None = None,
+def setting_effects(trials: Sequence[TrialResult], mode: str, settings: Sequence[str] | None = None,
                     continuous: Iterable[str] | None = None, metric: str = "objective",
                     evidence: Evidence | None = None) -> dict:
     """Within each model, how each swept setting moves the objective (what makes it better or worse).
@@ -152,12 +149,12 @@ def setting_effects(trials: Sequence[Mapping], mode: str, settings: Sequence[str
     minus the worst, so settings can be ranked by how much they matter. With per-row scores the
     effect has an interval that resamples rows and, within each group, its trials.
     """
-    scored = [t for t in trials if is_scored(t)]
+    scored = [t for t in trials if t.scored]
     ev = evidence or Evidence(scored, metric)
     out: dict = {}
-    for model in sorted({t["model"] for t in scored}):
-        group = [t for t in scored if t["model"] == model]
-        keys = settings or sorted({k for t in group for k in t.get("config", {})} - {"model", "model_params", "seed"})
+    for model in sorted({t.model for t in scored}):
+        group = [t for t in scored if t.model == model]
+        keys = settings or sorted({k for t in group for k in t.config} - {"model", "model_params", "seed"})
         effects = {key: e for key in keys if (e := _effect(group, key, mode, continuous, ev))}
         lines = []
         if effects:
@@ -175,10 +172,10 @@ def setting_effects(trials: Sequence[Mapping], mode: str, settings: Sequence[str
     return out
 
 
-def _effect(group: Sequence[Mapping], key: str, mode: str, continuous, ev: Evidence) -> dict | None:
+def _effect(group: Sequence[TrialResult], key: str, mode: str, continuous, ev: Evidence) -> dict | None:
     up = sign(mode)
-    pairs = [(t["config"][key], t) for t in group
-             if isinstance(t.get("config", {}).get(key), (int, float)) and not isinstance(t["config"][key], bool)]
+    pairs = [(t.config[key], t) for t in group
+             if isinstance(t.config.get(key), (int, float)) and not isinstance(t.config[key], bool)]
     values = sorted({v for v, _ in pairs})
     if len(values) < 2:
         return None
@@ -194,7 +191,7 @@ def _effect(group: Sequence[Mapping], key: str, mode: str, continuous, ev: Evide
         groups = {f"below {median:.3g}": [t for x, t in pairs if x < median],
                   f"{median:.3g} and above": [t for x, t in pairs if x >= median]}
     groups = {k: v for k, v in groups.items() if v}
-    means = {k: sum(t["objective"] for t in v) / len(v) for k, v in groups.items()}
+    means = {k: sum(t.objective for t in v) / len(v) for k, v in groups.items()}
     best, worst = max(means, key=lambda k: up * means[k]), min(means, key=lambda k: up * means[k])
     effect = up * (means[best] - means[worst])
     both = groups[best] + groups[worst]
@@ -207,7 +204,7 @@ def _effect(group: Sequence[Mapping], key: str, mode: str, continuous, ev: Evide
     iv = ev.interval(effect, reps, ev.rows(both))
     need = rows_need(ev, effect, rows, both, reps) if iv and answer(iv) != "better" else None
     return {"means": means, "counts": {k: len(v) for k, v in groups.items()}, "best": best, "worst": worst,
-            "effect": effect, "spearman": _spearman([v for v, _ in pairs], [t["objective"] for _, t in pairs]),
+            "effect": effect, "spearman": _spearman([v for v, _ in pairs], [t.objective for _, t in pairs]),
             "interval": iv, "answer": answer(iv, "better", "worse"), "rows_needed": need and need["rows"]}
 
 
@@ -235,17 +232,17 @@ def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sxy / (sx * sy) if sx and sy else None
 
 
-def iteration_time(trials: Sequence[Mapping]) -> dict:
+def iteration_time(trials: Sequence[TrialResult]) -> dict:
     """Wall time per trial for each model size, and what the whole sweep cost (failed trials too)."""
-    timed = [t for t in trials if t.get("wall_s") is not None]
+    timed = [t for t in trials if t.wall_s is not None]
     per_model = {}
-    for model in sorted({t["model"] for t in timed}, key=lambda m: min(t["params"] for t in timed if t["model"] == m)):
-        walls = sorted(t["wall_s"] for t in timed if t["model"] == model)
-        acc = sorted(_cost(t, "accelerator_s") for t in timed if t["model"] == model)
-        steps = [t["step_s"] for t in timed if t["model"] == model and t.get("step_s") is not None]
+    for model in sorted({t.model for t in timed}, key=lambda m: min(t.params for t in timed if t.model == m)):
+        walls = sorted(t.wall_s for t in timed if t.model == model)
+        acc = sorted(_cost(t, "accelerator_s") for t in timed if t.model == model)
+        steps = [t.step_s for t in timed if t.model == model and t.step_s is not None]
         per_model[model] = {"n": len(walls), "median_s": _median(walls), "min_s": walls[0], "max_s": walls[-1],
                             "median_accelerator_s": _median(acc), "median_step_s": _median(steps) if steps else None}
-    total_wall = sum(t["wall_s"] for t in timed)
+    total_wall = sum(t.wall_s for t in timed)
     total_acc = sum(_cost(t, "accelerator_s") for t in timed)
     return {"per_model": per_model, "total_trial_s": total_wall, "total_accelerator_s": total_acc, "n_trials": len(timed)}
 
@@ -256,24 +253,24 @@ def _median(v: Sequence[float]) -> float:
     return (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2) if n else float("nan")
 
 
-def finetune_gain(trials: Sequence[Mapping], mode: str) -> dict:
+def finetune_gain(trials: Sequence[TrialResult], mode: str) -> dict:
     """Per model: the base model's own score, the best finetuned score, and the gain between them."""
     out = {}
-    for model in sorted({t["model"] for t in trials if is_scored(t)}):
-        group = [t for t in trials if t["model"] == model]
+    for model in sorted({t.model for t in trials if t.scored}):
+        group = [t for t in trials if t.model == model]
         best = _best(group, mode)
-        base = next((t["base_objective"] for t in group if t.get("base_objective") is not None), None)
-        out[model] = {"params": best["params"], "base": base, "best": best["objective"],
-                      "gain": None if base is None else sign(mode) * (best["objective"] - base)}
+        base = next((t.base_objective for t in group if t.base_objective is not None), None)
+        out[model] = {"params": best.params, "base": base, "best": best.objective,
+                      "gain": None if base is None else sign(mode) * (best.objective - base)}
     return out
 
 
-def failed_trials(trials: Sequence[Mapping]) -> list[dict]:
-    return [{"id": t["id"], "status": t["status"], "reason": t.get("reason") or f"status {t['status']}"}
-            for t in trials if t.get("status") != "TERMINATED" or t.get("reason") or t.get("objective") is None]
+def failed_trials(trials: Sequence[TrialResult]) -> list[dict]:
+    return [{"id": t.id, "status": t.status, "reason": t.reason or f"status {t.status}"}
+            for t in trials if t.status != "TERMINATED" or t.reason or t.objective is None]
 
 
-def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | None = None,
+def analyse(trials: Sequence[TrialResult], metric: str, mode: str, target: float | None = None,
             reference: tuple[float, float] | None = None, continuous: Iterable[str] | None = None,
             settings: Sequence[str] | None = None, level: float = stats.LEVEL,
             resamples: int = stats.RESAMPLES) -> dict:
@@ -284,7 +281,7 @@ def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | N
     the target answer and the levers (`source_view`); validation scores stay in "intervals".
     """
     source, view, source_note = source_view(trials, metric)
-    scored = [t for t in view if is_scored(t)]
+    scored = [t for t in view if t.scored]
     ev = Evidence(scored, metric, level, resamples)
     reference = reference or default_reference([view], mode)
     target_part = _target_part(view, metric, mode, target, ev) if target is not None else None
@@ -335,7 +332,7 @@ def analyse(trials: Sequence[Mapping], metric: str, mode: str, target: float | N
     }
 
 
-def _target_part(view: Sequence[Mapping], metric: str, mode: str, target: float, ev: Evidence) -> dict:
+def _target_part(view: Sequence[TrialResult], metric: str, mode: str, target: float, ev: Evidence) -> dict:
     hit = smallest_meeting_target(view, target, mode)
     check = target_check(view, target, mode, ev, hit)
     text = f"smallest model reaching {metric} {'>=' if mode == 'max' else '<='} {target:g}: "
@@ -361,7 +358,7 @@ def _target_part(view: Sequence[Mapping], metric: str, mode: str, target: float,
             "interval": check["interval"], "with_confidence": check["with_confidence"], "decision": decision}
 
 
-def _caveats(source: str, ev: Evidence, scored: Sequence[Mapping], cell_map: Mapping) -> list[str]:
+def _caveats(source: str, ev: Evidence, scored: Sequence[TrialResult], cell_map: Mapping) -> list[str]:
     if ev.draws is None:
         return ["no per-row scores in this run (an older run folder, or evaluations that kept none): no intervals, "
                 "so every verdict above stands on point estimates"]
@@ -378,19 +375,19 @@ def _caveats(source: str, ev: Evidence, scored: Sequence[Mapping], cell_map: Map
 def _intervals(trials, view, source: str, ev: Evidence, cell_map: Mapping, metric: str) -> dict:
     """Every scored trial's interval (rows only) and every cell's (its best configuration: rows and seeds)."""
     def per_trial(e: Evidence, ts) -> dict:
-        return {t["id"]: e.interval(t["objective"], e.reps([t], seeds=False), e.n_rows[t["id"]])
-                for t in ts if is_scored(t) and t["id"] in e.col}
+        return {t.id: e.interval(t.objective, e.reps([t], seeds=False), e.n_rows[t.id])
+                for t in ts if t.scored and t.id in e.col}
 
     out = {"level": ev.level, "resamples": ev.n_boot, "seed": ev.seed, "source": source, "method": stats.METHOD,
            "rows": sorted(set(ev.n_rows.values())), "trials": per_trial(ev, view),
-           "cells": [{"model": m, "params": p, "data_fraction": f, "trials": [t["id"] for t in c["group"]],
+           "cells": [{"model": m, "params": p, "data_fraction": f, "trials": [t.id for t in c["group"]],
                       "seeds": len(c["group"]), "n_trials": c["n"],
                       "interval": ev.interval(mean_objective(c["group"]), ev.reps(c["group"]), ev.rows(c["group"]))}
                      for (p, m, f), c in cell_map.items()]}
     if source == "test":
-        validation = Evidence([t for t in trials if is_scored(t)], metric, ev.level, ev.n_boot, ev.seed)
+        validation = Evidence([t for t in trials if t.scored], metric, ev.level, ev.n_boot, ev.seed)
         out["validation"] = per_trial(validation, trials)
-    elif tested := [on_test(t, metric) for t in trials if is_scored(t) and test_score(t, metric) is not None]:
+    elif tested := [t.on_test(metric) for t in trials if t.scored and t.test_score(metric) is not None]:
         # Some trials have test scores, not all: the analysis stays on validation rows, and the test
         # scores there are still shown with their intervals (frontier.csv).
         out["test"] = per_trial(Evidence(tested, metric, ev.level, ev.n_boot, ev.seed), tested)

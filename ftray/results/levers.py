@@ -9,8 +9,9 @@ import numpy as np
 
 from ftray.results import stats
 from ftray.tasks.metrics import sign
-from ftray.results.evidence import (Evidence, answer, cells, is_scored, mean_objective, rows_need, seed_need,
+from ftray.results.evidence import (Evidence, answer, cells, mean_objective, rows_need, seed_need,
                             trials_need)
+from ftray.results.trialresult import TrialResult
 
 NOT_ENOUGH = ("not enough trials to compare data with model size (need one model at 2+ data fractions and "
               "2+ model sizes at one data fraction; models of one size are compared on their own line)")
@@ -72,13 +73,13 @@ def lever_stats(values: Mapping[tuple, "float | stats.Draws"], counts: Mapping[t
             "params_ratio": float(np.exp(np.mean([np.log(s["k1"][0] / s["k0"][0]) for s in steps]))) if steps else None}
 
 
-def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective", evidence: Evidence | None = None) -> dict:
+def leverage(trials: Sequence[TrialResult], mode: str, metric: str = "objective", evidence: Evidence | None = None) -> dict:
     """Data versus model: the gain per doubling of data (fixed model) and per step up the ladder (fixed
     data), from the best configuration of each (model, data fraction) cell, averaged over its seeds.
     Gains are signed so that positive means better. With per-row scores each gain has an interval
     over rows (and seeds where trials are repeated), all from one set of paired draws."""
     up = sign(mode)
-    scored = [t for t in trials if is_scored(t)]
+    scored = [t for t in trials if t.scored]
     ev = evidence or Evidence(scored, metric)
     cell_map = cells(scored, mode)
     counts = {k: c["n"] for k, c in cell_map.items()}
@@ -122,7 +123,7 @@ def leverage(trials: Sequence[Mapping], mode: str, metric: str = "objective", ev
                           "params_ratio": s["k1"][0] / s["k0"][0], "n_trials": s["n"], "interval": step_iv,
                           "answer": answer(step_iv), "rows_needed": need and need["rows"]})
         model = {"gain_per_step": float(point["model"]), "params_ratio": point["params_ratio"],
-                 "n_trials": len({t["id"] for t in scored}), "steps": steps,
+                 "n_trials": len({t.id for t in scored}), "steps": steps,
                  "interval": iv(point["model"], reps and reps["model"])}
     same_size = []
     for i, s in enumerate(point["same"]):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import Collection, Mapping, Sequence
+from typing import Callable, Collection, Sequence
 
 from ftray.results.evidence import Evidence, best_group, mean_objective, source_view
-from ftray.results.frontier import is_scored
 from ftray.results.stats import format_count
+from ftray.results.trialresult import TrialResult
 
 # Resamples for the plots' error bars: fewer than the report's, as a bar's end moves by pixels only.
 PLOT_RESAMPLES = 1000
@@ -41,15 +41,15 @@ def _params_axis(ax, params: Sequence[float]) -> None:
 
 def _step_front(ax, trials, front: Collection[str], **kwargs):
     """The front as steps; `front` is the run's own (frontier.decide_front), not decided again here."""
-    front = sorted((t for t in trials if t["id"] in set(front)), key=lambda t: t["params"])
+    front = sorted((t for t in trials if t.id in set(front)), key=lambda t: t.params)
     if front:
         xs, ys = [], []
         for t in front:
             if xs:  # a step: the best value so far holds until the next larger model beats it
-                xs.append(t["params"])
+                xs.append(t.params)
                 ys.append(ys[-1])
-            xs.append(t["params"])
-            ys.append(t["objective"])
+            xs.append(t.params)
+            ys.append(t.objective)
         ax.plot(xs, ys, drawstyle="default", **kwargs)
 
 
@@ -62,7 +62,7 @@ def _error_bars(ax, xs, ys, ivs, **kwargs) -> None:
                     fmt="none", capsize=2, lw=0.8, zorder=1, **kwargs)
 
 
-def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str, front: Collection[str]) -> list[str]:
+def write_plots(trials: Sequence[TrialResult], metric: str, mode: str, out_dir: str, front: Collection[str]) -> list[str]:
     """frontier.png, data_fraction.png, lora_rank.png in out_dir; none when no trial was scored.
 
     Scores are the analysis' own (held-out test where every trial has it) and `front` the run's front,
@@ -70,7 +70,7 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str,
     error bar.
     """
     source, view, _ = source_view(trials, metric)
-    scored = [t for t in view if is_scored(t)]
+    scored = [t for t in view if t.scored]
     if not scored:
         return []
     ev = Evidence(scored, metric, n_boot=PLOT_RESAMPLES)
@@ -81,17 +81,17 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str,
     bars = "; bars: 95% intervals" if ev.draws is not None else ""
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _error_bars(ax, [t["params"] for t in scored], [t["objective"] for t in scored],
-                [ev.interval(t["objective"], ev.reps([t], seeds=False)) for t in scored], ecolor="0.55")
-    sc = ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored],
-                    c=[t["data_fraction"] for t in scored], cmap="viridis", s=45, edgecolors="k", linewidths=0.5,
+    _error_bars(ax, [t.params for t in scored], [t.objective for t in scored],
+                [ev.interval(t.objective, ev.reps([t], seeds=False)) for t in scored], ecolor="0.55")
+    sc = ax.scatter([t.params for t in scored], [t.objective for t in scored],
+                    c=[t.data_fraction for t in scored], cmap="viridis", s=45, edgecolors="k", linewidths=0.5,
                     vmin=0, vmax=1, zorder=2)
     _step_front(ax, scored, front, color="crimson", lw=1.5, label="frontier")
     for t in scored:
-        if t["id"] in set(front):
-            ax.annotate(t["model"], (t["params"], t["objective"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if t.id in set(front):
+            ax.annotate(t.model, (t.params, t.objective), textcoords="offset points", xytext=(4, 4), fontsize=8)
     fig.colorbar(sc, ax=ax, label="data fraction")
-    _params_axis(ax, [t["params"] for t in scored])
+    _params_axis(ax, [t.params for t in scored])
     ax.set_xlabel("model parameters")
     ax.set_ylabel(shown)
     ax.set_title(f"{metric} against model size: the frontier{bars}")
@@ -99,11 +99,11 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str,
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out_dir, "frontier.png"))
 
-    for key, name, label in (("data_fraction", "data_fraction.png", "data fraction"),
-                             ("lora_rank", "lora_rank.png", "LoRA rank")):
+    for key, name, label in ((lambda t: t.data_fraction, "data_fraction.png", "data fraction"),
+                             (lambda t: t.lora_rank, "lora_rank.png", "LoRA rank")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, model in enumerate(sorted({t["model"] for t in scored},
-                                         key=lambda m: min(t["params"] for t in scored if t["model"] == m))):
+        for i, model in enumerate(sorted({t.model for t in scored},
+                                         key=lambda m: min(t.params for t in scored if t.model == m))):
             xs, ys, ivs = _best_per_value(scored, model, key, mode, ev)
             _error_bars(ax, xs, ys, ivs, ecolor=f"C{i}")
             ax.plot(xs, ys, marker="o", label=model, color=f"C{i}")
@@ -117,29 +117,31 @@ def write_plots(trials: Sequence[Mapping], metric: str, mode: str, out_dir: str,
     return paths
 
 
-def _best_per_value(scored: Sequence[Mapping], model: str, key: str, mode: str, ev: Evidence):
-    """Per value of `key`, the best configuration's mean over its seeds and its interval (rows and seeds)."""
+def _best_per_value(scored: Sequence[TrialResult], model: str, key: Callable[[TrialResult], float | None], mode: str,
+                    ev: Evidence):
+    """Per value of a setting (`key` reads it), the best configuration's mean over its seeds and its interval
+    (rows and seeds)."""
     by_value: dict = {}
     for t in scored:
-        if t["model"] == model and t.get(key) is not None:
-            by_value.setdefault(t[key], []).append(t)
+        if t.model == model and key(t) is not None:
+            by_value.setdefault(key(t), []).append(t)
     xs = sorted(by_value)
     groups = [best_group(by_value[x], mode) for x in xs]
     ys = [mean_objective(g) for g in groups]
     return xs, ys, [ev.interval(y, ev.reps(g)) for y, g in zip(ys, groups)]
 
 
-def compare_plot(runs: Sequence[tuple[str, Sequence[Mapping], Collection[str]]], metric: str, path: str) -> str:
+def compare_plot(runs: Sequence[tuple[str, Sequence[TrialResult], Collection[str]]], metric: str, path: str) -> str:
     """The fronts of several runs on one plot: each run as (label, its trials as its front's scores show
     them (`source_view`), its front)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, trials, front) in enumerate(runs):
-        scored = [t for t in trials if is_scored(t)]
+        scored = [t for t in trials if t.scored]
         color = f"C{i}"
-        ax.scatter([t["params"] for t in scored], [t["objective"] for t in scored], color=color, alpha=0.35, s=25)
+        ax.scatter([t.params for t in scored], [t.objective for t in scored], color=color, alpha=0.35, s=25)
         _step_front(ax, scored, front, color=color, lw=1.8, label=label)
-    _params_axis(ax, [t["params"] for _, trials, _ in runs for t in trials if is_scored(t)])
+    _params_axis(ax, [t.params for _, trials, _ in runs for t in trials if t.scored])
     ax.set_xlabel("model parameters")
     ax.set_ylabel(metric)
     ax.set_title(f"fronts of {len(runs)} sweep runs")

@@ -41,6 +41,12 @@ CONFIRM = "confirm"  # Tune's experiment of the confirmation phase (Search.repea
 RESULTS = "result.json"  # Tune's: a trial's reports, one JSON line each
 HISTORY_FILES = (RESULTS, "progress.csv")  # what Tune's loggers append a trial's reports to
 OUTCOMES = ("ok", "diverged", "did-not-fit", "error")
+# What Tune and Train add to each of a trial's reports besides ftray's numbers: labels (not metrics, and
+# not worth logging) and Tune's own counters and clocks.
+TUNE_LABELS = {"config", "trial_id", "experiment_tag", "date", "hostname", "node_ip", "pid", "checkpoint_path",
+               "checkpoint_dir_name", "should_checkpoint", "done", "trial_log_path", "experiment_id"}
+TUNE_COUNTERS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "time_since_restore",
+                 "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore"}
 
 
 @dataclass(frozen=True)
