@@ -10,20 +10,20 @@ Adding a setting is one field here (with its meaning and its check) plus the cod
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from ftray.errors import FtrayInputError
+from ftray.spec.checks import is_int, is_number
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+    return lambda v: is_int(v, low)
 
 
 def _number(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+    return lambda v: is_number(v) and ok(v)
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:

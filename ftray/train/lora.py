@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
@@ -11,19 +9,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from ftray.errors import FtrayInputError
+from ftray.spec.checks import is_int, is_number
 
 if TYPE_CHECKING:
     from ftray.train.models import ModelSpec
 
 ALL_LINEAR = "all-linear"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _targets(value, where: str):
@@ -48,11 +39,11 @@ class LoraSettings:
     targets: str | tuple[str, ...] = ALL_LINEAR
 
     def __post_init__(self):
-        if not (_is_int(self.rank) and self.rank >= 1):
+        if not (is_int(self.rank, 1)):
             raise FtrayInputError(f"lora_rank must be an int >= 1, got {self.rank!r}")
-        if not (_is_number(self.alpha) and self.alpha > 0):
+        if not (is_number(self.alpha) and self.alpha > 0):
             raise FtrayInputError(f"lora_alpha must be a number > 0, got {self.alpha!r}")
-        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
+        if not (is_number(self.dropout) and 0 <= self.dropout < 1):
             raise FtrayInputError(f"lora_dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "rank", int(self.rank))  # Tune may sample numpy ints
         object.__setattr__(self, "targets", _targets(self.targets, "LoRA settings"))

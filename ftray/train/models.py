@@ -18,8 +18,8 @@ import torch
 
 from ftray.train import pretrained
 from ftray.errors import FtrayInputError, HubUnavailable
-from ftray.driver.resources import check_gpus_per_worker
-from ftray.train.lora import (ALL_LINEAR, LoraSettings, _is_int, _is_number, _targets, apply_lora, count_params,  # noqa: F401
+from ftray.spec.checks import check_gpus_per_worker, is_int
+from ftray.train.lora import (ALL_LINEAR, LoraSettings, _targets, apply_lora, count_params,  # noqa: F401
                         linear_module_names)
 
 EOS = "<|endoftext|>"
@@ -77,7 +77,7 @@ class ModelSpec:
         where = f"model {self.id!r}"
         for name in ("workers", "batch_size", "grad_accum", "layers"):
             v = getattr(self, name)
-            if v is not None and not (_is_int(v) and v >= 1):
+            if v is not None and not is_int(v, 1):
                 raise FtrayInputError(f"{where}: {name} must be an int >= 1, got {v!r}")
         if self.gpus_per_worker is not None:
             check_gpus_per_worker(self.gpus_per_worker, f"{where}: gpus_per_worker")
