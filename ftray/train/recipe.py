@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ftray.errors import DidNotFitError, DivergedError
 from ftray.spec.config import TrialConfig
 from ftray.train.context import LocalContext, RayContext, TrialContext
 from ftray.train.data import batches, select, tokenize_examples
@@ -42,14 +43,6 @@ from ftray.tasks.base import Task
 TRAINER_STATE = "trainer_state.pt"
 TRIAL_CONFIG = "trial_config.json"  # the settings the adapter was trained with, for whoever evaluates it later
 LOG_EVERY_S = 30.0
-
-
-class DidNotFitError(RuntimeError):
-    """The model and batch do not fit in the accelerator's (or the host's) memory: retrying cannot help."""
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite: the trial stopped, and retrying cannot help."""
 
 
 @dataclass(frozen=True)
