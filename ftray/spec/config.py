@@ -133,16 +133,11 @@ class TrialConfig:
                                   f"{self.pad_to_multiple}), so every micro-batch would break the budget: raise it")
 
     @property
-    def layout(self):
-        """How the trial's micro-batches become rows (ftray.train.data.Layout)."""
-        from ftray.train.data import Layout
-
-        return Layout(self.pad_to_multiple, (self.pack_length or self.max_length) if self.pack else None)
-
-    @property
     def row_width(self) -> int:
-        """The widest row a micro-batch can have: a packed row, or an example of max_length, rounded up."""
-        return self.layout.width(self.max_length)
+        """The widest row a micro-batch can have: a packed row, or an example of max_length, rounded up
+        (the width of ftray.train.data.Layout.of(self) for an example of max_length)."""
+        longest = (self.pack_length or self.max_length) if self.pack else self.max_length
+        return -(-longest // self.pad_to_multiple) * self.pad_to_multiple
 
     @property
     def alpha(self) -> float:

@@ -32,7 +32,7 @@ import torch
 from ftray.errors import DidNotFitError, DivergedError
 from ftray.spec.config import TrialConfig
 from ftray.train.context import LocalContext, RayContext, TrialContext
-from ftray.train.data import batches, select, tokenize_examples
+from ftray.train.data import Layout, batches, select, tokenize_examples
 from ftray.train.evaluate import score, sum_over_workers
 from ftray.train.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
                           load_tokenizer)
@@ -131,7 +131,7 @@ class LoRARecipe:
         self.valid_examples = self.job.task.examples("valid")[: cfg.eval_samples]
         self.train_data = tokenize_examples(train_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
         self.valid_data = tokenize_examples(self.valid_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
-        self.layout = cfg.layout
+        self.layout = Layout.of(cfg)
         if cfg.steps:
             self.total_steps = cfg.steps
         elif cfg.batch_tokens is None:
