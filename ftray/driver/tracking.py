@@ -140,7 +140,7 @@ class WandbTracking(tune.Callback):
         run = self._run(trial)
         if run is None:
             return
-        row = {k: v for k, v in result.items() if k not in NOT_LOGGED and is_number(v)}
+        row = {k: v for k, v in result.items() if k not in NOT_LOGGED and is_number(v, plain=True)}
         if "trainable_params" in result and "trainable_params" not in run.config:
             run.config.update({"trainable_params": result["trainable_params"], "params": result.get("params")},
                               allow_val_change=True)

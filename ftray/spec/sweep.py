@@ -56,8 +56,9 @@ class ASHA:
     per_model: bool = True
 
     def __post_init__(self):
-        check(is_int(self.grace_steps, 1), f"asha.grace_steps must be an int >= 1, got {self.grace_steps!r}")
-        check(is_number(self.reduction_factor) and self.reduction_factor > 1,
+        check(is_int(self.grace_steps, 1, plain=True),
+              f"asha.grace_steps must be an int >= 1, got {self.grace_steps!r}")
+        check(is_number(self.reduction_factor, plain=True) and self.reduction_factor > 1,
               f"asha.reduction_factor must be > 1, got {self.reduction_factor!r}")
         check(isinstance(self.per_model, bool), f"asha.per_model must be True or False, got {self.per_model!r}")
 
@@ -96,15 +97,16 @@ class Scaling:
     gpu_memory_gb: float | None = None
 
     def __post_init__(self):
-        check(is_int(self.workers, 1), f"workers must be an int >= 1, got {self.workers!r}")
+        check(is_int(self.workers, 1, plain=True), f"workers must be an int >= 1, got {self.workers!r}")
         check(isinstance(self.one_worker_in_trial, bool),
               f"one_worker_in_trial must be True or False, got {self.one_worker_in_trial!r}")
         check_gpus_per_worker(self.gpus_per_worker, "gpus_per_worker")
-        check(self.gpu_memory_gb is None or (is_number(self.gpu_memory_gb) and self.gpu_memory_gb > 0),
+        check(self.gpu_memory_gb is None or (is_number(self.gpu_memory_gb, plain=True) and self.gpu_memory_gb > 0),
               f"gpu_memory_gb must be a number > 0 (GiB) or None, got {self.gpu_memory_gb!r}")
-        check(self.cpus_per_worker is None or (is_number(self.cpus_per_worker) and self.cpus_per_worker > 0),
+        check(self.cpus_per_worker is None
+              or (is_number(self.cpus_per_worker, plain=True) and self.cpus_per_worker > 0),
               f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
-        check(self.max_concurrent_trials is None or is_int(self.max_concurrent_trials, 1),
+        check(self.max_concurrent_trials is None or is_int(self.max_concurrent_trials, 1, plain=True),
               f"max_concurrent_trials must be an int >= 1, got {self.max_concurrent_trials!r}")
 
 
@@ -128,8 +130,8 @@ class Search:
     def __post_init__(self):
         object.__setattr__(self, "per_model", (self.per_model,) if isinstance(self.per_model, str)
                            else tuple(self.per_model))
-        check(is_int(self.num_trials, 1), f"num_trials must be an int >= 1, got {self.num_trials!r}")
-        check(is_int(self.repeats, 0), f"repeats must be an int >= 0, got {self.repeats!r}")
+        check(is_int(self.num_trials, 1, plain=True), f"num_trials must be an int >= 1, got {self.num_trials!r}")
+        check(is_int(self.repeats, 0, plain=True), f"repeats must be an int >= 0, got {self.repeats!r}")
         check(self.algorithm in ("optuna", "random"), f"search must be 'optuna' or 'random', got {self.algorithm!r}")
         check(self.model_sampling in ("round-robin", "search"),
               f"model_sampling must be 'round-robin' or 'search', got {self.model_sampling!r}")
@@ -147,8 +149,9 @@ class Failure:
     keep_checkpoints: int = 1  # adapter checkpoints kept per trial, best by the objective
 
     def __post_init__(self):
-        check(is_int(self.max_restarts, 0), f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
-        check(is_int(self.keep_checkpoints, 1), f"keep_checkpoints must be an int >= 1, got {self.keep_checkpoints!r}")
+        check(is_int(self.max_restarts, 0, plain=True), f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        check(is_int(self.keep_checkpoints, 1, plain=True),
+              f"keep_checkpoints must be an int >= 1, got {self.keep_checkpoints!r}")
 
 
 # Each group of the Sweep, and the names a shorthand keyword may set in it.
