@@ -56,25 +56,26 @@ def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quie
     from ftray.driver.scoring import score_held_out, to_stdout
     from ftray.driver.tracking import log_sweep_summary
 
-    run = load_run(run_dir)
+    run_data = load_run(run_dir)
     # As Ray tasks on the sweep's Ray, each trial with its rung's worker resources (driver/scoring.py).
-    if score_held_out(run, sweep or rf.sweep_of_run(run["run_dir"]), log=None if quiet else to_stdout):
-        run = load_run(run_dir)
+    if score_held_out(run_data, sweep or rf.sweep_of_run(run_data["run_dir"]), log=None if quiet else to_stdout):
+        run_data = load_run(run_dir)
     if not keep_all_checkpoints:
         # After the held-out scoring, so that the front kept here is decided on the test scores the
         # report's verdicts read (report.load_run: frontier.decide_front), not on validation alone.
-        pruned = rf.prune_checkpoints(run["run_dir"], set(run["frontier"]), rf.tune_trials(run["run_dir"]))
+        pruned = rf.prune_checkpoints(run_data["run_dir"], set(run_data["frontier"]),
+                                      rf.tune_trials(run_data["run_dir"]))
         if pruned and not quiet:
             print(f"ftray: removed the checkpoints of {len(pruned)} trials off the frontier "
                   "(--keep-all-checkpoints keeps them)", flush=True)
         if pruned:
-            run = load_run(run_dir)
-    report = build_report(run)
-    written = write_report_files(run, report)
-    log_sweep_summary(run, report, written)
-    text = format_report(run, report)
+            run_data = load_run(run_dir)
+    report = build_report(run_data)
+    written = write_report_files(run_data, report)
+    log_sweep_summary(run_data, report, written)
+    text = format_report(run_data, report)
     if not quiet:
-        shown = st.redact(run["run_dir"])
+        shown = st.redact(run_data["run_dir"])
         print(f"\n{text}\n\nrun folder: {shown}\nreport:     ftray report {shown}   "
               "(files: frontier.csv, report.json, *.png)", flush=True)
-    return RunResult(run["run_dir"], report, text, tuple(run["trials"]))
+    return RunResult(run_data["run_dir"], report, text, tuple(run_data["trials"]))

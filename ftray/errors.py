@@ -1,4 +1,5 @@
-"""The one error type that means "the user's input is wrong" (exit status 2, no traceback)."""
+"""ftray's failure types, in one place: `FtrayInputError`, the one type that means "the user's input is wrong"
+(exit status 2, no traceback), and the typed ways a trial or its scoring fails."""
 
 
 class FtrayInputError(ValueError):
@@ -15,3 +16,11 @@ class HubUnavailable(FtrayInputError):
 class ScoringFailed(RuntimeError):
     """A trial's adapter could not be scored (out of memory, a lost worker, a bug): the message names the
     trial and the cause in one line; the remote traceback is its __cause__ (shown with --debug)."""
+
+
+class DidNotFitError(RuntimeError):
+    """The model and batch do not fit in the accelerator's (or the host's) memory: retrying cannot help."""
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite: the trial stopped, and retrying cannot help."""

@@ -394,3 +394,20 @@ def test_s3_credentials_leave_the_uri_for_the_environment(monkeypatch):
         == ("KEY", "SE/CRET", "T0K")
     assert st.without_credentials("gs://bucket/runs") == "gs://bucket/runs"
     assert st.without_credentials("/local/runs") == "/local/runs"
+
+
+def test_the_shared_checks_of_ints_and_numbers():
+    import math
+
+    import numpy as np
+
+    from ftray.spec.checks import check_gpus_per_worker, is_int, is_number
+
+    assert is_int(3, 1) and is_int(np.int64(3), 1) and not is_int(0, 1) and not is_int(True) and not is_int(2.0)
+    assert not is_int(np.int64(3), plain=True) and is_int(3, 0, plain=True)
+    assert is_number(0.5) and is_number(np.float32(0.5)) and not is_number(math.inf) and not is_number(False)
+    assert not is_number(np.float32(0.5), plain=True) and is_number(np.float64(0.5), plain=True)  # float's subclass
+    for ok in (0, 0.25, 1, 2):
+        check_gpus_per_worker(ok, "gpus_per_worker")
+    with pytest.raises(FtrayInputError, match=r"^gpus_per_worker must be 0 \(no GPU\).*got 1.5$"):
+        check_gpus_per_worker(1.5, "gpus_per_worker")

@@ -323,7 +323,7 @@ def test_gguf_conversions_happen_once_per_file_even_when_raced(tmp_path, monkeyp
         (Path(folder) / "config.json").write_text("{}")
 
     monkeypatch.setattr(pretrained, "_convert_into", fake_convert)
-    monkeypatch.setattr(pretrained, "_require_gguf", lambda name: None)
+    monkeypatch.setattr(pretrained, "require_gguf", lambda name: None)
     spec = ModelSpec(str(gguf))
     validate_model_id(spec)
     with ThreadPoolExecutor(2) as pool:

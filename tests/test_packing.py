@@ -106,6 +106,16 @@ def test_each_packed_example_sees_only_itself(tok, samples):
     torch.testing.assert_close(packed[start : start + k], alone[:k], rtol=1e-5, atol=1e-5)
 
 
+ROW_SETTINGS = [{}, {"pad_to_multiple": 64}, {"pack": True}, {"pack": True, "pack_length": 300},
+                {"pack": True, "pack_length": 300, "pad_to_multiple": 64}, {"max_length": 100, "pad_to_multiple": 16}]
+
+
+@pytest.mark.parametrize("settings", ROW_SETTINGS, ids=str)
+def test_a_trials_row_width_is_its_layouts_widest_row(settings):
+    cfg = TrialConfig(**settings)
+    assert cfg.row_width == Layout.of(cfg).width(cfg.max_length)
+
+
 def tensor_tokens(layout, samples):
     """The tokens a collated micro-batch holds, padding included."""
     return collate(samples, 1, layout.pad_to_multiple, layout.pack_length)["input_ids"].numel()

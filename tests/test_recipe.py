@@ -10,7 +10,8 @@ from ftray.spec.config import TrialConfig
 from ftray.train.context import local_checkpoint
 from ftray.train.evaluate import evaluate
 from ftray.train.models import LoraSettings, ModelSpec, build_model, build_tokenizer, tokenizer_to_json
-from ftray.train.recipe import TRAINER_STATE, DidNotFitError, TrialJob, run_local
+from ftray.errors import DidNotFitError
+from ftray.train.recipe import TRAINER_STATE, TrialJob, run_local
 from ftray.tasks import SyntheticTask
 
 TINY = ModelSpec("tiny-xs")
@@ -177,7 +178,7 @@ def test_retention_ranks_as_trains_does_and_leaves_trains_own_checkpoints(tmp_pa
 
 
 def test_a_failure_in_the_trials_own_process_is_classified_by_its_type():
-    from ftray.train.recipe import DidNotFitError, DivergedError
+    from ftray.errors import DidNotFitError, DivergedError
     from ftray.driver.trial import classify_failure
 
     assert classify_failure(DivergedError("NaN at step 3")) == ("diverged", "NaN at step 3")

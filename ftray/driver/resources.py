@@ -19,18 +19,6 @@ MIN_CPUS_PER_WORKER = 0.25
 GIB = 2**30
 
 
-def check_gpus_per_worker(value, where: str) -> None:
-    """A worker's GPUs: none (0), a fraction in (0, 1] (that many trials share one GPU) or a whole number.
-
-    Ray places a fractional request on one GPU and refuses fractions above 1 (1.5 GPUs cannot be
-    handed out), so those are refused here, naming the field, before Ray sees them.
-    """
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    if not ok or (value > 1 and value != int(value)):
-        raise FtrayInputError(f"{where} must be 0 (no GPU), a fraction in (0, 1] (several trials share a GPU) "
-                              f"or a whole number of GPUs, got {value!r}")
-
-
 def trials_per_gpu(gpus_per_worker: float) -> int:
     """How many one-worker trials asking for this fraction Ray places on one GPU (1 for whole GPUs)."""
     return max(1, math.floor(1 / gpus_per_worker + 1e-9)) if 0 < gpus_per_worker < 1 else 1

@@ -8,12 +8,12 @@ environment or netrc; the key is never passed, logged or stored by ftray.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Callable, Mapping
 
 from ray import tune
 
+from ftray.spec.checks import is_number
 from ftray.spec.config import TrialConfig
 from ftray.results.runfolder import TUNE_LABELS
 from ftray.spec.sweep import WandB
@@ -137,7 +137,7 @@ class WandbTracking(tune.Callback):
         run = self._run(trial)
         if run is None:
             return
-        row = {k: v for k, v in result.items() if k not in TUNE_LABELS and _is_number(v)}
+        row = {k: v for k, v in result.items() if k not in TUNE_LABELS and is_number(v, plain=True)}
         if "trainable_params" in result and "trainable_params" not in run.config:
             run.config.update({"trainable_params": result["trainable_params"], "params": result.get("params")},
                               allow_val_change=True)
@@ -166,10 +166,6 @@ def _wandb_settings():
     import wandb
 
     return wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_meta=True)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:

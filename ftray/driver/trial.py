@@ -18,6 +18,7 @@ from typing import Mapping
 
 from ftray.results import runfolder as rf
 from ftray import storage as st
+from ftray.errors import DidNotFitError, DivergedError
 from ftray.spec.config import TrialConfig
 from ftray.driver.resources import worker_resources
 
@@ -186,8 +187,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     """The one test for "did not fit": ftray's own error, torch's, the host's."""
     import torch
 
-    from ftray.train.recipe import DidNotFitError
-
     return isinstance(error, (DidNotFitError, torch.OutOfMemoryError, MemoryError))
 
 
@@ -205,8 +204,6 @@ def classify_failure(error: Exception) -> tuple[str, str]:
     # has the exception itself.
     text = "\n".join(str(f) for f in failures) if failures else f"{type(error).__name__}: {error}"
     causes = [c for f in failures or [error] for c in _causes(f)]
-    from ftray.train.recipe import DivergedError
-
     if any(is_out_of_memory(c) for c in causes):
         return "did-not-fit", _reason(causes, text)
     if any(isinstance(c, DivergedError) for c in causes):
@@ -230,8 +227,6 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def _reason(causes: list[BaseException], text: str) -> str:
     """The message of ftray's own error among the causes, else the last line of the failure."""
-    from ftray.train.recipe import DidNotFitError, DivergedError
-
     own = [c for c in causes if isinstance(c, (DidNotFitError, DivergedError))]
     return str(own[0])[:500] if own else _last_line(text)
 

@@ -10,20 +10,20 @@ Adding a setting is one field here (with its meaning and its check) plus the cod
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from ftray.errors import FtrayInputError
+from ftray.spec.checks import is_int, is_number
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+    return lambda v: is_int(v, low)
 
 
 def _number(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+    return lambda v: is_number(v) and ok(v)
 
 
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -133,16 +133,11 @@ class TrialConfig:
                                   f"{self.pad_to_multiple}), so every micro-batch would break the budget: raise it")
 
     @property
-    def layout(self):
-        """How the trial's micro-batches become rows (ftray.train.data.Layout)."""
-        from ftray.train.data import Layout
-
-        return Layout(self.pad_to_multiple, (self.pack_length or self.max_length) if self.pack else None)
-
-    @property
     def row_width(self) -> int:
-        """The widest row a micro-batch can have: a packed row, or an example of max_length, rounded up."""
-        return self.layout.width(self.max_length)
+        """The widest row a micro-batch can have: a packed row, or an example of max_length, rounded up
+        (the width of ftray.train.data.Layout.of(self) for an example of max_length)."""
+        longest = (self.pack_length or self.max_length) if self.pack else self.max_length
+        return -(-longest // self.pad_to_multiple) * self.pad_to_multiple
 
     @property
     def alpha(self) -> float:

