@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from ftray.train.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
 from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
+from ftray import raypatches  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 from ftray.train.evaluate import evaluate  # noqa: E402
 from ftray.train.recipe import lr_lambda  # noqa: E402
@@ -196,7 +197,7 @@ def _ray_floor_child(job: dict) -> None:
                      run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=job["storage"],
                                                     callbacks=[TuneReportCallback()])).fit()
 
-    ray.init(log_to_driver=False, logging_level="WARNING", _system_config={"worker_niceness": 0})
+    ray.init(log_to_driver=False, logging_level="WARNING", **raypatches.workers_not_niced())  # as ftray starts its Ray
     results = tune.Tuner(tune.with_resources(trial, {"CPU": 0.01}),
                          param_space={"i": tune.grid_search(list(range(job["k"])))},
                          tune_config=tune.TuneConfig(max_concurrent_trials=1),

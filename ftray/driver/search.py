@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from ftray import raypatches
 from ftray.results import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
@@ -90,11 +91,11 @@ class _OptunaSearch(OptunaSearch):
     # still reaches Optuna, as pruned. A trial Optuna never suggested (`--restart-errored` runs an
     # errored trial again as a new Tune trial) is not Optuna's to hear of: Tune's would fail on its id.
     def on_trial_result(self, trial_id, result):
-        if self.metric in result and trial_id in self._ot_trials:
+        if self.metric in result and raypatches.optuna_suggested(self, trial_id):
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if trial_id in self._ot_trials:
+        if raypatches.optuna_suggested(self, trial_id):
             super().on_trial_complete(trial_id, result, error)
 
 
@@ -164,7 +165,7 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
     # placement group, so the next trial waited forever. Trials in their Tune trials' processes need
     # none of it (its three processes are a few CPU-seconds per sweep).
     kwargs: dict[str, Any] = {"address": address} if address else {
-        "_system_config": {"worker_niceness": 0}, "include_dashboard": dashboard}
+        **raypatches.workers_not_niced(), "include_dashboard": dashboard}
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
     if address:
         print(f"ftray: joined the Ray cluster at {st.redact(address)}", flush=True)
@@ -287,9 +288,7 @@ CREDENTIALS_NOT_PROPAGATED = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS
 
 
 def _keep_credentials_out_of_runtime_env() -> None:
-    from ray.tune.execution import class_cache
-
-    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIALS_NOT_PROPAGATED
+    raypatches.keep_out_of_runtime_env(CREDENTIALS_NOT_PROPAGATED)
 
 
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
