@@ -309,13 +309,14 @@ def replay_sweep(curves: list[dict], seed: int, strategy: str, max_trials: int):
 def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> float:
     """Compute (training steps) until the searched front reaches 95% of the grid front's hypervolume.
 
-    The trials are chosen by ftray's own searcher set-up (ftray.driver.search: the define-by-run space with the
+    The trials are chosen by ftray's own searcher set-up (ftray.driver.searcher: the define-by-run space with the
     models round-robin and the learning rate per model, the seeded sampler) and stopped by ftray's own
     scheduler (PerModelASHA), fed the grid's cached learning curves instead of training.
     """
     import optuna
 
-    from ftray.driver.search import DefineByRun, sampler, scheduler
+    from ftray.driver.schedulers import scheduler
+    from ftray.driver.searcher import DefineByRun, sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     full = [(c["curve"][-1][1], c["params"]) for c in curves]

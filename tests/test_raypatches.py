@@ -27,8 +27,7 @@ def test_credentials_stay_out_of_the_trial_actors_runtime_env(monkeypatch):
     import ray
     from ray.tune.execution import class_cache
 
-    from ftray.driver.search import CREDENTIALS_NOT_PROPAGATED
-    from ftray.driver.search import _keep_credentials_out_of_runtime_env as keep_credentials_out_of_trials
+    from ftray.driver.raystart import CREDENTIALS_NOT_PROPAGATED, keep_credentials_out_of_trials
 
     # Tune (unpatched) copies them: else the patch protects nothing and Ray changed how it propagates them.
     assert CREDENTIALS_NOT_PROPAGATED <= set(class_cache.ENV_VARS_TO_PROPAGATE)
@@ -49,7 +48,7 @@ def test_credentials_stay_out_of_the_trial_actors_runtime_env(monkeypatch):
 
 def test_optuna_suggested_reads_the_searchers_optuna_trials():
     from ftray import Sweep, SyntheticTask
-    from ftray.driver.search import searcher
+    from ftray.driver.searcher import searcher
 
     search = searcher(Sweep(name="s", task=SyntheticTask(n_train=8, n_valid=4, n_test=4), models=["tiny-xs"],
                             num_trials=2))

@@ -11,18 +11,22 @@ start with empty rungs and judge its next trials against nothing. So when a rest
 the results it had reported are read back from its folder into the rungs.
 
 Every sweep's scheduler (ASHA or none) also keeps a failed trial's ERROR on record (`Fifo`).
-Ray's internals used here are in ftray/raypatches.py.
+`scheduler(sweep)` picks the sweep's. Ray's internals used here are in ftray/raypatches.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from ftray import raypatches
 from ftray.results import runfolder as rf
+
+if TYPE_CHECKING:
+    from ftray.spec.sweep import Sweep
 
 
 class Fifo(FIFOScheduler):
@@ -100,3 +104,15 @@ def _reported(trial) -> list[dict]:
     except (RuntimeError, OSError):  # no trial folder (RuntimeError from Ray), or no results in it
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def scheduler(sweep: Sweep):
+    """The sweep's Tune scheduler: ASHA per model size where asked, else Fifo."""
+    asha = sweep.search.asha
+    if asha is None:
+        return Fifo()
+
+    return PerModelASHA(
+        metric=asha.metric or sweep.objective, mode=sweep.asha_mode(), grace_period=asha.grace_steps,
+        reduction_factor=asha.reduction_factor, max_t=sweep.trial.steps or 10**9, per_model=asha.per_model,
+    )
