@@ -325,7 +325,7 @@ def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> flo
     by_config = {(c["config"]["model"], c["config"]["rank"], c["config"]["lr"], c["config"]["data_fraction"]): c
                  for c in curves}
     sweep = replay_sweep(curves, seed, strategy, max_trials)
-    space, stopper = DefineByRun(sweep), scheduler(sweep)  # the sweep's own: PerModelASHA, or Fifo (stops nothing)
+    space, stopper = DefineByRun(sweep), scheduler(sweep)  # the sweep's own: PerModelASHA, or FIFOKeepingErrors (stops nothing)
     study = optuna.create_study(direction="minimize", sampler=sampler(sweep))
     spent = 0
     found = []

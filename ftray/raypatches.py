@@ -54,7 +54,7 @@ def mark_trial_for_snapshot(tune_controller, trial) -> None:
     Why: Tune writes a trial's status there only when the trial was marked since the last snapshot, and a
     trial whose process died is set to ERROR without that mark (`TuneController._schedule_trial_stop`
     returns early for a trial without a live process): the file kept it RUNNING, the report said RUNNING
-    and a resume took it for unfinished (schedulers.Fifo). How: the private
+    and a resume took it for unfinished (schedulers.FIFOKeepingErrors). How: the private
     `TuneController._mark_trial_to_checkpoint`; a Ray without it keeps its own behaviour (nothing is
     marked). Checked against Ray 2.60."""
     mark = getattr(tune_controller, "_mark_trial_to_checkpoint", None)

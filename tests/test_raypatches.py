@@ -69,7 +69,7 @@ def _controller():
 def test_a_marked_trial_is_in_the_next_snapshot_of_the_experiment_state():
     from ray.tune.execution.tune_controller import TuneController
 
-    from ftray.driver.schedulers import Fifo
+    from ftray.driver.schedulers import FIFOKeepingErrors
 
     assert callable(getattr(TuneController, "_mark_trial_to_checkpoint", None))
     class Trial:  # hashable, as Tune's trials are
@@ -84,7 +84,7 @@ def test_a_marked_trial_is_in_the_next_snapshot_of_the_experiment_state():
     assert controller._get_trial_checkpoints() == {"t1": "ERROR state"}
 
     controller = _controller()
-    Fifo().on_trial_error(controller, trial)  # the scheduler a sweep without ASHA runs
+    FIFOKeepingErrors().on_trial_error(controller, trial)  # the scheduler a sweep without ASHA runs
     assert controller._get_trial_checkpoints() == {"t1": "ERROR state"}
     raypatches.mark_trial_for_snapshot(SimpleNamespace(), trial)  # a Ray without the method: nothing marked
 

@@ -10,7 +10,7 @@ Tune saves a searcher's state for `Tuner.restore` but not a scheduler's: a resum
 start with empty rungs and judge its next trials against nothing. So when a restored trial is added,
 the results it had reported are read back from its folder into the rungs.
 
-Every sweep's scheduler (ASHA or none) also keeps a failed trial's ERROR on record (`Fifo`).
+Every sweep's scheduler (ASHA or none) also keeps a failed trial's ERROR on record (`FIFOKeepingErrors`).
 `scheduler(sweep)` picks the sweep's. Ray's internals used here are in ftray/raypatches.py.
 """
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ftray.spec.sweep import Sweep
 
 
-class Fifo(FIFOScheduler):
+class FIFOKeepingErrors(FIFOScheduler):
     """Tune's first-in-first-out scheduler, with a trial's ERROR kept in the experiment's state.
 
     Ray Tune (2.60) writes a trial's status into its experiment-state file only when the trial was
@@ -44,7 +44,7 @@ class Fifo(FIFOScheduler):
         super().on_trial_error(tune_controller, trial)
 
 
-class PerModelASHA(Fifo):
+class PerModelASHA(FIFOKeepingErrors):
     def __init__(self, metric: str, mode: str, grace_period: int, reduction_factor: float, max_t: int,
                  time_attr: str = "step", per_model: bool = True):
         super().__init__()
@@ -107,10 +107,10 @@ def _reported(trial) -> list[dict]:
 
 
 def scheduler(sweep: Sweep):
-    """The sweep's Tune scheduler: ASHA per model size where asked, else Fifo."""
+    """The sweep's Tune scheduler: ASHA per model size where asked, else FIFOKeepingErrors."""
     asha = sweep.search.asha
     if asha is None:
-        return Fifo()
+        return FIFOKeepingErrors()
 
     return PerModelASHA(
         metric=asha.metric or sweep.objective, mode=sweep.asha_mode(), grace_period=asha.grace_steps,

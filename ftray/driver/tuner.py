@@ -21,7 +21,7 @@ from ftray.driver.preflight import check_fits_here, check_run_name, check_storag
 from ftray.driver.raystart import init_ray, keep_credentials_out_of_trials
 from ftray.driver.resources import check_gpu_fit, fmt_resources, plan_resources, trial_request, trial_shapes
 from ftray.driver.resuming import KeepHistory, run_folder
-from ftray.driver.schedulers import Fifo, scheduler
+from ftray.driver.schedulers import FIFOKeepingErrors, scheduler
 from ftray.driver.searcher import searcher
 from ftray.spec.sweep import Sweep
 
@@ -189,7 +189,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
         tune_config=tune.TuneConfig(
             metric=sweep.objective, mode=sweep.mode, num_samples=len(points),
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources.max_concurrent_trials),
-            scheduler=Fifo(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
+            scheduler=FIFOKeepingErrors(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=1,
                                   callbacks=_callbacks(sweep, run_dir, record)),
     ).fit()

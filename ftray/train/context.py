@@ -1,5 +1,5 @@
 """Where the training recipe runs: Ray Train's workers (`RayContext`), a Tune trial's own process
-(`TrialContext`, a one-worker trial) or this one process (`LocalContext`, the bench and tests).
+(`TuneTrialContext`, a one-worker trial) or this one process (`LocalContext`, the bench and tests).
 
 The recipe needs five things from its surroundings: its rank, the world size, its device, the
 checkpoint to resume from, and a way to report metrics with a checkpoint. Ray's calls are here and
@@ -69,7 +69,7 @@ class RayContext:
             sys.stdout.flush()
 
 
-class TrialContext:
+class TuneTrialContext:
     """A one-worker trial in its Tune trial's process, without a Train worker group: reports go to Tune,
     and ftray stores the checkpoints itself in the trial's checkpoints folder of the run (runfolder.py),
     keeping the best `keep` by the objective and the latest, as Train does for larger trials."""
