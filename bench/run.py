@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from ftray.train.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
 from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
+from ftray import raypatches  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 from ftray.train.evaluate import evaluate  # noqa: E402
 from ftray.train.recipe import lr_lambda  # noqa: E402
@@ -196,7 +197,7 @@ def _ray_floor_child(job: dict) -> None:
                      run_config=ray.train.RunConfig(name=tune.get_context().get_trial_id(), storage_path=job["storage"],
                                                     callbacks=[TuneReportCallback()])).fit()
 
-    ray.init(log_to_driver=False, logging_level="WARNING", _system_config={"worker_niceness": 0})
+    ray.init(log_to_driver=False, logging_level="WARNING", **raypatches.workers_not_niced())  # as ftray starts its Ray
     results = tune.Tuner(tune.with_resources(trial, {"CPU": 0.01}),
                          param_space={"i": tune.grid_search(list(range(job["k"])))},
                          tune_config=tune.TuneConfig(max_concurrent_trials=1),
@@ -308,13 +309,14 @@ def replay_sweep(curves: list[dict], seed: int, strategy: str, max_trials: int):
 def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> float:
     """Compute (training steps) until the searched front reaches 95% of the grid front's hypervolume.
 
-    The trials are chosen by ftray's own searcher set-up (ftray.driver.search: the define-by-run space with the
+    The trials are chosen by ftray's own searcher set-up (ftray.driver.searcher: the define-by-run space with the
     models round-robin and the learning rate per model, the seeded sampler) and stopped by ftray's own
     scheduler (PerModelASHA), fed the grid's cached learning curves instead of training.
     """
     import optuna
 
-    from ftray.driver.search import DefineByRun, sampler, scheduler
+    from ftray.driver.schedulers import scheduler
+    from ftray.driver.searcher import DefineByRun, sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     full = [(c["curve"][-1][1], c["params"]) for c in curves]
@@ -323,7 +325,7 @@ def replay(curves: list[dict], seed: int, strategy: str, max_trials: int) -> flo
     by_config = {(c["config"]["model"], c["config"]["rank"], c["config"]["lr"], c["config"]["data_fraction"]): c
                  for c in curves}
     sweep = replay_sweep(curves, seed, strategy, max_trials)
-    space, stopper = DefineByRun(sweep), scheduler(sweep)  # the sweep's own: PerModelASHA, or Fifo (stops nothing)
+    space, stopper = DefineByRun(sweep), scheduler(sweep)  # the sweep's own: PerModelASHA, or FIFOKeepingErrors (stops nothing)
     study = optuna.create_study(direction="minimize", sampler=sampler(sweep))
     spent = 0
     found = []

@@ -1,6 +1,6 @@
 """The Python entry points, mirrored one to one by the CLI: `ftray.run(sweep)`, `ftray.resume(run_dir)`.
 
-Each runs the sweep (ftray/driver/search.py), then finishes it as `ftray run` does: the checkpoints of
+Each runs the sweep (ftray/driver/tuner.py), then finishes it as `ftray run` does: the checkpoints of
 trials off the frontier pruned, the report printed and written into the run folder, the W&B summary
 run logged. A sweep run from Python needs no sweep file: its recorded configuration rebuilds it
 for `ftray resume` and `ftray eval` (a task defined in Python needs its file, see runfolder.py).
@@ -29,8 +29,8 @@ def run(sweep, storage: str | None = None, name: str | None = None, *, new_run: 
         ray_address: str | None = None, sweep_file: str | None = None, keep_all_checkpoints: bool = False,
         quiet: bool = False) -> RunResult:
     """Run a sweep (starting a local Ray unless RAY_ADDRESS names a cluster), report and prune."""
-    from ftray.driver.search import Options
-    from ftray.driver.search import run as run_sweep
+    from ftray.driver.tuner import Options
+    from ftray.driver.tuner import run as run_sweep
 
     run_dir = run_sweep(sweep, Options(storage=storage, name=name, new_run=new_run, ray_address=ray_address,
                                        sweep_file=sweep_file))
@@ -40,8 +40,8 @@ def run(sweep, storage: str | None = None, name: str | None = None, *, new_run: 
 def resume(run_dir: str, *, ray_address: str | None = None, resume_errored: bool = False,
            restart_errored: bool = False, keep_all_checkpoints: bool = False, quiet: bool = False) -> RunResult:
     """Go on with a sweep run from its folder: finished trials stay, unfinished ones continue."""
-    from ftray.driver.search import Options
-    from ftray.driver.search import resume as resume_sweep
+    from ftray.driver.tuner import Options
+    from ftray.driver.tuner import resume as resume_sweep
 
     run_dir = resume_sweep(run_dir, Options(ray_address=ray_address, resume_errored=resume_errored,
                                             restart_errored=restart_errored))

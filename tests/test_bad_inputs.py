@@ -98,12 +98,12 @@ CASES = [
 @pytest.fixture
 def no_ray(monkeypatch):
     """A case that got as far as starting Ray is a failed case, not a slow one."""
-    import ftray.driver.search
+    import ftray.driver.tuner
 
     def refuse(*a, **k):
         raise AssertionError("Ray was started for bad input")
 
-    monkeypatch.setattr(ftray.driver.search, "init_ray", refuse)
+    monkeypatch.setattr(ftray.driver.tuner, "init_ray", refuse)
 
 
 @pytest.mark.parametrize("name, files, expected", CASES, ids=[c[0] for c in CASES])
@@ -182,7 +182,7 @@ def test_max_length_that_cuts_some_rows_warns_with_the_counts(tmp_path, capsys):
 def test_grid_cells_that_num_trials_leaves_out_are_named(tmp_path, capsys):
     import optuna
 
-    from ftray.driver.search import DefineByRun
+    from ftray.driver.searcher import DefineByRun
     from ftray.spec.sweepfile import load_sweep
 
     f = tmp_path / "s.py"

@@ -212,7 +212,7 @@ sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
 """)
     # tiny-l's process SIGKILLs itself at step 15 unless it resumed from a checkpoint. Tune snapshots its
     # experiment state at every step, so that trial is on record as RUNNING before its process dies and
-    # its ERROR must be recorded again (Ray Tune alone did not: schedulers.Fifo).
+    # its ERROR must be recorded again (Ray Tune alone did not: schedulers.FIFOKeepingErrors).
     faults = [{"model": "tiny-xs", "nan_at_step": 5}, {"model": "tiny-s", "oom_at_step": 3},
               {"model": "tiny-l", "lost_at_step": 15}]
     env = dict(os.environ, FTRAY_INJECT=json.dumps(faults), TUNE_GLOBAL_CHECKPOINT_S="0")

@@ -132,7 +132,7 @@ from dataclasses import dataclass
 import ray
 from ftray import Sweep, SyntheticTask, WandB
 from ftray.results import runfolder as rf
-from ftray.driver.search import Options, run
+from ftray.driver.tuner import Options, run
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def breaks(importer: str, imported: str) -> str | None:
 
 
 def test_the_modules_are_found():
-    assert {"ftray.spec.sweep", "ftray.train.recipe", "ftray.driver.search", "ftray.results.runfolder",
+    assert {"ftray.spec.sweep", "ftray.train.recipe", "ftray.driver.tuner", "ftray.results.runfolder",
             "ftray.tasks.base", "ftray.errors", "ftray"} <= set(MODULES)
 
 
@@ -151,7 +151,7 @@ def test_the_rules_catch_what_they_should():
     assert breaks("ftray.train.context", "ftray.results.runfolder") is None
     assert breaks("ftray.train.recipe", "ftray.results.report") == "ftray.train imports nothing from ftray.results"
     assert breaks("ftray.tasks.text", "ftray.spec.config") == "ftray.tasks imports only ftray.errors, ftray.tasks"
-    assert breaks("ftray.driver.search", "ftray.train.recipe") is None
+    assert breaks("ftray.driver.tuner", "ftray.train.recipe") is None
     tree = ast.parse("from ftray import storage\nfrom ftray.tasks import Task\nimport ftray.errors\n")
     assert [m for node in tree.body for m in resolve(node, "ftray.api")] == ["ftray.storage", "ftray.tasks",
                                                                            "ftray.errors"]

@@ -128,16 +128,16 @@ def test_out_of_memory_says_what_to_lower(task, tokenizer_json):
 
 def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_resumes_from_the_latest(
         task, tokenizer_json, tmp_path):
-    """TrialContext (a one-worker trial in its Tune trial's process) with Tune's report replaced by a list."""
+    """TuneTrialContext (a one-worker trial in its Tune trial's process) with Tune's report replaced by a list."""
     from ftray.results import runfolder as rf
-    from ftray.train.context import TrialContext
+    from ftray.train.context import TuneTrialContext
     from ftray.train.recipe import run_recipe
 
     run_dir, reports = str(tmp_path / "run"), []
 
     def context():
-        return TrialContext(run_dir, "t1", keep=1, objective="eval_loss", mode="min", device=torch.device("cpu"),
-                            report=reports.append)
+        return TuneTrialContext(run_dir, "t1", keep=1, objective="eval_loss", mode="min", device=torch.device("cpu"),
+                                report=reports.append)
 
     trial = job(task, tokenizer_json, steps=6, eval_every=2)
     run_recipe(trial, context())

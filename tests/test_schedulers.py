@@ -115,7 +115,7 @@ def test_a_trial_optuna_never_suggested_is_kept_from_it():
     # `ftray resume --restart-errored` runs an errored trial again as a new Tune trial, with a new id:
     # Tune's OptunaSearch failed on it (KeyError), and the resumed sweep with it.
     from ftray import Sweep, SyntheticTask
-    from ftray.driver.search import searcher
+    from ftray.driver.searcher import searcher
 
     search = searcher(Sweep(name="s", task=SyntheticTask(n_train=8, n_valid=4, n_test=4), models=["tiny-xs"],
                             num_trials=2))

@@ -26,7 +26,7 @@ def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
     from dataclasses import dataclass
 
     from ftray.tasks.metrics import sign
-    from ftray.driver.search import scheduler
+    from ftray.driver.schedulers import scheduler
 
     # ASHA on a metric other than the objective stops trials by that metric's own direction.
     s = make(objective="slot_f1", asha=ASHA(grace_steps=50, metric="parse_failure_rate"), steps=100)
@@ -131,7 +131,7 @@ def test_grouped_settings_and_a_misspelt_field():
 def test_grid_search_is_checked_and_cycled_with_the_ladder():
     import optuna
 
-    from ftray.driver.search import DefineByRun
+    from ftray.driver.searcher import DefineByRun
 
     with pytest.raises(FtrayInputError, match=r"space\['lora_rank'\]"):
         make(space={"lora_rank": tune.grid_search([4, 0])})
@@ -153,7 +153,7 @@ def test_a_sweep_is_rebuilt_from_its_description():
 
 
 def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
-    from ftray.driver.search import as_recorded
+    from ftray.driver.resuming import as_recorded
     from ftray.spec.sweep import diff_descriptions
 
     s = make(workers=1)

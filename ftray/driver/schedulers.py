@@ -10,20 +10,26 @@ Tune saves a searcher's state for `Tuner.restore` but not a scheduler's: a resum
 start with empty rungs and judge its next trials against nothing. So when a restored trial is added,
 the results it had reported are read back from its folder into the rungs.
 
-Every sweep's scheduler (ASHA or none) also keeps a failed trial's ERROR on record (`Fifo`).
+Every sweep's scheduler (ASHA or none) also keeps a failed trial's ERROR on record (`FIFOKeepingErrors`).
+`scheduler(sweep)` picks the sweep's. Ray's internals used here are in ftray/raypatches.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from ftray import raypatches
 from ftray.results import runfolder as rf
 
+if TYPE_CHECKING:
+    from ftray.spec.sweep import Sweep
 
-class Fifo(FIFOScheduler):
+
+class FIFOKeepingErrors(FIFOScheduler):
     """Tune's first-in-first-out scheduler, with a trial's ERROR kept in the experiment's state.
 
     Ray Tune (2.60) writes a trial's status into its experiment-state file only when the trial was
@@ -34,17 +40,16 @@ class Fifo(FIFOScheduler):
     before it sets ERROR, so the mark is made here; Ray without the method keeps its behaviour."""
 
     def on_trial_error(self, tune_controller, trial):
-        mark = getattr(tune_controller, "_mark_trial_to_checkpoint", None)
-        if mark is not None:
-            mark(trial)
+        raypatches.mark_trial_for_snapshot(tune_controller, trial)
         super().on_trial_error(tune_controller, trial)
 
 
-class PerModelASHA(Fifo):
+class PerModelASHA(FIFOKeepingErrors):
     def __init__(self, metric: str, mode: str, grace_period: int, reduction_factor: float, max_t: int,
                  time_attr: str = "step", per_model: bool = True):
         super().__init__()
-        self._metric, self._mode = metric, mode
+        FIFOScheduler.set_search_properties(self, metric, mode)  # Tune reads it as `self.metric`
+        self._mode = mode
         self._asha = dict(metric=metric, mode=mode, time_attr=time_attr, grace_period=grace_period,
                           reduction_factor=reduction_factor, max_t=max_t)
         self._per_model = per_model
@@ -64,9 +69,8 @@ class PerModelASHA(Fifo):
         scheduler = self._scheduler(trial)
         scheduler.on_trial_add(tune_controller, trial)
         for result in _reported(trial):  # empty for a new trial
-            if self._asha["time_attr"] in result and self._metric in result:
-                scheduler._trial_info[trial.trial_id].on_result(
-                    trial, result[self._asha["time_attr"]], scheduler._metric_op * result[self._metric])
+            if self._asha["time_attr"] in result and self.metric in result:
+                raypatches.asha_replay_result(scheduler, trial, result[self._asha["time_attr"]], result[self.metric])
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         return self._scheduler(trial).on_trial_result(tune_controller, trial, result)
@@ -80,11 +84,11 @@ class PerModelASHA(Fifo):
 
     def on_trial_remove(self, tune_controller, trial):
         scheduler = self._scheduler(trial)
-        if trial.trial_id in scheduler._trial_info:
+        if raypatches.asha_holds(scheduler, trial):
             scheduler.on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        stopped = sum(s._num_stopped for s in self._by_group.values())
+        stopped = sum(raypatches.asha_stopped(s) for s in self._by_group.values())
         return f"ASHA{' per model' if self._per_model else ''}: {stopped} trials stopped early"
 
 
@@ -92,11 +96,23 @@ def _reported(trial) -> list[dict]:
     """The results a trial reported before a resume, from its result.json (local or a URI)."""
     if not getattr(trial, "has_reported_at_least_once", False):  # a new trial: no results, no folder yet
         return []
-    storage = trial.storage
     try:
-        path = os.path.join(storage.trial_fs_path, rf.RESULTS)
-        with storage.storage_filesystem.open_input_stream(path) as f:
+        fs, stored = raypatches.trial_storage(trial)
+        path = os.path.join(stored, rf.RESULTS)
+        with fs.open_input_stream(path) as f:
             text = f.read().decode()
     except (RuntimeError, OSError):  # no trial folder (RuntimeError from Ray), or no results in it
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def scheduler(sweep: Sweep):
+    """The sweep's Tune scheduler: ASHA per model size where asked, else FIFOKeepingErrors."""
+    asha = sweep.search.asha
+    if asha is None:
+        return FIFOKeepingErrors()
+
+    return PerModelASHA(
+        metric=asha.metric or sweep.objective, mode=sweep.asha_mode(), grace_period=asha.grace_steps,
+        reduction_factor=asha.reduction_factor, max_t=sweep.trial.steps or 10**9, per_model=asha.per_model,
+    )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 from ftray import storage as st
+from ftray.driver.raystart import init_ray
 from ftray.spec.config import TrialConfig
 from ftray.errors import FtrayInputError, ScoringFailed
 from ftray.results.frontier import trial_front
@@ -205,15 +206,13 @@ def scoring_resources(sweep, model_id: str, cluster: Mapping[str, float], log: L
 @contextlib.contextmanager
 def ray_running(log: Log | None, address: str | None = None) -> Iterator[None]:
     """Ray for scoring: the one this process already runs (a sweep's), else the cluster at `address` (or
-    RAY_ADDRESS) or a local Ray started as a sweep starts one (search.init_ray), without the dashboard
+    RAY_ADDRESS) or a local Ray started as a sweep starts one (raystart.init_ray), without the dashboard
     (only Ray Train's trials need it); a Ray started here is shut down after."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    from ftray.driver.search import init_ray  # Tune and Optuna's imports: only where no sweep is running
-
     said = io.StringIO()
     with contextlib.redirect_stdout(said):  # its "started a local Ray" line goes where this command logs
         init_ray(address, dashboard=False)

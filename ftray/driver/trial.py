@@ -79,7 +79,7 @@ def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome,
     import ray
     import torch
 
-    from ftray.train.context import TrialContext
+    from ftray.train.context import TuneTrialContext
     from ftray.train.recipe import run_recipe
 
     sweep, launched = setup.sweep, time.time()
@@ -87,8 +87,8 @@ def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome,
     # machine without CUDA, as ftray's tests place trials) has none behind it: the trial trains on the CPU.
     on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
-    ctx = TrialContext(setup.run_dir, trial_id, keep=sweep.failure.keep_checkpoints, objective=sweep.objective,
-                       mode=sweep.mode, device=device)
+    ctx = TuneTrialContext(setup.run_dir, trial_id, keep=sweep.failure.keep_checkpoints, objective=sweep.objective,
+                           mode=sweep.mode, device=device)
     try:
         run_recipe(job, ctx, launched_at=launched)
     except Exception as e:

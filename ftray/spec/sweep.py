@@ -321,7 +321,7 @@ class Sweep:
     def grid_cells(self) -> list[dict]:
         """The cycle that trials go through: every combination of the ladder (with round-robin model
         sampling) and of each `tune.grid_search` in the space, the model varying slowest. Trial number i
-        takes cell i % len(cells) (search.DefineByRun), so with fewer trials than cells, the cells from
+        takes cell i % len(cells) (driver.searcher.DefineByRun), so with fewer trials than cells, the cells from
         num_trials on are never run. A space with no grid is one empty cell."""
         grids = {k: list(v["grid_search"]) for k, v in self.space.items() if is_grid(v)}
         if self.search.model_sampling == "round-robin" and is_domain(self.space["model"]):

@@ -1,9 +1,10 @@
 """Where the training recipe runs: Ray Train's workers (`RayContext`), a Tune trial's own process
-(`TrialContext`, a one-worker trial) or this one process (`LocalContext`, the bench and tests).
+(`TuneTrialContext`, a one-worker trial) or this one process (`LocalContext`, the bench and tests).
 
 The recipe needs five things from its surroundings: its rank, the world size, its device, the
 checkpoint to resume from, and a way to report metrics with a checkpoint. Ray's calls are here and
-nowhere else in the worker code, so the same loop runs without Ray in the bench and tests.
+nowhere else in the worker code, so the same loop runs without Ray in the bench and tests (Ray's internals
+used here are in ftray/raypatches.py).
 """
 
 from __future__ import annotations
@@ -17,19 +18,7 @@ from typing import Callable, Iterator
 
 import torch
 
-
-def _quiet_train_report_lines() -> None:
-    """Ray Train logs every report with all its metrics, the per-row scores and generations included
-    (tens of kB a line on a full validation set), on every worker; ftray prints its own progress line.
-    Its logger is named after its file; should Ray move that file, the lines come back and nothing else
-    changes."""
-    import logging
-
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+from ftray import raypatches
 
 
 class RayContext:
@@ -42,7 +31,7 @@ class RayContext:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        _quiet_train_report_lines()
+        raypatches.quiet_train_report_lines()
 
     @contextlib.contextmanager
     def resume_folder(self) -> Iterator[str | None]:
@@ -80,7 +69,7 @@ class RayContext:
             sys.stdout.flush()
 
 
-class TrialContext:
+class TuneTrialContext:
     """A one-worker trial in its Tune trial's process, without a Train worker group: reports go to Tune,
     and ftray stores the checkpoints itself in the trial's checkpoints folder of the run (runfolder.py),
     keeping the best `keep` by the objective and the latest, as Train does for larger trials."""

@@ -6,7 +6,7 @@ to resume from), the base evaluation, then `train`: get a batch, forward, backwa
 `eval_every` steps `report` (evaluate, save a checkpoint, hand both to the context).
 
 Ray is behind a small context (ftray/train/context.py): rank, world size, device, the checkpoint to resume
-from, and report. `RayContext` is a Train worker's, `TrialContext` a Tune trial's; `LocalContext` is
+from, and report. `RayContext` is a Train worker's, `TuneTrialContext` a Tune trial's; `LocalContext` is
 one plain process (rank 0 of 1), which is how the bench and the unit tests run this very loop
 (`run_local`).
 
@@ -31,7 +31,7 @@ import torch
 
 from ftray.errors import DidNotFitError, DivergedError
 from ftray.spec.config import TrialConfig
-from ftray.train.context import LocalContext, RayContext, TrialContext
+from ftray.train.context import LocalContext, RayContext, TuneTrialContext
 from ftray.train.data import Layout, batches, select, tokenize_examples
 from ftray.train.evaluate import score, sum_over_workers
 from ftray.train.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
@@ -82,7 +82,7 @@ class TrainState:
 class LoRARecipe:
     """One trial's LoRA finetune: setup, base evaluation, the loop, evaluations and checkpoints."""
 
-    def __init__(self, job: TrialJob, ctx: RayContext | TrialContext | LocalContext, *, restarts: int = 0,
+    def __init__(self, job: TrialJob, ctx: RayContext | TuneTrialContext | LocalContext, *, restarts: int = 0,
                  launched_at: float | None = None, trace: list | None = None):
         self.job, self.cfg, self.ctx = job, job.config, ctx
         self.rank, self.world, self.device = ctx.rank, ctx.world, ctx.device

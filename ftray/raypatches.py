@@ -1,0 +1,118 @@
+"""Every place ftray relies on Ray's internals: private attributes, internal modules, private arguments.
+
+Each function says what it does, why ftray needs it, and the Ray version it was checked against. A Ray
+upgrade that moves one of them fails loudly in tests/test_raypatches.py, one named test per function,
+without starting a cluster. Ray is imported inside the functions: importing ftray stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# ---- Ray start-up ------------------------------------------------------------------------------------
+
+
+def workers_not_niced() -> dict[str, Any]:
+    """`ray.init` keyword arguments that run a local Ray's workers at the driver's priority.
+
+    Why: Ray's default (worker_niceness 15) lets every wake-up of Ray's own daemons preempt a Train
+    worker, and its DDP peers then wait for it at the next all-reduce (README, Benchmarks).
+    How: `_system_config` is ray.init's private override of RayConfig; `worker_niceness` is the key
+    (RAY_worker_niceness as an environment variable). Checked against Ray 2.60."""
+    return {"_system_config": {"worker_niceness": 0}}
+
+
+def keep_out_of_runtime_env(names: set[str]) -> None:
+    """Tune stops copying the environment variables `names` into each trial actor's runtime_env.
+
+    Why: Ray Tune copies a fixed list of variables (AWS credentials among them) from the driver's
+    environment into every trial actor's runtime_env, and Ray's runtime-env agent writes that into its
+    log. How: that list is the module global `ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE`,
+    read each time `_ActorClassCache.get` builds an actor class; it is replaced here by the list without
+    `names`. Checked against Ray 2.60."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = set(class_cache.ENV_VARS_TO_PROPAGATE) - set(names)
+
+
+# ---- Tune: searcher, scheduler, controller, trials -------------------------------------------------
+
+
+def optuna_suggested(search, trial_id: str) -> bool:
+    """Whether Tune's OptunaSearch `search` suggested the trial `trial_id` (holds an Optuna trial for it).
+
+    Why: a trial Optuna never suggested (`--restart-errored` runs an errored trial again as a new Tune
+    trial, with a new id) is not Optuna's to hear of: OptunaSearch fails on its id (KeyError).
+    How: OptunaSearch keeps its Optuna trials by Tune trial id in the private dict `_ot_trials`.
+    Checked against Ray 2.60."""
+    return trial_id in search._ot_trials
+
+
+def mark_trial_for_snapshot(tune_controller, trial) -> None:
+    """Have Tune write `trial`'s status into the experiment-state file at its next snapshot.
+
+    Why: Tune writes a trial's status there only when the trial was marked since the last snapshot, and a
+    trial whose process died is set to ERROR without that mark (`TuneController._schedule_trial_stop`
+    returns early for a trial without a live process): the file kept it RUNNING, the report said RUNNING
+    and a resume took it for unfinished (schedulers.FIFOKeepingErrors). How: the private
+    `TuneController._mark_trial_to_checkpoint`; a Ray without it keeps its own behaviour (nothing is
+    marked). Checked against Ray 2.60."""
+    mark = getattr(tune_controller, "_mark_trial_to_checkpoint", None)
+    if mark is not None:
+        mark(trial)
+
+
+def asha_holds(asha, trial) -> bool:
+    """Whether Tune's AsyncHyperBandScheduler `asha` has `trial` in one of its brackets.
+
+    Why: PerModelASHA removes a trial from its model's ASHA on error; ASHA's on_trial_remove fails on a
+    trial it does not hold (one already completed or removed). How: ASHA keeps a trial's bracket by trial
+    id in the private dict `_trial_info`. Checked against Ray 2.60."""
+    return trial.trial_id in asha._trial_info
+
+
+def asha_replay_result(asha, trial, time: float, value: float) -> None:
+    """Enter a result `trial` reported before a resume into `asha`'s rungs, without a decision on it.
+
+    Why: Tune saves a searcher's state for `Tuner.restore` but not a scheduler's, so a resumed sweep's
+    ASHA would judge its next trials against empty rungs (schedulers.PerModelASHA). How: the trial's
+    bracket (private `_trial_info[trial_id]`, a `_Bracket`) records the value through its `on_result`,
+    signed by ASHA's private `_metric_op` (1 for max, -1 for min) as ASHA's own on_trial_result does.
+    Checked against Ray 2.60."""
+    asha._trial_info[trial.trial_id].on_result(trial, time, asha._metric_op * value)
+
+
+def asha_stopped(asha) -> int:
+    """How many trials `asha` stopped early (for the scheduler's progress line).
+
+    How: ASHA's private counter `_num_stopped`, which its own debug_string prints. Checked against Ray 2.60."""
+    return asha._num_stopped
+
+
+def trial_storage(trial) -> tuple[Any, str]:
+    """(pyarrow filesystem, path on it) of the folder where Tune stores `trial`'s files (result.json, ...).
+
+    Why: ftray reads a trial's earlier reports back from storage (KeepHistory, PerModelASHA on resume),
+    which may be a URI. How: `Trial.storage` is a `ray.train._internal.storage.StorageContext`; its
+    `storage_filesystem` and `trial_fs_path`. Checked against Ray 2.60."""
+    return trial.storage.storage_filesystem, trial.storage.trial_fs_path
+
+
+# ---- Train -------------------------------------------------------------------------------------------
+
+
+def quiet_train_report_lines() -> None:
+    """Ray Train stops logging every report in a worker.
+
+    Why: Train logs every report with all its metrics, the per-row scores and generations included
+    (tens of kB a line on a full validation set), on every worker; ftray prints its own progress line.
+    How: that logger is named after its file, `ray/train/v2/_internal/execution/context.py`
+    (`logging.getLogger(__file__)`); it is set to WARNING. Should Ray move that file, the lines come back
+    and nothing else changes. Checked against Ray 2.60."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)

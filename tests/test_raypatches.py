@@ -1,0 +1,148 @@
+"""Each of ftray's uses of Ray's internals (ftray/raypatches.py) still finds what it relies on in the
+installed Ray, and still does what it is for: a Ray upgrade that moves one fails here, by name. No Ray
+cluster is started; seconds in all."""
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from ftray import raypatches
+
+
+def test_workers_not_niced_is_a_system_config_ray_init_reads():
+    import inspect
+
+    import ray
+    from ray._private import ray_constants
+
+    kwargs = raypatches.workers_not_niced()
+    assert kwargs == {"_system_config": {"worker_niceness": 0}}
+    assert 'kwargs.pop("_system_config"' in inspect.getsource(ray.init)  # ray.init still takes it
+    assert ray_constants.RAY_WORKER_NICENESS == "RAY_worker_niceness"  # and RayConfig still has the key
+
+
+def test_credentials_stay_out_of_the_trial_actors_runtime_env(monkeypatch):
+    import ray
+    from ray.tune.execution import class_cache
+
+    from ftray.driver.raystart import CREDENTIALS_NOT_PROPAGATED, keep_credentials_out_of_trials
+
+    # Tune (unpatched) copies them: else the patch protects nothing and Ray changed how it propagates them.
+    assert CREDENTIALS_NOT_PROPAGATED <= set(class_cache.ENV_VARS_TO_PROPAGATE)
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)  # restored after
+    kept = set(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIALS_NOT_PROPAGATED
+    for name in CREDENTIALS_NOT_PROPAGATED | {next(iter(kept))}:
+        monkeypatch.setenv(name, "secret")
+    made = []
+    monkeypatch.setattr(ray, "remote", lambda **options: lambda cls: made.append(options) or cls)
+
+    keep_credentials_out_of_trials()
+    class_cache._ActorClassCache().get(type("Trainable", (), {}))
+    (options,) = made
+    env_vars = options["runtime_env"]["env_vars"]
+    assert not CREDENTIALS_NOT_PROPAGATED & set(env_vars)
+    assert next(iter(kept)) in env_vars  # the others still go
+
+
+def test_optuna_suggested_reads_the_searchers_optuna_trials():
+    from ftray import Sweep, SyntheticTask
+    from ftray.driver.searcher import searcher
+
+    search = searcher(Sweep(name="s", task=SyntheticTask(n_train=8, n_valid=4, n_test=4), models=["tiny-xs"],
+                            num_trials=2))
+    assert not raypatches.optuna_suggested(search, "a")
+    search.suggest("a")
+    assert raypatches.optuna_suggested(search, "a") and not raypatches.optuna_suggested(search, "b")
+
+
+def _controller():
+    """Tune's controller with no more of it than its snapshot bookkeeping (no cluster, no experiment)."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    controller = TuneController.__new__(TuneController)
+    controller._trials_to_cache, controller._trial_metadata = set(), {}
+    return controller
+
+
+def test_a_marked_trial_is_in_the_next_snapshot_of_the_experiment_state():
+    from ray.tune.execution.tune_controller import TuneController
+
+    from ftray.driver.schedulers import FIFOKeepingErrors
+
+    assert callable(getattr(TuneController, "_mark_trial_to_checkpoint", None))
+    class Trial:  # hashable, as Tune's trials are
+        trial_id = "t1"
+
+        def get_json_state(self):
+            return "ERROR state"
+
+    trial = Trial()
+    controller = _controller()
+    raypatches.mark_trial_for_snapshot(controller, trial)
+    assert controller._get_trial_checkpoints() == {"t1": "ERROR state"}
+
+    controller = _controller()
+    FIFOKeepingErrors().on_trial_error(controller, trial)  # the scheduler a sweep without ASHA runs
+    assert controller._get_trial_checkpoints() == {"t1": "ERROR state"}
+    raypatches.mark_trial_for_snapshot(SimpleNamespace(), trial)  # a Ray without the method: nothing marked
+
+
+def test_asha_holds_replays_and_counts():
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    asha = AsyncHyperBandScheduler(metric="loss", mode="min", time_attr="step", grace_period=1, reduction_factor=2,
+                                   max_t=8, brackets=1)
+    before, after = SimpleNamespace(trial_id="before"), SimpleNamespace(trial_id="after")
+    assert not raypatches.asha_holds(asha, before)
+    asha.on_trial_add(None, before)
+    assert raypatches.asha_holds(asha, before)
+    raypatches.asha_replay_result(asha, before, 1, 0.5)  # what it reported before a resume
+    assert raypatches.asha_stopped(asha) == 0
+    asha.on_trial_add(None, after)
+    # Judged against the replayed result (alone at the rung, it would go on), with the mode's sign.
+    assert asha.on_trial_result(None, after, {"step": 1, "loss": 0.9}) == TrialScheduler.STOP
+    assert raypatches.asha_stopped(asha) == 1
+    asha.on_trial_remove(None, before)
+    assert not raypatches.asha_holds(asha, before)
+
+
+def test_trial_storage_is_where_tune_keeps_the_trials_files(tmp_path):
+    from pyarrow.fs import LocalFileSystem
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    from ftray.driver.schedulers import _reported
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="t1")
+    trial = Trial("__fake", config={"model": "m"}, trial_id="t1", storage=storage, stub=True)
+    fs, path = raypatches.trial_storage(trial)
+    assert isinstance(fs, LocalFileSystem) and path == str(tmp_path / "exp" / "t1") == trial.path
+
+    (tmp_path / "exp" / "t1").mkdir(parents=True)
+    (tmp_path / "exp" / "t1" / "result.json").write_text(json.dumps({"step": 1, "eval_loss": 2.0}) + "\n")
+    trial.run_metadata.last_result = {"step": 1}  # Tune's mark of a trial that reported
+    assert _reported(trial) == [{"step": 1, "eval_loss": 2.0}]
+
+
+def test_train_report_lines_are_quieted_by_their_loggers_name():
+    from ray.train.v2._internal.execution import context
+
+    assert context.logger.name == context.__file__  # Train still names its logger after the file
+    logger = logging.getLogger(context.__file__)
+    level = logger.level
+    try:
+        raypatches.quiet_train_report_lines()
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("module", ["ftray", "ftray.raypatches"])
+def test_importing_ftray_does_not_import_ray(module):
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
