@@ -18,7 +18,7 @@ class RunResult:
     run_dir: str
     report: dict  # `ftray report RUN_DIR --json`: trials, frontier, analysis
     text: str  # the report as printed
-    trials: tuple = ()  # the trials (results.trialresult.TrialResult), typed: what report["trials"] shows as JSON
+    trials: tuple = ()  # the trials as results.trialresult.TrialResult: what report["trials"] shows as JSON
 
     @property
     def frontier(self) -> list[str]:
@@ -58,13 +58,13 @@ def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quie
 
     run_data = load_run(run_dir)
     # As Ray tasks on the sweep's Ray, each trial with its rung's worker resources (driver/scoring.py).
-    if score_held_out(run_data, sweep or rf.sweep_of_run(run_data["run_dir"]), log=None if quiet else to_stdout):
+    if score_held_out(run_data, sweep or rf.sweep_of_run(run_data.run_dir), log=None if quiet else to_stdout):
         run_data = load_run(run_dir)
     if not keep_all_checkpoints:
         # After the held-out scoring, so that the front kept here is decided on the test scores the
         # report's verdicts read (report.load_run: frontier.decide_front), not on validation alone.
-        pruned = rf.prune_checkpoints(run_data["run_dir"], set(run_data["frontier"]),
-                                      rf.tune_trials(run_data["run_dir"]))
+        pruned = rf.prune_checkpoints(run_data.run_dir, set(run_data.frontier),
+                                      rf.tune_trials(run_data.run_dir))
         if pruned and not quiet:
             print(f"ftray: removed the checkpoints of {len(pruned)} trials off the frontier "
                   "(--keep-all-checkpoints keeps them)", flush=True)
@@ -75,7 +75,7 @@ def finish(run_dir: str, sweep=None, *, keep_all_checkpoints: bool = False, quie
     log_sweep_summary(run_data, report, written)
     text = format_report(run_data, report)
     if not quiet:
-        shown = st.redact(run_data["run_dir"])
+        shown = st.redact(run_data.run_dir)
         print(f"\n{text}\n\nrun folder: {shown}\nreport:     ftray report {shown}   "
               "(files: frontier.csv, report.json, *.png)", flush=True)
-    return RunResult(run_data["run_dir"], report, text, tuple(run_data["trials"]))
+    return RunResult(run_data.run_dir, report, text, run_data.trials)

@@ -152,7 +152,7 @@ def cmd_report(args) -> int:
         from ftray.results.runfolder import sweep_of_run
 
         # Progress on stderr: stdout is the report (--json: one JSON object).
-        if score_held_out(run, sweep_of_run(run["run_dir"]), log=to_stderr, ray_address=args.address):
+        if score_held_out(run, sweep_of_run(run.run_dir), log=to_stderr, ray_address=args.address):
             run = load_run(args.run_dir)
     report = build_report(run, target=args.target)
     written = [] if args.no_files else write_report_files(run, report)
@@ -180,17 +180,17 @@ def cmd_compare(args) -> int:
     from ftray.results.report import load_run
 
     runs = [load_run(d) for d in args.run_dirs]
-    objectives = {(r["objective"]["metric"], r["objective"]["mode"]) for r in runs}
+    objectives = {(r.metric, r.mode) for r in runs}
     if len(objectives) > 1:
         raise FtrayInputError(f"the runs have different objectives ({sorted(objectives)}); compare runs of one objective")
     metric, mode = objectives.pop()
     # Each run on the scores its front was decided on (test where all its trials have them).
-    views = [source_view(r["trials"], metric) for r in runs]
+    views = [source_view(r.trials, metric) for r in runs]
     ref = default_reference([view for _, view, _ in views], mode)
-    rows = [{"run_dir": st.redact(r["run_dir"]), "trials": len(r["trials"]), "frontier": r["frontier"],
+    rows = [{"run_dir": st.redact(r.run_dir), "trials": len(r.trials), "frontier": r.frontier,
              "source": source, "hypervolume": front_hypervolume(view, mode, ref)}
             for r, (source, view, _) in zip(runs, views)]
-    plot = compare_plot([(st.basename(r["run_dir"]), view, r["frontier"]) for r, (_, view, _) in zip(runs, views)],
+    plot = compare_plot([(st.basename(r.run_dir), view, r.frontier) for r, (_, view, _) in zip(runs, views)],
                         metric, args.out)
     if args.json:
         print(json.dumps({"objective": {"metric": metric, "mode": mode}, "reference": list(ref), "runs": rows,

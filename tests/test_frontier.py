@@ -110,10 +110,9 @@ def test_a_control_of_the_same_size_is_compared_beside_the_ladder_not_stepped_on
     assert [(c["best"], c["other"], c["params"]) for c in lev["same_size"]] == [("m", "m-random", 400)] * 2
     assert [c["gain"] for c in lev["same_size"]] == pytest.approx([0.35, 0.4])
     from ftray.results.frontier import trial_front
-    from ftray.results.report import format_report
+    from ftray.results.report import LoadedRun, format_report
 
-    run = {"run_dir": "/tmp/r", "objective": {"metric": "score", "mode": "max"}, "trials": trials,
-           "frontier": trial_front(trials, "max")}
+    run = LoadedRun("/tmp/r", "score", "max", tuple(trials), trial_front(trials, "max"))
     text = format_report(run, {"analysis": analyse(trials, "score", "max")})
     assert "data 1: m over m-random at 400 params: +0.4" in text
 
@@ -202,13 +201,12 @@ def test_analyse_keeps_its_keys_and_adds_the_evidence():
 
 def test_format_report_prints_intervals_and_undecided_lines():
     from ftray.results.frontier import trial_front as front
-    from ftray.results.report import format_report
+    from ftray.results.report import LoadedRun, format_report
 
     # Two sizes, two fractions, 64 rows, gains of a point: nothing here can be decided.
     trials = [with_rows(trial(f"{m}{f}", m, p, 0, data=f), 0.5 + 0.01 * i, n=64, seed=i * 2 + j)
               for i, (m, p) in enumerate([("s", 100), ("m", 400)]) for j, f in enumerate((0.5, 1.0))]
-    run = {"run_dir": "/tmp/r", "objective": {"metric": "score", "mode": "max"}, "trials": trials,
-           "frontier": front(trials, "max")}
+    run = LoadedRun("/tmp/r", "score", "max", tuple(trials), front(trials, "max"))
     text = format_report(run, {"analysis": analyse(trials, "score", "max", target=0.5)})
     assert "Scores with 95% intervals over rows" in text
     assert "undecided between more data and a bigger model" in text and "to decide:" in text

@@ -66,17 +66,17 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
     run_dir = tmp_path / "front"
     make_run(run_dir, sweep)
     before = load_run(str(run_dir))
-    assert trial_front(before["trials"], "max") == ["a", "c"]  # the validation front, what pruning kept before
-    assert before["frontier"] == ["a", "c"]  # no test scores yet: the front is validation's
+    assert trial_front(before.trials, "max") == ["a", "c"]  # the validation front, what pruning kept before
+    assert before.frontier == ["a", "c"]  # no test scores yet: the front is validation's
 
     def score_held_out(run, sweep, **_):
         """What the real one writes (each finished trial's adapter on the test rows), without a model:
         pruning must run after it."""
-        for t in run["trials"]:
+        for t in run.trials:
             test = TRIALS[t.id][2]
             rf.write_test_scores(t.trial_dir, rf.TestScores({"slot_f1": test}, {"slot_f1": rows(test)}, ROWS, ROWS,
                                                             t.checkpoint))
-        return len(run["trials"])
+        return len(run.trials)
 
     monkeypatch.setattr(scoring, "score_held_out", score_held_out)
     result = finish(str(run_dir), sweep, quiet=True)
@@ -86,7 +86,7 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
     assert result.report["analysis"]["frontier_params"] == test_front
     kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert kept == test_front  # a and c, the validation front, lost theirs; the verdicts' front did not
-    after = {t.id: t for t in load_run(str(run_dir))["trials"]}
+    after = {t.id: t for t in load_run(str(run_dir)).trials}
     assert [i for i, t in after.items() if t.checkpoint] == test_front
 
     with open(run_dir / "frontier.csv", newline="") as f:
@@ -116,7 +116,7 @@ def test_pruning_keeps_the_test_front_that_the_report_reads(tmp_path, monkeypatc
     # alike; the test scores that exist keep their intervals in frontier.csv.
     (run_dir / "b" / rf.TEST_FILE).unlink()
     run = load_run(str(run_dir))
-    assert run["frontier"] == ["a", "c"]
+    assert run.frontier == ["a", "c"]
     report = build_report(run)
     assert report["analysis"]["source"] == "validation"
     by_id = {r["id"]: r for r in csv.DictReader(io.StringIO(frontier_csv(run, report)))}

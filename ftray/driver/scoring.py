@@ -33,6 +33,7 @@ from ftray.results.frontier import trial_front
 from ftray.results.trialresult import TrialResult
 
 if TYPE_CHECKING:
+    from ftray.results.report import LoadedRun
     from ftray.train.evaluate import Scores
     from ftray.train.models import ModelSpec
     from ftray.tasks.base import Example, Task
@@ -273,7 +274,7 @@ def _score(trials: Sequence[TrialResult], sweep, examples: Sequence[Example], wh
         return score_on_ray(jobs, examples, on_scored=done)
 
 
-def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: str | None = None) -> int:
+def score_held_out(run: LoadedRun, sweep, log: Log | None = to_stdout, ray_address: str | None = None) -> int:
     """Score every finished trial's adapter on the task's held-out test rows; returns how many were scored.
 
     The report's headline numbers then rest on rows that neither training nor selection saw (the
@@ -291,7 +292,7 @@ def score_held_out(run: dict, sweep, log: Log | None = to_stdout, ray_address: s
         split = sweep.task.examples("test") if n else []
     except HubUnavailable:
         split = []
-    todo = [t for t in run["trials"] if t.objective is not None and t.checkpoint]
+    todo = [t for t in run.trials if t.objective is not None and t.checkpoint]
     if not split or not todo:
         return 0
     examples = [split[i] for i in nested_subset(len(split), min(1.0, n / len(split)), seed=0)]
@@ -330,26 +331,25 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
     from ftray.results.runfolder import sweep_of_run
 
     run = load_run(run_dir)
-    sweep = sweep_of_run(run["run_dir"])
+    sweep = sweep_of_run(run.run_dir)
     examples = sweep.task.examples_from_file(data_file)
     if not examples:
         raise FtrayInputError(f"{data_file} holds no rows")
-    obj = run["objective"]
-    front = [t for t in run["trials"] if t.id in set(run["frontier"])]
+    front = [t for t in run.trials if t.id in set(run.frontier)]
     if not front:
-        raise FtrayInputError(f"{st.redact(run['run_dir'])}: no trial is on the frontier, so there is nothing to score")
+        raise FtrayInputError(f"{st.redact(run.run_dir)}: no trial is on the frontier, so there is nothing to score")
     for t in front:
         if not t.checkpoint:
             raise FtrayInputError(f"trial {t.id} has no checkpoint left to score")
     scored = {r.trial_id: r.scores.metrics
               for r in _score(front, sweep, examples, f"frontier trials on {len(examples)} rows of {data_file}", log,
-                              ray_address, obj["metric"], batch_size=batch_size)}
-    new_front = trial_front([replace(t, objective=scored[t.id][obj["metric"]]) for t in front], obj["mode"])
-    return {"run_dir": st.redact(run["run_dir"]), "data": os.path.abspath(data_file), "rows": len(examples),
-            "objective": obj, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective,
-                                          "objective": scored[t.id][obj["metric"]], "new_metrics": scored[t.id]}
+                              ray_address, run.metric, batch_size=batch_size)}
+    new_front = trial_front([replace(t, objective=scored[t.id][run.metric]) for t in front], run.mode)
+    return {"run_dir": st.redact(run.run_dir), "data": os.path.abspath(data_file), "rows": len(examples),
+            "objective": run.objective, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective,
+                                          "objective": scored[t.id][run.metric], "new_metrics": scored[t.id]}
                                          for t in front],
-            "frontier_before": run["frontier"], "frontier_after": new_front}
+            "frontier_before": run.frontier, "frontier_after": new_front}
 
 
 def format_rescore(result: dict) -> str:

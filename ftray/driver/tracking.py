@@ -9,7 +9,7 @@ environment or netrc; the key is never passed, logged or stored by ftray.
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from ray import tune
 
@@ -17,6 +17,9 @@ from ftray.spec.checks import is_number
 from ftray.spec.config import TrialConfig
 from ftray.results.runfolder import TUNE_LABELS
 from ftray.spec.sweep import WandB
+
+if TYPE_CHECKING:
+    from ftray.results.report import LoadedRun
 
 
 # WANDB_MODE values wandb accepts, as the mode ftray passes to wandb.init.
@@ -168,12 +171,12 @@ def _wandb_settings():
     return wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_meta=True)
 
 
-def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
+def log_sweep_summary(run: LoadedRun, report: dict, files: list[str]) -> str | None:
     """A summary run in the sweep's W&B group: the frontier as a Table, the plots, and the verdicts.
 
     Returns the W&B run id, or None when W&B is disabled for the sweep.
     """
-    settings = WandB(**(run.get("record", {}).get("sweep", {}).get("wandb") or {}))
+    settings = WandB(**(run.sweep.get("wandb") or {}))
     mode = wandb_mode(settings)
     if mode == "disabled":
         return None
@@ -181,17 +184,17 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
 
     from ftray import storage as st
 
-    group = st.basename(run["run_dir"])
-    local_dir = run["run_dir"] if not st.is_uri(run["run_dir"]) else None
+    group = st.basename(run.run_dir)
+    local_dir = run.run_dir if not st.is_uri(run.run_dir) else None
     front = set(report["frontier"])  # the run's one front (frontier.decide_front), as pruning kept it
     analysis = report["analysis"]
-    metric = run["objective"]["metric"]
+    metric = run.metric
     # The interval is over the rows the report's numbers rest on (test rows where the trials have them).
     intervals = (analysis.get("intervals") or {}).get("trials") or {}
     columns = ["trial", "model", "params", "lora_rank", "data_fraction", "lr", "seed", "objective", "test_objective",
                "interval_lo", "interval_hi", "interval_rows", "base_objective", "wall_s", "on_front", "status"]
     table = wandb.Table(columns=columns)
-    for t in run["trials"]:
+    for t in run.trials:
         iv = intervals.get(t.id) or {}
         table.add_data(t.id, t.model, t.params, t.lora_rank, t.data_fraction, t.lr, t.seed, t.objective,
                        t.test_score(metric), iv.get("lo"), iv.get("hi"), iv.get("n"), t.base_objective, t.wall_s,
@@ -199,7 +202,7 @@ def log_sweep_summary(run: dict, report: dict, files: list[str]) -> str | None:
     wb = wandb.init(
         project=settings.project, entity=settings.entity, group=group, job_type="frontier-summary",
         id=f"{group}-summary", name=f"{group}-frontier", dir=local_dir, mode=mode, resume="allow",
-        reinit="create_new", config={"sweep_run": group, "objective": run["objective"]},
+        reinit="create_new", config={"sweep_run": group, "objective": run.objective},
         settings=_wandb_settings(),
     )
     row = {"frontier": table}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import dataclass
 
 from ftray.results import runfolder as rf
 from ftray import storage as st
@@ -11,43 +11,54 @@ from ftray.spec.config import SETTINGS
 from ftray.results.frontier import analyse, decide_front, trial_intervals
 from ftray.tasks.metrics import sign
 from ftray.results.stats import format_count
-from ftray.results.trialresult import load_trials
+from ftray.results.trialresult import TrialResult, load_trials
 
-def load_run(run_dir: str) -> dict:
-    """The run: objective, trials (`TrialResult`s) and frontier (the one front, `decide_front`'s: on
-    test scores where every scored trial has them); `to_json` makes it JSON.
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run as read back from its folder: what the report, the W&B summary, held-out scoring, `ftray eval`
+    and `ftray compare` read."""
+
+    run_dir: str  # where to read and write; shown through st.redact
+    metric: str  # the objective
+    mode: str  # "max" or "min"
+    trials: tuple[TrialResult, ...]
+    frontier: list[str]  # the one front (`decide_front`: on test scores where every scored trial has them)
+    record: rf.RunRecord | None = None  # ftray_run.json; None for a run made up in a test
+
+    @property
+    def objective(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode}
+
+    @property
+    def sweep(self) -> dict:
+        """The sweep as recorded (`Sweep.describe()`); empty where there is no record."""
+        return self.record.sweep if self.record else {}
+
+    def to_json(self) -> dict:
+        return {"run_dir": st.redact(self.run_dir), "objective": self.objective,
+                "trials": [t.to_json() for t in self.trials], "frontier": self.frontier}
+
+
+def load_run(run_dir: str) -> LoadedRun:
+    """The run in its folder, its trials as `TrialResult`s and its one front decided.
 
     `run_dir` is a local folder or a storage URI (s3://, gs://, file://, ...).
     """
     run_dir = st.normalize(run_dir)
     record = rf.require_record(run_dir)
-    trials = load_trials(run_dir, record)
-    return {
-        "run_dir": run_dir,  # where to read and write; shown through st.redact
-        "objective": record.objective,
-        "trials": trials,
-        "frontier": decide_front(trials, record.objective["metric"], record.objective["mode"]),
-        "record": asdict(record),
-    }
+    trials = tuple(load_trials(run_dir, record))
+    metric, mode = record.objective["metric"], record.objective["mode"]
+    return LoadedRun(run_dir, metric, mode, trials, decide_front(trials, metric, mode), record)
 
 
 # ---- presentation ----------------------------------------------------------------------------
-def to_json(run: dict) -> dict:
-    return {
-        "run_dir": st.redact(run["run_dir"]),
-        "objective": run["objective"],
-        "trials": [t.to_json() for t in run["trials"]],
-        "frontier": run["frontier"],
-    }
-
-
-def format_table(run: dict, source: str) -> str:
+def format_table(run: LoadedRun, source: str) -> str:
     """The trials with their validation objective; `source`: the scores the front (*) was decided on."""
-    obj = run["objective"]
-    front = set(run["frontier"])
-    head = ["trial", "status", "model", "params", "rank", "data", "lr", obj["metric"], "wall s", "front"]
+    front = set(run.frontier)
+    head = ["trial", "status", "model", "params", "rank", "data", "lr", run.metric, "wall s", "front"]
     rows = []
-    order = sorted(run["trials"], key=lambda t: (t.params, -sign(obj["mode"]) * (t.objective or 0)))
+    order = sorted(run.trials, key=lambda t: (t.params, -sign(run.mode) * (t.objective or 0)))
     for t in order:
         rows.append([
             t.id, t.status if not t.reason else t.reason.split(":")[0].upper(), t.model or "?",
@@ -59,9 +70,9 @@ def format_table(run: dict, source: str) -> str:
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    better = "higher" if obj["mode"] == "max" else "lower"
-    lines.append(f"\n{len(rows)} trials; objective {obj['metric']} ({better} is better); "
-                 f"* = on the frontier of {obj['metric']} vs parameters, on {source} scores")
+    better = "higher" if run.mode == "max" else "lower"
+    lines.append(f"\n{len(rows)} trials; objective {run.metric} ({better} is better); "
+                 f"* = on the frontier of {run.metric} vs parameters, on {source} scores")
     for t in order:
         if t.reason:
             lines.append(f"  {t.id}: {t.reason}")
@@ -76,35 +87,34 @@ CSV_COLUMNS = ("id", "status", "model", "params", "trainable_params", *(k for k 
                "accelerators", "tokens", "on_front", "reason")
 
 
-def build_report(run: dict, target: float | None = None, level: float = 0.95) -> dict:
+def build_report(run: LoadedRun, target: float | None = None, level: float = 0.95) -> dict:
     """The run's JSON (as `to_json`) with the frontier analysis under "analysis"; `level`: of every interval.
 
     The trials carry their per-row scores ("rows") and held-out test scores ("test") where the sweep
     kept them; the analysis works without them (no intervals) for older run folders.
     """
-    obj = run["objective"]
-    out = to_json(run)
-    space = run.get("record", {}).get("sweep", {}).get("space", {})
+    out = run.to_json()
+    space = run.sweep.get("space", {})
     continuous = {k for k, v in space.items() if isinstance(v, dict) and ("float" in v or "int" in v)}
     # The seed makes repeats, not a setting to rank.
     swept = [k for k in space if k not in ("model", "seed")] or None
-    out["analysis"] = analyse(run["trials"], obj["metric"], obj["mode"], target=target, continuous=continuous,
+    out["analysis"] = analyse(run.trials, run.metric, run.mode, target=target, continuous=continuous,
                               settings=swept, level=level)
     return out
 
 
-def frontier_csv(run: dict, report: dict) -> str:
+def frontier_csv(run: LoadedRun, report: dict) -> str:
     """One row per trial; the test interval is the report's (`analysis.intervals`)."""
     import csv
     import io
 
-    metric = run["objective"]["metric"]
-    front = set(run["frontier"])
+    metric = run.metric
+    front = set(run.frontier)
     test_iv = trial_intervals(report["analysis"].get("intervals") or {}, "test")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
-    for t in sorted(run["trials"], key=lambda t: (t.params, t.id)):
+    for t in sorted(run.trials, key=lambda t: (t.params, t.id)):
         iv = test_iv.get(t.id) or {}
         # The settings from the config alone: the trial's own fields differ in meaning (its "steps" is
         # the step reached, TrialConfig's the budget).
@@ -123,20 +133,19 @@ def _cell(v):
     return json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
 
 
-def write_report_files(run: dict, report: dict) -> list[str]:
+def write_report_files(run: LoadedRun, report: dict) -> list[str]:
     """frontier.csv, report.json and the PNGs, into the run folder (local or a storage URI)."""
     import tempfile
 
     from ftray.results.plots import write_plots
 
-    run_dir = run["run_dir"]
+    run_dir = run.run_dir
     written = []
     for name, text in (("frontier.csv", frontier_csv(run, report)), ("report.json", json.dumps(report, indent=2))):
         st.write_text(st.join(run_dir, name), text)
         written.append(st.join(run_dir, name))
-    obj = run["objective"]
     with tempfile.TemporaryDirectory() as tmp:
-        for path in write_plots(run["trials"], obj["metric"], obj["mode"], tmp, run["frontier"]):
+        for path in write_plots(run.trials, run.metric, run.mode, tmp, run.frontier):
             dest = st.join(run_dir, path.rsplit("/", 1)[-1])
             with open(path, "rb") as f:
                 st.write_bytes(dest, f.read())
@@ -144,17 +153,17 @@ def write_report_files(run: dict, report: dict) -> list[str]:
     return written
 
 
-def format_report(run: dict, report: dict) -> str:
+def format_report(run: LoadedRun, report: dict) -> str:
     """The terminal report: the trial table, the scores with their intervals, then the answers."""
     a = report["analysis"]
-    metric = run["objective"]["metric"]
+    metric = run.metric
     lines = [format_table(run, a["source"])]
     lines += _scores_table(run, a)
     lines += ["", "What the sweep says"]
     lines += [f"  - {v}" for v in a["verdicts"]]
-    early = [t for t in run["trials"] if t.stopped_early]
+    early = [t for t in run.trials if t.stopped_early]
     if early:
-        lines.append(f"  - {len(early)} of {len(run['trials'])} trials were stopped early by ASHA; each is scored at the "
+        lines.append(f"  - {len(early)} of {len(run.trials)} trials were stopped early by ASHA; each is scored at the "
                      "step it reached: " + ", ".join(f"{t.id} ({t.steps})" for t in early[:8])
                      + (" ..." if len(early) > 8 else ""))
     gains = a["finetune_gain"]
@@ -177,19 +186,19 @@ def format_report(run: dict, report: dict) -> str:
     return "\n".join(lines)
 
 
-def _scores_table(run: dict, a: dict) -> list[str]:
+def _scores_table(run: LoadedRun, a: dict) -> list[str]:
     """Each scored trial's validation score (what selection used) and test score, with intervals."""
     from ftray.results.stats import format_interval
 
     iv = a.get("intervals") or {}
     if not iv.get("trials") and a.get("source") != "test":
         return []
-    metric = run["objective"]["metric"]
+    metric = run.metric
     test = a.get("source") == "test"
     valid_iv, test_iv = trial_intervals(iv, "validation"), trial_intervals(iv, "test")
     head = ["trial", "model", "data", f"valid {metric}"] + ([f"test {metric}"] if test else [])
     rows = []
-    scored = [t for t in run["trials"] if t.objective is not None and not t.reason]
+    scored = [t for t in run.trials if t.objective is not None and not t.reason]
     for t in sorted(scored, key=lambda t: (t.params, t.id)):
         row = [t.id, t.model or "?", f"{t.data_fraction:g}",
                format_interval(valid_iv.get(t.id), value=t.objective)]
