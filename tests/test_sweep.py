@@ -30,7 +30,7 @@ def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
 
     # ASHA on a metric other than the objective stops trials by that metric's own direction.
     s = make(objective="slot_f1", asha=ASHA(grace_steps=50, metric="parse_failure_rate"), steps=100)
-    assert (s.mode, s.asha_mode(), scheduler(s)._mode) == ("max", "min", "min")
+    assert (s.mode, s.asha_mode(), scheduler(s)._asha["mode"]) == ("max", "min", "min")
     assert make(objective="slot_f1", mode="min", asha=ASHA(grace_steps=50, metric="slot_f1"), steps=100).asha_mode() == "min"
 
     @dataclass(frozen=True)

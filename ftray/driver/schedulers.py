@@ -49,7 +49,6 @@ class PerModelASHA(FIFOKeepingErrors):
                  time_attr: str = "step", per_model: bool = True):
         super().__init__()
         FIFOScheduler.set_search_properties(self, metric, mode)  # Tune reads it as `self.metric`
-        self._mode = mode
         self._asha = dict(metric=metric, mode=mode, time_attr=time_attr, grace_period=grace_period,
                           reduction_factor=reduction_factor, max_t=max_t)
         self._per_model = per_model

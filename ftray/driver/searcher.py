@@ -27,8 +27,6 @@ class DefineByRun:
     """
 
     def __init__(self, sweep: Sweep):
-        from ray.tune.search.optuna import OptunaSearch
-
         self.space = dict(sweep.space)
         self.per_model = tuple(sweep.search.per_model)
         self.cells = sweep.grid_cells()

@@ -148,7 +148,11 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
 
 def repeat_points(sweep: Sweep, trials: list[rf.TuneTrial]) -> list[dict]:
     """The confirmation phase's trials: the best finished configuration of each rung, with
-    `sweep.search.repeats` more seeds each (seed + 1, seed + 2, ...)."""
+    `sweep.search.repeats` more seeds each (seed + 1, seed + 2, ...).
+
+    Reads Tune's reports, not TrialResult: it needs Tune's sampled params, and TrialResult's scored and not
+    stopped_early is another selection (TERMINATED status instead of an "ok" outcome, non-finite objectives
+    dropped, a report without total_steps counted as finished)."""
     best: dict[str, tuple[float, dict]] = {}
     for t in trials:
         value = t.last.get(sweep.objective)
@@ -193,7 +197,6 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
         run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=1,
                                   callbacks=_callbacks(sweep, run_dir, record)),
     ).fit()
-
 
 
 def resume(run_dir: str, options: Options = Options()) -> str:

@@ -56,10 +56,6 @@ class TrialResult:
         return self.config.get("lora_rank")
 
     @property
-    def lora_alpha(self) -> float | None:
-        return self.config.get("lora_alpha")
-
-    @property
     def data_fraction(self) -> float:
         return self.config.get("data_fraction", 1.0)
 
