@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from ftray.errors import FtrayInputError
-from ftray.spec.checks import is_int, is_number
+from ftray.checks import is_int, is_number
 
 
 def round_up(n: int, multiple: int) -> int:
