@@ -208,20 +208,6 @@ def test_cli_validate_exit_status(tmp_path, capsys):
     assert "ok" in out and "tiny-xs" in out
 
 
-def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
-    from ftray.driver.trial import train_env
-
-    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
-    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
-    assert train_env(local=True) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    # A cluster may lose spot nodes: Train's preemption watcher stays on there.
-    assert train_env(local=False) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
-    assert train_env(local=True) == {}
-
-
 def test_the_worker_loop_imports_without_ray_tune():
     """Every Train worker of every trial imports ftray.train.recipe: Ray Tune (seconds of imports) stays out."""
     import subprocess

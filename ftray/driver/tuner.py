@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 
+from ftray import raypatches
 from ftray.results import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
@@ -91,14 +92,14 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
     from ray import tune
 
-    from ftray.driver.trial import TrialSetup, run_trial, train_env
+    from ftray.driver.trial import TrialSetup, run_trial
 
     keep_credentials_out_of_trials()
 
     local = not (options.ray_address or os.environ.get("RAY_ADDRESS"))
     setup = TrialSetup(sweep=sweep, run_dir=run_dir, experiment_dir=experiment_dir,
                        tokenizer_json=prepared.tokenizer_json, cpus_per_worker=resources.cpus_per_worker,
-                       env=train_env(local=local))
+                       env=raypatches.train_env(local=local))
     # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
     # Optuna is told it was pruned, and the report lists why.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
