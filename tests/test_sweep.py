@@ -172,6 +172,32 @@ def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
     assert now.in_trial_process("tiny-xs")
 
 
+@pytest.mark.parametrize("pickled, missing", [(b"cftray.search\nDefineByRun\n.", "ftray.search"),
+                                             (b"cftray.driver.schedulers\nFifo\n.", "ftray.driver.schedulers.Fifo")])
+def test_a_run_folder_of_an_older_layout_is_refused_in_one_line_on_resume(tmp_path, pickled, missing):
+    # Tune's tuner.pkl naming a module or class an older ftray had; Tuner.restore unpickles it first thing.
+    from ftray.driver.tuner import Options, _restore
+
+    (tmp_path / "tuner.pkl").write_bytes(pickled)
+    with pytest.raises(FtrayInputError) as e:
+        _restore(str(tmp_path), str(tmp_path), lambda config: None, Options())
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path) in message and missing in message
+    assert "older ftray" in message and "`ftray report` still reads it" in message and "start the sweep again" in message
+
+
+def test_only_ftrays_own_missing_names_count_as_an_older_layout():
+    from ftray.driver.tuner import older_ftray_name
+
+    assert older_ftray_name(ModuleNotFoundError("No module named 'ftray.search'", name="ftray.search")) == "ftray.search"
+    assert older_ftray_name(ModuleNotFoundError("No module named 'ftrayx'", name="ftrayx")) is None
+    assert older_ftray_name(ModuleNotFoundError("No module named 'optuna'", name="optuna")) is None
+    assert older_ftray_name(AttributeError("Can't get attribute 'Fifo' on <module 'ftray.schedulers' from "
+                                           "'/x/ftray/schedulers.py'>")) == "ftray.schedulers.Fifo"
+    assert older_ftray_name(AttributeError("Can't get attribute 'X' on <module 'ray.tune' from '/x'>")) is None
+    assert older_ftray_name(AttributeError("'NoneType' object has no attribute 'fit'")) is None
+
+
 def test_load_sweep_errors_name_the_file(tmp_path):
     with pytest.raises(FtrayInputError, match="does not exist"):
         load_sweep(tmp_path / "missing.py")

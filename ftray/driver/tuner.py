@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 
@@ -128,8 +129,7 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
     if resume and tune.Tuner.can_restore(run_dir):
         # Finished trials stay finished; unfinished ones go on from their latest checkpoints; the
         # searcher comes back with the state it had (and ASHA's rungs are refilled, schedulers.py).
-        return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=options.resume_errored,
-                                  restart_errored=options.restart_errored)
+        return _restore(run_dir, run_dir, trainable, options)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -145,6 +145,37 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
         run_config=tune.RunConfig(name=st.basename(run_dir), storage_path=st.dirname(run_dir),
                                   callbacks=_callbacks(sweep, run_dir, record), verbose=1),
     )
+
+
+def _restore(experiment_dir: str, run_dir: str, trainable, options: Options):
+    """Tune's Tuner.restore of `experiment_dir` (the run folder, or its confirmation phase), with a run
+    folder written by an older ftray's module layout refused in one line instead of an unpickling error."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
+                                  resume_errored=options.resume_errored, restart_errored=options.restart_errored)
+    except (ModuleNotFoundError, AttributeError) as e:
+        missing = older_ftray_name(e)
+        if missing is None:
+            raise
+        raise FtrayInputError(
+            f"{st.redact(run_dir)} was written by an older ftray whose layout this version cannot restore "
+            f"(Tune's tuner.pkl names {missing}); `ftray report` still reads it: start the sweep again, or "
+            "resume it with the ftray version that wrote it") from e
+
+
+def older_ftray_name(error: BaseException) -> str | None:
+    """The ftray module or attribute an unpickling `error` found missing (one an older ftray's layout
+    pickled: ftray.search, ftray.schedulers.Fifo, ...), or None where the error is not about ftray's."""
+    if isinstance(error, ModuleNotFoundError):
+        name = error.name or ""
+        return name if name == "ftray" or name.startswith("ftray.") else None
+    if isinstance(error, AttributeError):
+        # pickle: "Can't get attribute 'Fifo' on <module 'ftray.schedulers' from '...'>"
+        found = re.search(r"attribute '([^']+)' on <module '(ftray(?:\.[\w.]+)?)'", str(error))
+        return f"{found[2]}.{found[1]}" if found else None
+    return None
 
 
 def repeat_points(sweep: Sweep, trials: list[rf.TuneTrial]) -> list[dict]:
@@ -177,8 +208,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     confirm_dir = st.join(run_dir, rf.CONFIRM)
     trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)
     if tune.Tuner.can_restore(confirm_dir):
-        tune.Tuner.restore(confirm_dir, trainable, resume_unfinished=True, resume_errored=options.resume_errored,
-                           restart_errored=options.restart_errored).fit()
+        _restore(confirm_dir, run_dir, trainable, options).fit()
         return
     points = repeat_points(sweep, rf.tune_trials(run_dir))
     if not points:
