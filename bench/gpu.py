@@ -46,8 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from ftray.spec.config import SPEED_SETTINGS, TrialConfig  # noqa: E402
 from ftray.train.data import batches, collate, select, tokenize_examples  # noqa: E402
-from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_tokenizer  # noqa: E402
-from ftray.train.recipe import TrialJob, lr_lambda, run_local  # noqa: E402
+from ftray.spec.ladder import LoraSettings, ModelSpec  # noqa: E402
+from ftray.train.lora import apply_lora  # noqa: E402
+from ftray.train.models import build_tokenizer  # noqa: E402
+from ftray.train.recipe import TrialJob, run_local  # noqa: E402
+from ftray.train.steps import lr_lambda  # noqa: E402
 from ftray.tasks import SyntheticTask, ViggoTask  # noqa: E402
 
 PEAK_FLOPS = 989e12  # H100/H200 SXM dense bf16

@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftray.train.lora import LoraSettings, apply_lora, count_params  # noqa: E402
-from ftray.train.models import ModelSpec  # noqa: E402
+from ftray.spec.ladder import LoraSettings, ModelSpec  # noqa: E402
+from ftray.train.lora import apply_lora, count_params  # noqa: E402
 from ftray.driver.resources import CUDA_CONTEXT_BYTES, GIB, estimate_memory  # noqa: E402
 from ftray.train.steps import forward_backward  # noqa: E402
 

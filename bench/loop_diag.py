@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import bench.gpu as g  # noqa: E402
 from ftray.spec.config import TrialConfig  # noqa: E402
-from ftray.train.models import LoraSettings, ModelSpec  # noqa: E402
+from ftray.spec.ladder import LoraSettings, ModelSpec  # noqa: E402
 from ftray.train.recipe import TrialJob, run_local  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 

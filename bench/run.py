@@ -29,11 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ftray.train.data import batches, collate, padding_efficiency, select, tokenize_examples  # noqa: E402
-from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, build_tokenizer  # noqa: E402
+from ftray.spec.ladder import LoraSettings, ModelSpec  # noqa: E402
+from ftray.train.lora import apply_lora  # noqa: E402
+from ftray.train.models import build_model, build_tokenizer  # noqa: E402
 from ftray import raypatches  # noqa: E402
 from ftray.tasks import SyntheticTask  # noqa: E402
 from ftray.train.evaluate import evaluate  # noqa: E402
-from ftray.train.recipe import lr_lambda  # noqa: E402
+from ftray.train.steps import lr_lambda  # noqa: E402
 
 
 # ---- one trial as a bare PyTorch loop (no Ray): the baseline ---------------------------------------

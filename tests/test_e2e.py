@@ -396,7 +396,7 @@ def test_a_real_pretrained_model_trains_on_ray_with_its_chat_template(ddp_run):
 
     from ftray.train.depth import kept_layers, prune_layers
     from ftray.train.evaluate import score
-    from ftray.train.models import ModelSpec
+    from ftray.spec.ladder import ModelSpec
     from ftray.train.pretrained import materialize
     from ftray.results.runfolder import sweep_of_run
 

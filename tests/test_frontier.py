@@ -6,8 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ftray.results.frontier import (analyse, cost_front, front_hypervolume, hypervolume_2d, iteration_time, leverage,
-                            setting_effects, smallest_meeting_target, trial_front)
+from ftray.results.frontier import (analyse, cost_front, front_hypervolume, hypervolume_2d, iteration_time,
+                                    setting_effects, smallest_meeting_target, trial_front)
+from ftray.results.levers import leverage
 from ftray.results.trialresult import TrialResult
 
 

@@ -9,7 +9,9 @@ from ftray.spec.config import SPEED_SETTINGS, TrialConfig
 from ftray.train.context import local_checkpoint
 from ftray.train.data import collate, tokenize_examples
 from ftray.errors import FtrayInputError
-from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
+from ftray.spec.ladder import LoraSettings, ModelSpec
+from ftray.train.lora import apply_lora
+from ftray.train.models import build_model, tokenizer_to_json
 from ftray.train.recipe import TrialJob, run_local
 from ftray.train.steps import ChunkedLinearCrossEntropy, FusedLossLM, chunked_linear_cross_entropy
 

@@ -401,7 +401,7 @@ def test_the_shared_checks_of_ints_and_numbers():
 
     import numpy as np
 
-    from ftray.spec.checks import check_gpus_per_worker, is_int, is_number
+    from ftray.checks import check_gpus_per_worker, is_int, is_number
 
     assert is_int(3, 1) and is_int(np.int64(3), 1) and not is_int(0, 1) and not is_int(True) and not is_int(2.0)
     assert not is_int(np.int64(3), plain=True) and is_int(3, 0, plain=True)

@@ -6,7 +6,8 @@ The layers (each sub-package's docstring says the same):
   format (ftray.results.runfolder: a one-worker trial stores its own checkpoints in the run);
 - ftray.results (the run folder and its readers, without Ray) imports no driver, train, api or cli code;
 - ftray.driver (Ray, the search, the trials) imports any layer but the entry points (api, cli);
-- ftray.tasks imports only ftray.errors and ftray.tasks; ftray.errors imports nothing of ftray.
+- ftray.tasks imports only ftray.errors, ftray.checks and ftray.tasks; ftray.checks (the input checks every
+  layer shares) imports only ftray.errors; ftray.errors imports nothing of ftray.
 
 Function-local imports count for the layer rules: importing later is still depending on the other
 layer. Type-only imports (under `if TYPE_CHECKING:`) count too. They do not count for import circles:
@@ -33,7 +34,8 @@ ALLOWED = {  # the one exception to FORBIDDEN, per layer
     "ftray.train": ("ftray.results.runfolder",),  # train/context.py: a one-worker trial stores its checkpoints
 }
 ONLY = {  # layers that may import only these
-    "ftray.tasks": ("ftray.errors", "ftray.tasks"),
+    "ftray.tasks": ("ftray.errors", "ftray.checks", "ftray.tasks"),
+    "ftray.checks": ("ftray.errors",),
     "ftray.errors": (),
 }
 
@@ -105,7 +107,7 @@ def breaks(importer: str, imported: str) -> str | None:
 
 def test_the_modules_are_found():
     assert {"ftray.spec.sweep", "ftray.train.recipe", "ftray.driver.tuner", "ftray.results.runfolder",
-            "ftray.tasks.base", "ftray.errors", "ftray"} <= set(MODULES)
+            "ftray.tasks.base", "ftray.errors", "ftray.checks", "ftray"} <= set(MODULES)
 
 
 def test_each_layer_imports_only_what_it_may():
@@ -150,7 +152,10 @@ def test_the_rules_catch_what_they_should():
     assert breaks("ftray.spec.sweep", "ftray.train.models") == "ftray.spec imports nothing from ftray.train"
     assert breaks("ftray.train.context", "ftray.results.runfolder") is None
     assert breaks("ftray.train.recipe", "ftray.results.report") == "ftray.train imports nothing from ftray.results"
-    assert breaks("ftray.tasks.text", "ftray.spec.config") == "ftray.tasks imports only ftray.errors, ftray.tasks"
+    assert breaks("ftray.tasks.text", "ftray.spec.config") == ("ftray.tasks imports only ftray.errors, ftray.checks, "
+                                                                "ftray.tasks")
+    assert breaks("ftray.tasks.text", "ftray.checks") is None
+    assert breaks("ftray.checks", "ftray.storage") == "ftray.checks imports only ftray.errors"
     assert breaks("ftray.driver.tuner", "ftray.train.recipe") is None
     tree = ast.parse("from ftray import storage\nfrom ftray.tasks import Task\nimport ftray.errors\n")
     assert [m for node in tree.body for m in resolve(node, "ftray.api")] == ["ftray.storage", "ftray.tasks",

@@ -15,9 +15,9 @@ import torch
 from ftray.train import pretrained
 from ftray.train.depth import kept_layers
 from ftray.errors import FtrayInputError
-from ftray.train.models import (PRESETS, LoraSettings, ModelSpec, apply_lora, as_model_spec, build_model, build_tokenizer,
-                          count_params, linear_module_names, load_tokenizer, param_counts, preset_names,
-                          tokenizer_from_json, tokenizer_to_json, validate_model_id)
+from ftray.spec.ladder import PRESETS, LoraSettings, ModelSpec, as_model_spec, preset_names, validate_model_id
+from ftray.train.lora import apply_lora, count_params, linear_module_names
+from ftray.train.models import build_model, build_tokenizer, load_tokenizer, param_counts, tokenizer_from_json, tokenizer_to_json
 
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 

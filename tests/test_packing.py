@@ -6,7 +6,9 @@ import torch
 
 from ftray.spec.config import TrialConfig
 from ftray.train.data import IGNORE, Layout, batches, collate, tokenize_examples
-from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, tokenizer_to_json
+from ftray.spec.ladder import LoraSettings, ModelSpec
+from ftray.train.lora import apply_lora
+from ftray.train.models import build_model, tokenizer_to_json
 from ftray.train.recipe import TrialJob, run_local
 
 TINY = ModelSpec("tiny-xs")

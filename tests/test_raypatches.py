@@ -126,6 +126,30 @@ def test_trial_storage_is_where_tune_keeps_the_trials_files(tmp_path):
     assert _reported(trial) == [{"step": 1, "eval_loss": 2.0}]
 
 
+def test_train_env_is_read_by_the_installed_ray_train_and_never_overrides_the_user(monkeypatch):
+    from pathlib import Path
+
+    import ray.train
+    from ray.train.v2._internal import constants
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    env = raypatches.train_env(local=True)
+    assert env == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    # A cluster may lose spot nodes: Train's preemption watcher stays on there.
+    assert raypatches.train_env(local=False) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+    # Train still names each variable, reads it outside its constants module, and passes it on from a
+    # trial's driver to its controller and workers.
+    sources = {p: p.read_text() for p in Path(ray.train.__file__).parent.rglob("*.py")}
+    for name in env:
+        (constant,) = [k for k, v in vars(constants).items() if v == name and k.endswith("_ENV_VAR")]
+        assert any(constant in text for p, text in sources.items() if p.name != "constants.py"), name
+        assert name in constants.ENV_VARS_TO_PROPAGATE
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    assert raypatches.train_env(local=True) == {}
+
+
 def test_train_report_lines_are_quieted_by_their_loggers_name():
     from ray.train.v2._internal.execution import context
 

@@ -15,7 +15,9 @@ import torch
 from conftest import real_model_missing
 from ftray.train import pretrained
 from ftray.train.data import tokenize_examples
-from ftray.train.models import LoraSettings, ModelSpec, apply_lora, build_model, load_tokenizer, param_counts
+from ftray.spec.ladder import LoraSettings, ModelSpec
+from ftray.train.lora import apply_lora
+from ftray.train.models import build_model, load_tokenizer, param_counts
 from ftray.train.prompts import encode_prompt, end_of_answer_id, stop_token_ids
 from ftray.tasks import Example
 
@@ -84,7 +86,7 @@ def test_lora_counts_on_a_pruned_rung_match_the_built_model(tok):
 
 def test_too_deep_a_rung_is_refused_before_any_work():
     from ftray.errors import FtrayInputError
-    from ftray.train.models import validate_model_id
+    from ftray.spec.ladder import validate_model_id
 
     with pytest.raises(FtrayInputError, match=r"'smollm2-135m@31L': layers=31 but 'smollm2-135m' has 30"):
         validate_model_id(ModelSpec("smollm2-135m@31L"))

@@ -9,7 +9,8 @@ import torch
 from ftray.spec.config import TrialConfig
 from ftray.train.context import local_checkpoint
 from ftray.train.evaluate import evaluate
-from ftray.train.models import LoraSettings, ModelSpec, build_model, build_tokenizer, tokenizer_to_json
+from ftray.spec.ladder import LoraSettings, ModelSpec
+from ftray.train.models import build_model, build_tokenizer, tokenizer_to_json
 from ftray.errors import DidNotFitError
 from ftray.train.recipe import TRAINER_STATE, TrialJob, run_local
 from ftray.tasks import SyntheticTask

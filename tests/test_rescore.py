@@ -10,7 +10,8 @@ from ftray.spec.config import TrialConfig
 from ftray.train.context import local_checkpoint
 from ftray.errors import FtrayInputError
 from ftray.train.evaluate import score
-from ftray.train.models import LoraSettings, ModelSpec, build_tokenizer, tokenizer_to_json
+from ftray.spec.ladder import LoraSettings, ModelSpec
+from ftray.train.models import build_tokenizer, tokenizer_to_json
 from ftray.train.recipe import TrialJob, run_local
 from ftray.driver.scoring import ScoringJob, _failure, load_adapter, run_job
 from ftray.tasks import SyntheticTask

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ftray.results import stats
-from ftray.results.frontier import analyse, leverage
+from ftray.results.frontier import analyse
+from ftray.results.levers import leverage
 from ftray.results.runfolder import TestScores
 from ftray.results.trialresult import TrialResult
 

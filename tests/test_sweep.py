@@ -30,7 +30,7 @@ def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
 
     # ASHA on a metric other than the objective stops trials by that metric's own direction.
     s = make(objective="slot_f1", asha=ASHA(grace_steps=50, metric="parse_failure_rate"), steps=100)
-    assert (s.mode, s.asha_mode(), scheduler(s)._mode) == ("max", "min", "min")
+    assert (s.mode, s.asha_mode(), scheduler(s)._asha["mode"]) == ("max", "min", "min")
     assert make(objective="slot_f1", mode="min", asha=ASHA(grace_steps=50, metric="slot_f1"), steps=100).asha_mode() == "min"
 
     @dataclass(frozen=True)
@@ -172,6 +172,32 @@ def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
     assert now.in_trial_process("tiny-xs")
 
 
+@pytest.mark.parametrize("pickled, missing", [(b"cftray.search\nDefineByRun\n.", "ftray.search"),
+                                             (b"cftray.driver.schedulers\nFifo\n.", "ftray.driver.schedulers.Fifo")])
+def test_a_run_folder_of_an_older_layout_is_refused_in_one_line_on_resume(tmp_path, pickled, missing):
+    # Tune's tuner.pkl naming a module or class an older ftray had; Tuner.restore unpickles it first thing.
+    from ftray.driver.tuner import Options, _restore
+
+    (tmp_path / "tuner.pkl").write_bytes(pickled)
+    with pytest.raises(FtrayInputError) as e:
+        _restore(str(tmp_path), str(tmp_path), lambda config: None, Options())
+    message = str(e.value)
+    assert "\n" not in message and str(tmp_path) in message and missing in message
+    assert "older ftray" in message and "`ftray report` still reads it" in message and "start the sweep again" in message
+
+
+def test_only_ftrays_own_missing_names_count_as_an_older_layout():
+    from ftray.driver.tuner import older_ftray_name
+
+    assert older_ftray_name(ModuleNotFoundError("No module named 'ftray.search'", name="ftray.search")) == "ftray.search"
+    assert older_ftray_name(ModuleNotFoundError("No module named 'ftrayx'", name="ftrayx")) is None
+    assert older_ftray_name(ModuleNotFoundError("No module named 'optuna'", name="optuna")) is None
+    assert older_ftray_name(AttributeError("Can't get attribute 'Fifo' on <module 'ftray.schedulers' from "
+                                           "'/x/ftray/schedulers.py'>")) == "ftray.schedulers.Fifo"
+    assert older_ftray_name(AttributeError("Can't get attribute 'X' on <module 'ray.tune' from '/x'>")) is None
+    assert older_ftray_name(AttributeError("'NoneType' object has no attribute 'fit'")) is None
+
+
 def test_load_sweep_errors_name_the_file(tmp_path):
     with pytest.raises(FtrayInputError, match="does not exist"):
         load_sweep(tmp_path / "missing.py")
@@ -206,20 +232,6 @@ def test_cli_validate_exit_status(tmp_path, capsys):
     assert main(["validate", str(good)]) == 0
     out = capsys.readouterr().out
     assert "ok" in out and "tiny-xs" in out
-
-
-def test_train_env_speeds_up_trials_but_never_overrides_the_user(monkeypatch):
-    from ftray.driver.trial import train_env
-
-    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
-    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
-    assert train_env(local=True) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-                                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    # A cluster may lose spot nodes: Train's preemption watcher stays on there.
-    assert train_env(local=False) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
-    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
-    assert train_env(local=True) == {}
 
 
 def test_the_worker_loop_imports_without_ray_tune():

@@ -189,7 +189,6 @@ def _rung_tokenizers(sweep, preset_tokenizer, model_params: dict, hub_optional: 
     return list(shared.values())
 
 
-
 def check_storage(storage: str) -> None:
     """Fail at the start, not after hours of training, when results could not be saved."""
     if not st.is_uri(storage) and not os.path.isabs(os.path.expanduser(storage)) \

@@ -21,10 +21,8 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     # Inside `ray job submit` RAY_ADDRESS points at the cluster: join it. Without one, start a
     # local Ray sized to this machine.
-    # A local Ray runs its workers at the same priority as everything else (Ray's default is nice 15):
-    # with the workers niced, every wake-up of Ray's own daemons preempts a Train worker, and its DDP
-    # peers wait for it at the next all-reduce (README, Benchmarks). A cluster's Ray is started by
-    # `ray start` and keeps its own setting.
+    # A local Ray runs its workers at the driver's priority (why: raypatches.workers_not_niced). A
+    # cluster's Ray is started by `ray start` and keeps its own setting.
     # The dashboard is on where a trial is a Train run: Ray Train's PlacementGroupCleaner asks its state
     # API whether a trial's controller still lives, and without it a trial stopped by ASHA kept its
     # placement group, so the next trial waited forever. Trials in their Tune trials' processes need
@@ -38,10 +36,10 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
         print("ftray: started a local Ray (set RAY_ADDRESS or --address to use a cluster)", flush=True)
 
 
-# Ray Tune copies these from the driver's environment into every trial actor's runtime_env
-# (ray/tune/execution/class_cache.py), and Ray's runtime-env agent writes that into its log. Secrets stay
-# out of runtime_env: a local Ray's workers inherit the environment Ray was started in anyway, and a
-# cluster's nodes need credentials of their own (an IAM role, or .ftray/secrets.env: cluster.yaml).
+# Credentials Tune would copy into every trial actor's runtime_env, and so into a log (why and how:
+# raypatches.keep_out_of_runtime_env). They are not needed there: a local Ray's workers inherit the
+# environment Ray was started in anyway, and a cluster's nodes need credentials of their own (an IAM
+# role, or .ftray/secrets.env: cluster.yaml).
 CREDENTIALS_NOT_PROPAGATED = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"}
 
 

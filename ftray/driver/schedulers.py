@@ -32,12 +32,9 @@ if TYPE_CHECKING:
 class FIFOKeepingErrors(FIFOScheduler):
     """Tune's first-in-first-out scheduler, with a trial's ERROR kept in the experiment's state.
 
-    Ray Tune (2.60) writes a trial's status into its experiment-state file only when the trial was
-    marked since the last snapshot. A trial whose process died (a lost one-worker trial) is set to
-    ERROR without that mark (`TuneController._schedule_trial_stop` returns early for a trial without
-    a live process), so when a snapshot fell between its start and its death the file keeps it RUNNING:
-    the report said RUNNING and a resume took it for unfinished. Tune calls `on_trial_error` just
-    before it sets ERROR, so the mark is made here; Ray without the method keeps its behaviour."""
+    A trial whose process died would otherwise stay RUNNING in Tune's experiment-state file (why:
+    raypatches.mark_trial_for_snapshot). Tune calls `on_trial_error` just before it sets ERROR, so the
+    mark is made here."""
 
     def on_trial_error(self, tune_controller, trial):
         raypatches.mark_trial_for_snapshot(tune_controller, trial)
@@ -49,7 +46,6 @@ class PerModelASHA(FIFOKeepingErrors):
                  time_attr: str = "step", per_model: bool = True):
         super().__init__()
         FIFOScheduler.set_search_properties(self, metric, mode)  # Tune reads it as `self.metric`
-        self._mode = mode
         self._asha = dict(metric=metric, mode=mode, time_attr=time_attr, grace_period=grace_period,
                           reduction_factor=reduction_factor, max_t=max_t)
         self._per_model = per_model

@@ -27,8 +27,6 @@ class DefineByRun:
     """
 
     def __init__(self, sweep: Sweep):
-        from ray.tune.search.optuna import OptunaSearch
-
         self.space = dict(sweep.space)
         self.per_model = tuple(sweep.search.per_model)
         self.cells = sweep.grid_cells()
@@ -75,8 +73,8 @@ def sampler(sweep: Sweep):
 class _OptunaSearch(OptunaSearch):
     # A report without the objective (a trial that diverged stops before its evaluation) is not a
     # point on its learning curve: Tune's OptunaSearch would fail on the missing key. The trial's end
-    # still reaches Optuna, as pruned. A trial Optuna never suggested (`--restart-errored` runs an
-    # errored trial again as a new Tune trial) is not Optuna's to hear of: Tune's would fail on its id.
+    # still reaches Optuna, as pruned. A trial Optuna never suggested is not Optuna's to hear of (why:
+    # raypatches.optuna_suggested).
     def on_trial_result(self, trial_id, result):
         if self.metric in result and raypatches.optuna_suggested(self, trial_id):
             super().on_trial_result(trial_id, result)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 
+from ftray import raypatches
 from ftray.results import runfolder as rf
 from ftray import storage as st
 from ftray.errors import FtrayInputError
@@ -91,14 +93,14 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
     from ray import tune
 
-    from ftray.driver.trial import TrialSetup, run_trial, train_env
+    from ftray.driver.trial import TrialSetup, run_trial
 
     keep_credentials_out_of_trials()
 
     local = not (options.ray_address or os.environ.get("RAY_ADDRESS"))
     setup = TrialSetup(sweep=sweep, run_dir=run_dir, experiment_dir=experiment_dir,
                        tokenizer_json=prepared.tokenizer_json, cpus_per_worker=resources.cpus_per_worker,
-                       env=train_env(local=local))
+                       env=raypatches.train_env(local=local))
     # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
     # Optuna is told it was pruned, and the report lists why.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -127,8 +129,7 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
     if resume and tune.Tuner.can_restore(run_dir):
         # Finished trials stay finished; unfinished ones go on from their latest checkpoints; the
         # searcher comes back with the state it had (and ASHA's rungs are refilled, schedulers.py).
-        return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=options.resume_errored,
-                                  restart_errored=options.restart_errored)
+        return _restore(run_dir, run_dir, trainable, options)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -146,9 +147,44 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
     )
 
 
+def _restore(experiment_dir: str, run_dir: str, trainable, options: Options):
+    """Tune's Tuner.restore of `experiment_dir` (the run folder, or its confirmation phase), with a run
+    folder written by an older ftray's module layout refused in one line instead of an unpickling error."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
+                                  resume_errored=options.resume_errored, restart_errored=options.restart_errored)
+    except (ModuleNotFoundError, AttributeError) as e:
+        missing = older_ftray_name(e)
+        if missing is None:
+            raise
+        raise FtrayInputError(
+            f"{st.redact(run_dir)} was written by an older ftray whose layout this version cannot restore "
+            f"(Tune's tuner.pkl names {missing}); `ftray report` still reads it: start the sweep again, or "
+            "resume it with the ftray version that wrote it") from e
+
+
+def older_ftray_name(error: BaseException) -> str | None:
+    """The ftray module or attribute an unpickling `error` found missing (one an older ftray's layout
+    pickled: ftray.search, ftray.schedulers.Fifo, ...), or None where the error is not about ftray's."""
+    if isinstance(error, ModuleNotFoundError):
+        name = error.name or ""
+        return name if name == "ftray" or name.startswith("ftray.") else None
+    if isinstance(error, AttributeError):
+        # pickle: "Can't get attribute 'Fifo' on <module 'ftray.schedulers' from '...'>"
+        found = re.search(r"attribute '([^']+)' on <module '(ftray(?:\.[\w.]+)?)'", str(error))
+        return f"{found[2]}.{found[1]}" if found else None
+    return None
+
+
 def repeat_points(sweep: Sweep, trials: list[rf.TuneTrial]) -> list[dict]:
     """The confirmation phase's trials: the best finished configuration of each rung, with
-    `sweep.search.repeats` more seeds each (seed + 1, seed + 2, ...)."""
+    `sweep.search.repeats` more seeds each (seed + 1, seed + 2, ...).
+
+    Reads Tune's reports, not TrialResult: it needs Tune's sampled params, and TrialResult's scored and not
+    stopped_early is another selection (TERMINATED status instead of an "ok" outcome, non-finite objectives
+    dropped, a report without total_steps counted as finished)."""
     best: dict[str, tuple[float, dict]] = {}
     for t in trials:
         value = t.last.get(sweep.objective)
@@ -172,8 +208,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     confirm_dir = st.join(run_dir, rf.CONFIRM)
     trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)
     if tune.Tuner.can_restore(confirm_dir):
-        tune.Tuner.restore(confirm_dir, trainable, resume_unfinished=True, resume_errored=options.resume_errored,
-                           restart_errored=options.restart_errored).fit()
+        _restore(confirm_dir, run_dir, trainable, options).fit()
         return
     points = repeat_points(sweep, rf.tune_trials(run_dir))
     if not points:
@@ -193,7 +228,6 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
         run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=1,
                                   callbacks=_callbacks(sweep, run_dir, record)),
     ).fit()
-
 
 
 def resume(run_dir: str, options: Options = Options()) -> str:

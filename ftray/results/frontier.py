@@ -7,9 +7,9 @@ from typing import Iterable, Mapping, Sequence
 
 from ftray.results import stats
 from ftray.tasks.metrics import sign
-from ftray.results.evidence import (Evidence, answer, cells, mean_objective, power_law,  # noqa: F401
-                            rows_need, source_view, target_check)
-from ftray.results.levers import leverage  # noqa: F401  (re-exported: part of the analysis' API)
+from ftray.results.evidence import (Evidence, answer, cells, mean_objective, power_law, rows_need, source_view,
+                                    target_check)
+from ftray.results.levers import leverage
 from ftray.results.trialresult import TrialResult
 
 

@@ -243,6 +243,9 @@ def _experiment_state(experiment_dir: str) -> dict | None:
 
 
 def _experiment_trials(experiment_dir: str) -> list[TuneTrial]:
+    # Tune's experiment-state format: "trial_data" holds [state, metadata] pairs, each a dict or its JSON
+    # (state: trial_id, status, relative_logdir; metadata: last_result). Checked against Ray 2.60; listed
+    # in ftray/raypatches.py's docstring.
     data = _experiment_state(experiment_dir)
     if data is None:
         return []

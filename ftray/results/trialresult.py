@@ -3,11 +3,11 @@ W&B, held-out scoring and `ftray report --json` all read, with typed fields inst
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ftray import storage as st
+from ftray.checks import is_number
 from ftray.results import runfolder as rf
 
 # What ftray's own reports carry besides the task's metrics (ftray/train).
@@ -54,10 +54,6 @@ class TrialResult:
     @property
     def lora_rank(self) -> int | None:
         return self.config.get("lora_rank")
-
-    @property
-    def lora_alpha(self) -> float | None:
-        return self.config.get("lora_alpha")
 
     @property
     def data_fraction(self) -> float:
@@ -176,4 +172,4 @@ def _task_metric_keys(result: dict) -> list[str]:
 
 
 def _finite(v):
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    return v if is_number(v, plain=True) else None

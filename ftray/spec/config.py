@@ -15,7 +15,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
 
 from ftray.errors import FtrayInputError
-from ftray.spec.checks import is_int, is_number
+from ftray.checks import is_int, is_number
+
+
+def round_up(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple`: a row's width under pad_to_multiple."""
+    return -(-n // multiple) * multiple
 
 
 def _int_at_least(low: int) -> Callable[[Any], bool]:
@@ -137,7 +142,7 @@ class TrialConfig:
         """The widest row a micro-batch can have: a packed row, or an example of max_length, rounded up
         (the width of ftray.train.data.Layout.of(self) for an example of max_length)."""
         longest = (self.pack_length or self.max_length) if self.pack else self.max_length
-        return -(-longest // self.pad_to_multiple) * self.pad_to_multiple
+        return round_up(longest, self.pad_to_multiple)
 
     @property
     def alpha(self) -> float:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ftray.errors import FtrayInputError
-from ftray.spec.checks import check_gpus_per_worker, is_int, is_number
+from ftray.checks import check_gpus_per_worker, is_int, is_number
 
 # Randomly initialised Llama configs for offline work (tests, quickstart, benchmarks). With a
 # 512-token vocabulary they hold 53,408 / 147,776 / 787,584 / 2,885,888 parameters (tiny-xs / s / m / l,

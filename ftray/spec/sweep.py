@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from ray.tune.search.sample import Categorical
 
 from ftray.errors import FtrayInputError
-from ftray.spec.checks import check, check_gpus_per_worker, is_int, is_number
+from ftray.checks import check, check_gpus_per_worker, is_int, is_number
 from ftray.spec.config import SEARCHABLE, SETTINGS, TrialConfig, check_setting
 from ftray.spec.ladder import LoraSettings, ModelSpec, as_model_spec, validate_model_id
 from ftray.spec.space import candidate_values, domain_from_data, domain_to_data, is_domain, is_grid

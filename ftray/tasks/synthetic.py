@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from ftray.checks import is_int
 from ftray.errors import FtrayInputError
 from ftray.tasks.metrics import mr_metrics, mr_rows
 from ftray.tasks.base import Example, ScoreRows, Task
@@ -98,7 +99,7 @@ class SyntheticTask(Task):
     def __post_init__(self):
         for f in ("n_train", "n_valid", "n_test"):
             v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not is_int(v, 1, plain=True):
                 raise FtrayInputError(f"SyntheticTask.{f} must be an int >= 1, got {v!r}")
         if not isinstance(self.seed, int):
             raise FtrayInputError(f"SyntheticTask.seed must be an int, got {self.seed!r}")

@@ -9,6 +9,7 @@ import string
 from dataclasses import dataclass
 from typing import Sequence
 
+from ftray.checks import is_number
 from ftray.errors import FtrayInputError, HubUnavailable
 from ftray.tasks.metrics import MR_METRIC_NAMES, aggregate, exact_match_rows, mr_rows, rouge_l_rows
 from ftray.tasks._files import read_rows
@@ -80,7 +81,7 @@ class TextTask(Task):
             raise FtrayInputError(f"TextTask.hf_splits must be 3 split names (train, valid, test), "
                                   f"got {self.hf_splits!r}")
         fraction = self.valid_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        if not (is_number(fraction, plain=True) and 0 < fraction < 1):
             raise FtrayInputError(f"TextTask.valid_fraction must be a number in (0, 1), got {fraction!r}")
         if not isinstance(self.name, str) or not self.name:
             raise FtrayInputError(f"TextTask.name must be a non-empty string, got {self.name!r}")

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ftray.errors import FtrayInputError
+from ftray.spec.config import round_up
 from ftray.train.prompts import cut_prompt, encode_completions, encode_prompts, resolve_format
 from ftray.tasks.base import Example
 
@@ -131,7 +132,7 @@ class Layout:
 
     def width(self, longest: int) -> int:
         """The batch's width given its longest example (packed: the row width, whatever the examples)."""
-        return -(-(self.pack_length if self.packed else longest) // self.pad_to_multiple) * self.pad_to_multiple
+        return round_up(self.pack_length if self.packed else longest, self.pad_to_multiple)
 
     def collate(self, samples: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
         return collate_packed(samples, pad_id, self) if self.packed else _collate_padded(samples, pad_id, self)

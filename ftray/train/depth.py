@@ -20,6 +20,7 @@ import copy
 
 import torch
 
+from ftray.checks import is_int
 from ftray.errors import FtrayInputError
 
 
@@ -27,7 +28,7 @@ def kept_layers(total: int, k: int) -> list[int]:
     """The indices (ascending) of the decoder layers a k-layer rung keeps out of `total`."""
     if not (isinstance(total, int) and total >= 1):
         raise ValueError(f"a model has at least one layer, got total={total!r}")
-    if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= total):
+    if not (is_int(k, 1, plain=True) and k <= total):
         raise FtrayInputError(f"layers must be an int from 1 to the model's {total} decoder layers, got {k!r}")
     if k == total:
         return list(range(total))

@@ -9,7 +9,7 @@ from dataclasses import fields
 import torch
 
 from ftray.errors import FtrayInputError
-from ftray.spec.ladder import ALL_LINEAR, LoraSettings, ModelSpec  # noqa: F401 (LoraSettings: importable from here)
+from ftray.spec.ladder import ALL_LINEAR, LoraSettings, ModelSpec
 
 
 def _linear_modules(model) -> list[str]:

@@ -1,10 +1,10 @@
 """The model ladder built: tiny offline presets and their tokenizer, pretrained models, parameter counts.
 
 A rung of the ladder is a `ModelSpec` (ftray/spec/ladder.py, with the presets' shapes and the check of
-a model id; importable from here too): a model id plus what that size needs (workers, GPUs, batch,
+a model id): a model id plus what that size needs (workers, GPUs, batch,
 gradient checkpointing), so a sweep mixing 0.5B and 7B models gives each its own resources. Where
 pretrained weights come from is ftray/train/pretrained.py; depth rungs ("@kL") are ftray/train/depth.py;
-LoRA is ftray/train/lora.py (its names are importable from here too).
+LoRA is ftray/train/lora.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Iterable
 import torch
 
 from ftray.errors import FtrayInputError, HubUnavailable
-# The ladder's facts are the spec's (ftray/spec/ladder.py); importable from here too, as are LoRA's names.
-from ftray.spec.ladder import (ALL_LINEAR, PRESET_COMMON, PRESETS, LoraSettings, ModelSpec, as_model_spec,  # noqa: F401
-                               preset_names, validate_model_id)
+from ftray.spec.ladder import PRESET_COMMON, PRESETS, LoraSettings, ModelSpec
 from ftray.train import pretrained
-from ftray.train.lora import apply_lora, count_params, linear_module_names  # noqa: F401
+from ftray.train.lora import apply_lora, count_params
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

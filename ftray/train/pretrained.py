@@ -27,9 +27,8 @@ from contextlib import contextmanager
 import torch
 
 from ftray.errors import FtrayInputError
-# What the named presets are (and the check that their package is installed) is the spec's; importable from here too.
-from ftray.spec.ladder import (NAMED, Bundled, bundled_file, install_hint, is_random_init, known_depth,  # noqa: F401
-                               require_gguf)
+# What the named presets are (and the check that their package is installed) is the spec's.
+from ftray.spec.ladder import NAMED, bundled_file, is_random_init, require_gguf
 from ftray.train.depth import kept_layers, pruned_config, prune_layers
 
 # Part of the cache key: a change to what a conversion writes must not reuse folders of the old one.

@@ -31,13 +31,13 @@ import torch
 
 from ftray.errors import DidNotFitError, DivergedError
 from ftray.spec.config import TrialConfig
+from ftray.spec.ladder import LoraSettings, ModelSpec
 from ftray.train.context import LocalContext, RayContext, TuneTrialContext
 from ftray.train.data import Layout, batches, select, tokenize_examples
 from ftray.train.evaluate import score, sum_over_workers
-from ftray.train.models import (LoraSettings, ModelSpec, apply_lora, autocast, base_dtype, build_model, count_params,
-                          load_tokenizer)
-from ftray.train.steps import (FusedLossLM, compile_layers, forward_backward, lr_lambda,  # noqa: F401 (lr_lambda: bench/)
-                         make_optimizer)
+from ftray.train.lora import apply_lora, count_params
+from ftray.train.models import autocast, base_dtype, build_model, load_tokenizer
+from ftray.train.steps import FusedLossLM, compile_layers, forward_backward, lr_lambda, make_optimizer
 from ftray.tasks.base import Task
 
 TRAINER_STATE = "trainer_state.pt"
