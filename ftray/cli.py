@@ -174,7 +174,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ftray.results.frontier import default_reference, front_hypervolume, source_view
+    from ftray.results.evidence import source_view
+    from ftray.results.frontier import default_reference, front_hypervolume
     from ftray import storage as st
     from ftray.results.plots import compare_plot
     from ftray.results.report import load_run

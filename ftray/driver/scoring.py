@@ -35,7 +35,7 @@ from ftray.results.trialresult import TrialResult
 if TYPE_CHECKING:
     from ftray.results.report import LoadedRun
     from ftray.train.evaluate import Scores
-    from ftray.train.models import ModelSpec
+    from ftray.spec.ladder import ModelSpec
     from ftray.tasks.base import Example, Task
 
 SCORE_BATCH = 16  # rows per forward pass and per generate() call

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from ray import tune
 
-from ftray.spec.checks import is_number
+from ftray.checks import is_number
 from ftray.spec.config import TrialConfig
 from ftray.results.runfolder import TUNE_LABELS
 from ftray.spec.sweep import WandB
