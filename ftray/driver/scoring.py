@@ -78,6 +78,7 @@ def load_adapter(checkpoint: str, rung, device: str = "cpu"):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from ftray.train.lora import peft_quietly
     from ftray.train.models import base_dtype, build_model
     from ftray.train.recipe import TRIAL_CONFIG
 
@@ -86,7 +87,8 @@ def load_adapter(checkpoint: str, rung, device: str = "cpu"):
         config = TrialConfig.from_dict(json.load(f))
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     base = build_model(rung, tokenizer, seed=config.seed, dtype=base_dtype(device))
-    model = PeftModel.from_pretrained(base, checkpoint).to(device)
+    with peft_quietly():
+        model = PeftModel.from_pretrained(base, checkpoint).to(device)
     return model, tokenizer, config
 
 

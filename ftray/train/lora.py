@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import fields
 
@@ -71,6 +72,15 @@ def _no_match(spec: ModelSpec, targets, layer_names: list[str], peft_said: str =
     )
 
 
+@contextlib.contextmanager
+def peft_quietly():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps or loads a model: noise
+    in every trial's and every scoring task's log, printed after the report."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def apply_lora(model, spec: ModelSpec, lora: LoraSettings):
     """Wrap the model with LoRA adapters (in place), and fail clearly when a target matches no layer.
 
@@ -88,9 +98,7 @@ def apply_lora(model, spec: ModelSpec, lora: LoraSettings):
         if missing:
             raise _no_match(spec, missing, layer_names)
     try:
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated `is_gradient_checkpointing`: noise in every trial's log.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_quietly():
             peft_model = get_peft_model(model, _lora_config(model, spec, lora))
     except ValueError as e:  # peft's "Target modules ... not found in the base model", and the like
         if isinstance(e, FtrayInputError):
