@@ -152,6 +152,19 @@ def test_a_sweep_is_rebuilt_from_its_description():
     assert rebuilt.trial_config({"model": "tiny-s", "lr": 1e-3}) == s.trial_config({"model": "tiny-s", "lr": 1e-3})
 
 
+def test_a_rung_with_numpy_ints_is_recorded_as_plain_json():
+    import json
+
+    import numpy as np
+
+    from ftray import ModelSpec
+
+    rung = ModelSpec("tiny-s", workers=np.int64(1), batch_size=np.int32(4), grad_accum=np.int64(2))
+    assert [type(v) for v in (rung.workers, rung.batch_size, rung.grad_accum)] == [int, int, int]
+    recorded = json.loads(json.dumps(make(models=["tiny-xs", rung]).describe()))
+    assert Sweep.from_description(recorded).models[1] == rung
+
+
 def test_a_run_made_before_a_setting_existed_resumes_as_it_ran():
     from ftray.driver.resuming import as_recorded
     from ftray.spec.sweep import diff_descriptions

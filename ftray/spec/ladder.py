@@ -163,6 +163,8 @@ class ModelSpec:
             v = getattr(self, name)
             if v is not None and not is_int(v, 1):
                 raise FtrayInputError(f"{where}: {name} must be an int >= 1, got {v!r}")
+            if v is not None:  # a numpy int as Python's: the rung is written into the run's JSON record
+                object.__setattr__(self, name, int(v))
         if self.gpus_per_worker is not None:
             check_gpus_per_worker(self.gpus_per_worker, f"{where}: gpus_per_worker")
         for name in ("gradient_checkpointing", "trust_remote_code"):
