@@ -2,6 +2,7 @@
 
     python bench/gpu.py --data VIGGO_FOLDER [--out DIR] [--budget-s 480]
     python bench/gpu.py --sizes tiny         # checks this script on a CPU in a minute (no figures)
+    python bench/gpu.py --data VIGGO_FOLDER --parts d,tuned_compile,share_2   # only these parts
 
 One run, side by side, on one GPU (parts in this order; a part that would start past --budget-s is
 skipped and said so, and every part's result is written as soon as it is measured):
@@ -16,6 +17,9 @@ skipped and said so, and every part's result is written as soon as it is measure
                   (gpus_per_worker 1, 0.25, 0.5): wall time from start to the report, tokens/s of all trials
   (d) score    -- held-out scoring (scoring.score_checkpoint: generation and metrics) of the adapters the
                   4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s)
+--parts names parts by letter or by their keys in the JSON (share_4, tuned_compile, ...): a run that
+did not reach a part can measure it alone, without paying again for the ones it has; (d) runs share_4
+for its adapters.
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
 excluded). Tokens are non-padding tokens (prompt and completion). One run of each: medians are over
@@ -293,13 +297,37 @@ def task_src_fields(data: str | None) -> dict:
 
 
 # ---- the run ------------------------------------------------------------------------------------------
-class Parts:
-    """Runs each part unless the budget is spent; keeps what each measured (or why it did not)."""
+# The parts by letter, as the docstring names them, and the keys each measures.
+PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
+         "b": ("tuned", "tuned_chunked", "tuned_unfused", "hf_tuned", "hf_tuned_no_liger", "tuned_compile"),
+         "c": ("share_1", "share_4", "share_2"),
+         "d": ("share_4", "score_gpu", "score_cpu_check", "score_cpu")}
+KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
 
-    def __init__(self, results: dict, budget_s: float, out: Path):
+
+def selected_keys(spec: str | None) -> set[str]:
+    """--parts as the keys it selects: letters and keys, comma-separated; None: every part. ValueError
+    names an unknown one."""
+    if not spec:
+        return set(KEYS)
+    keys: set[str] = set()
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        if item not in PARTS and item not in KEYS:
+            raise ValueError(f"--parts: unknown {item!r}; choose from {', '.join([*PARTS, *KEYS])}")
+        keys.update(PARTS.get(item, (item,)))
+    return keys
+
+
+class Parts:
+    """Runs each selected part unless the budget is spent; keeps what each measured (or why it did not)."""
+
+    def __init__(self, results: dict, budget_s: float, out: Path, selected: set[str] = frozenset(KEYS)):
         self.results, self.budget_s, self.out, self.t0 = results, budget_s, out, time.time()
+        self.selected = selected
 
     def run(self, key: str, fn, *args, **kwargs):
+        if key not in self.selected:
+            return None
         elapsed = time.time() - self.t0
         if elapsed > self.budget_s:
             self.results["skipped"].append(f"{key}: the budget of {self.budget_s:g} s was spent ({elapsed:.0f} s)")
@@ -361,7 +389,12 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=16384, help="the tuned path's token budget per step")
     ap.add_argument("--budget-s", type=float, default=480, help="no part starts after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--parts", default=None, help="only these parts: letters a-d or keys, e.g. d,tuned_compile,share_2")
     args = ap.parse_args()
+    try:
+        selected = selected_keys(args.parts)
+    except ValueError as e:
+        ap.error(str(e))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = args.sizes.split(",")
     if unknown := [x for x in sizes if x not in SHAPES]:
@@ -380,11 +413,14 @@ def main() -> None:
                                   "tuned": dict(SPEED_SETTINGS, batch_tokens=args.batch_tokens),
                                   "share": {"trials": SHARE_TRIALS, "steps": SHARE_STEPS},
                                   "dtype": "bf16 base, fp32 adapters, autocast bf16" if device.type == "cuda" else "fp32"},
-                     "measured": {}, "skipped": [], "models": {}}
-    parts = Parts(results, args.budget_s, args.out)
+                     "parts": sorted(selected, key=KEYS.index), "measured": {}, "skipped": [], "models": {}}
+    parts = Parts(results, args.budget_s, args.out, selected)
     tmp = Path(tempfile.mkdtemp(prefix="ftray-gpu-"))
     folders, flops = {}, {}
-    for size in dict.fromkeys((big, small)):
+    # Only the models the selected parts train: (a) and (b) the big one, (c) and (d) the small one.
+    wanted = [size for size, part in ((big, PARTS["a"] + PARTS["b"]), (small, PARTS["c"] + PARTS["d"]))
+              if selected & set(part)]
+    for size in dict.fromkeys(wanted):
         folders[size] = tmp / f"qwen2.5-{size}-shaped"
         shape = make_model(folders[size], SHAPES[size], tok, device)
         flops[size] = 4 * shape["n_linear"] + 12 * shape["layers"] * shape["d_model"] * mean_len
