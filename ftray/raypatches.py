@@ -71,6 +71,71 @@ def mark_trial_for_snapshot(tune_controller, trial) -> None:
         mark(trial)
 
 
+def search_follows_restored_trials() -> None:
+    """After Tune restores a sweep, its search algorithm counts the trials Tune restored.
+
+    Why: Tune snapshots a sweep's trials (experiment_state-*.json) and its search algorithm's state
+    (search_gen_state-*.json: trials created, trials running) into separate files and uploads them one by
+    one; a driver killed between the two leaves the search state a snapshot behind its trials (or ahead).
+    Restored so, the search waits forever for a trial that finished before the kill to finish (the
+    concurrency limit stays full) or creates more trials than the sweep's `num_trials`; or, ahead, never
+    creates again a trial the kill lost. How: after the private `TuneController._requeue_restored_trials`
+    (the restore's last step, before any new trial), `align_search` on the controller's `_search_alg` and
+    `_trials`. Installed once per process; a Ray without that method keeps its own behaviour. Checked
+    against Ray 2.60."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = getattr(TuneController, "_requeue_restored_trials", None)
+    if original is None or getattr(original, "ftray_aligns_search", False):
+        return
+
+    def requeue_then_align(self, trials, resume_config):
+        original(self, trials, resume_config)
+        if said := align_search(self._search_alg, self._trials):
+            print(f"ftray: Tune's stored search state did not match its stored trials ({said}): it now follows "
+                  f"the {len(self._trials)} restored trials", flush=True)
+
+    requeue_then_align.ftray_aligns_search = True
+    TuneController._requeue_restored_trials = requeue_then_align
+
+
+def align_search(search_alg, trials) -> str:
+    """Make Tune's search algorithm `search_alg` agree with the `trials` a restore brought back; returns
+    what changed ("" where nothing did).
+
+    A trial the search counts as running but that is finished (or was not restored) is completed in it,
+    as Tune would have done: Optuna hears its last result, the concurrency limit frees its slot. A
+    SearchGenerator's count of created trials becomes the number restored, so it creates exactly the
+    ones still missing. (A BasicVariantGenerator, the confirmation phase's, has its running set aligned;
+    its position in its list of points is its own.) How: the private `SearchGenerator._counter`,
+    `ConcurrencyLimiter.live_trials` and `BasicVariantGenerator._live_trials`. Checked against Ray 2.60."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator
+
+    by_id = {t.trial_id: t for t in trials}
+    changes = []
+    if isinstance(search_alg, SearchGenerator) and search_alg._counter != len(trials):
+        n = search_alg._counter
+        changes.append(f"it had created {n} trial{'s' * (n != 1)}, the snapshot holds {len(trials)}")
+        search_alg._counter = len(trials)
+    limiters = []
+    searcher = getattr(search_alg, "searcher", None)
+    while searcher is not None:
+        if isinstance(searcher, ConcurrencyLimiter):
+            limiters.append((searcher, searcher.live_trials))
+        searcher = getattr(searcher, "searcher", None)
+    if isinstance(search_alg, BasicVariantGenerator):
+        limiters.append((search_alg, search_alg._live_trials))
+    for limiter, running in limiters:
+        done = sorted(i for i in running if i not in by_id or by_id[i].is_finished())
+        for trial_id in done:
+            trial = by_id.get(trial_id)
+            limiter.on_trial_complete(trial_id, result=trial.last_result if trial else None,
+                                      error=trial is None or trial.status == "ERROR")
+        if done:
+            changes.append(f"it counted {', '.join(done)} as running, which had finished")
+    return "; ".join(changes)
+
+
 def asha_holds(asha, trial) -> bool:
     """Whether Tune's AsyncHyperBandScheduler `asha` has `trial` in one of its brackets.
 

@@ -148,8 +148,16 @@ sweep = Sweep(
 
 
 def ftray_cli(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    """`ftray ARGS` in a process of its own; one that runs past `timeout` fails the test with what it said."""
+    try:
+        return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        said = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x for x in (e.stdout or "", e.stderr or ""))
+        from ftray.storage import redact
+
+        command = " ".join(redact(str(a)) for a in args)  # a storage URI's credentials stay hidden here too
+        raise AssertionError(f"`ftray {command}` ran past {timeout} s; its last output:\n{said[-4000:]}") from None
 
 
 def real_model_missing() -> str | None:

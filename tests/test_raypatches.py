@@ -89,6 +89,85 @@ def test_a_marked_trial_is_in_the_next_snapshot_of_the_experiment_state():
     raypatches.mark_trial_for_snapshot(SimpleNamespace(), trial)  # a Ray without the method: nothing marked
 
 
+def _search(num_trials: int = 3):
+    """ftray's Optuna searcher as Tune runs it for a sweep one trial at a time: SearchGenerator(ConcurrencyLimiter(...))."""
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from ftray import Sweep, SyntheticTask
+    from ftray.driver.searcher import searcher
+
+    sweep = Sweep(name="s", task=SyntheticTask(n_train=8, n_valid=4, n_test=4), models=["tiny-xs"],
+                  num_trials=num_trials)
+    optuna = searcher(sweep)
+    search = SearchGenerator(ConcurrencyLimiter(optuna, max_concurrent=1))
+    search._total_samples = num_trials  # what Tune sets from the experiment's num_samples
+    return search, optuna, sweep.objective
+
+
+def _trial(trial_id, status, result=None):
+    from ray.tune.experiment import Trial
+
+    trial = Trial("__fake", config={}, trial_id=trial_id, stub=True)
+    trial.set_status(status)
+    trial.run_metadata.last_result = result or {}
+    return trial
+
+
+def test_a_search_state_a_snapshot_behind_its_trials_is_aligned_with_them():
+    """The search state stored while the first trial ran, the trials' snapshot after the second began."""
+    import optuna
+
+    search, ot, objective = _search()
+    limiter = search.searcher
+    limiter.suggest("t1")
+    search._counter = 1
+    trials = [_trial("t1", "TERMINATED", {objective: 0.25, "step": 30}), _trial("t2", "PENDING")]
+    said = raypatches.align_search(search, trials)
+    assert "created 1 trial, the snapshot holds 2" in said and "t1 as running" in said
+    assert search._counter == 2 and limiter.live_trials == set() and limiter.num_unfinished_live_trials == 0
+    (told,) = ot._ot_study.trials  # Optuna heard the finished trial's result, as Tune would have told it
+    assert told.state == optuna.trial.TrialState.COMPLETE and told.value == 0.25
+    assert raypatches.align_search(search, trials) == ""  # aligned: nothing more to do
+    assert limiter.suggest("t3") is not None  # the search goes on: the limit's slot is free
+
+
+def test_a_search_state_ahead_of_its_trials_makes_the_lost_trial_again():
+    """The search state stored after the second trial was made, the trials' snapshot before."""
+    import optuna
+
+    search, ot, _ = _search()
+    limiter = search.searcher
+    limiter.suggest("t2")
+    search._counter = 2
+    said = raypatches.align_search(search, [_trial("t1", "TERMINATED", {"step": 30})])
+    assert "created 2 trials, the snapshot holds 1" in said and search._counter == 1 and not search.is_finished()
+    assert ot._ot_study.trials[0].state == optuna.trial.TrialState.FAIL and not limiter.live_trials
+
+
+def test_the_alignment_runs_after_tunes_restore_of_the_trials(monkeypatch, capsys):
+    import inspect
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    # Tune's resume restores the search state, then requeues the restored trials: the patch runs after both.
+    source = inspect.getsource(TuneController.resume)
+    assert source.index("restore_from_dir") < source.index("self._requeue_restored_trials(")
+    requeued = []
+    monkeypatch.setattr(TuneController, "_requeue_restored_trials",
+                        lambda self, trials, config: requeued.append(trials) or self._trials.extend(trials))
+    raypatches.search_follows_restored_trials()
+    raypatches.search_follows_restored_trials()  # installed once
+    search, _, objective = _search()
+    search.searcher.suggest("t1")
+    search._counter = 1
+    controller = _controller()
+    controller._search_alg, controller._trials = search, []
+    trials = [_trial("t1", "TERMINATED", {objective: 0.5}), _trial("t2", "PENDING")]
+    TuneController._requeue_restored_trials(controller, trials, None)
+    assert requeued == [trials] and search._counter == 2 and not search.searcher.live_trials
+    assert capsys.readouterr().out.count("ftray: Tune's stored search state did not match") == 1
+
+
 def test_asha_holds_replays_and_counts():
     from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from conftest import ftray_cli
 from ftray.cli import main
 
 pytestmark = pytest.mark.e2e
 
 
 def ftray(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ftray.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("WANDB_")})
+    return ftray_cli(*args, timeout=timeout, env={k: v for k, v in os.environ.items() if not k.startswith("WANDB_")})
 
 
 @pytest.fixture(scope="module")

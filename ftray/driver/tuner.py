@@ -148,10 +148,12 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
 
 
 def _restore(experiment_dir: str, run_dir: str, trainable, options: Options):
-    """Tune's Tuner.restore of `experiment_dir` (the run folder, or its confirmation phase), with a run
-    folder written by an older ftray's module layout refused in one line instead of an unpickling error."""
+    """Tune's Tuner.restore of `experiment_dir` (the run folder, or its confirmation phase), its search
+    made to follow the trials it restores (raypatches.search_follows_restored_trials), with a run folder
+    written by an older ftray's module layout refused in one line instead of an unpickling error."""
     from ray import tune
 
+    raypatches.search_follows_restored_trials()
     try:
         return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=options.resume_errored, restart_errored=options.restart_errored)
