@@ -18,8 +18,8 @@ skipped and said so, and every part's result is written as soon as it is measure
   (d) score    -- held-out scoring (scoring.score_checkpoint: generation and metrics) of the adapters the
                   4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s)
 --parts names parts by letter or by their keys in the JSON (share_4, tuned_compile, ...): a run that
-did not reach a part can measure it alone, without paying again for the ones it has; (d) runs share_4
-for its adapters.
+did not reach a part can measure it alone, without paying again for the ones it has; a key brings what
+it needs (scoring: share_4 for its adapters; a fallback: the measurement it stands in for).
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
 excluded). Tokens are non-padding tokens (prompt and completion). One run of each: medians are over
@@ -303,6 +303,10 @@ PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
          "c": ("share_1", "share_4", "share_2"),
          "d": ("share_4", "score_gpu", "score_cpu_check", "score_cpu")}
 KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
+# What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
+# where the measurement it stands in for failed.
+NEEDS = {"score_gpu": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
+         "hf_tuned_no_liger": "hf_tuned"}
 
 
 def selected_keys(spec: str | None) -> set[str]:
@@ -315,7 +319,7 @@ def selected_keys(spec: str | None) -> set[str]:
         if item not in PARTS and item not in KEYS:
             raise ValueError(f"--parts: unknown {item!r}; choose from {', '.join([*PARTS, *KEYS])}")
         keys.update(PARTS.get(item, (item,)))
-    return keys
+    return keys | {NEEDS[k] for k in keys if k in NEEDS}
 
 
 class Parts:

@@ -126,13 +126,17 @@ def align_search(search_alg, trials) -> str:
     if isinstance(search_alg, BasicVariantGenerator):
         limiters.append((search_alg, search_alg._live_trials))
     for limiter, running in limiters:
-        done = sorted(i for i in running if i not in by_id or by_id[i].is_finished())
-        for trial_id in done:
-            trial = by_id.get(trial_id)
-            limiter.on_trial_complete(trial_id, result=trial.last_result if trial else None,
-                                      error=trial is None or trial.status == "ERROR")
-        if done:
-            changes.append(f"it counted {', '.join(done)} as running, which had finished")
+        finished = sorted(i for i in running if i in by_id and by_id[i].is_finished())
+        lost = sorted(i for i in running if i not in by_id)
+        for trial_id in finished:
+            trial = by_id[trial_id]
+            limiter.on_trial_complete(trial_id, result=trial.last_result, error=trial.status == "ERROR")
+        for trial_id in lost:
+            limiter.on_trial_complete(trial_id, error=True)
+        if finished:
+            changes.append(f"it counted {', '.join(finished)} as running, which had finished")
+        if lost:
+            changes.append(f"it counted {', '.join(lost)} as running, which the snapshot lacks")
     return "; ".join(changes)
 
 

@@ -69,3 +69,15 @@ def test_only_names_a_part_or_exits_with_the_parts_listed(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "overhead,throughput,search" in proc.stderr and "'overhead,speed'" in proc.stderr
+
+
+def test_gpu_bench_parts_select_their_keys_and_what_those_need():
+    import gpu
+
+    assert gpu.selected_keys(None) == set(gpu.KEYS)
+    assert gpu.selected_keys("d,tuned_compile") == {"share_4", "score_gpu", "score_cpu_check", "score_cpu",
+                                                     "tuned_compile"}
+    assert gpu.selected_keys("score_gpu") == {"score_gpu", "share_4"}  # the scoring needs the sweep's adapters
+    assert gpu.selected_keys(" tuned_chunked ,") == {"tuned_chunked", "tuned"}  # a fallback, with what it backs
+    with pytest.raises(ValueError, match=r"unknown 'e'; choose from a, b, c, d, ftray_default"):
+        gpu.selected_keys("a,e")
