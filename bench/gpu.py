@@ -3,6 +3,7 @@
     python bench/gpu.py --data VIGGO_FOLDER [--out DIR] [--budget-s 480]
     python bench/gpu.py --sizes tiny         # checks every part on a CPU, about 4 minutes on 2 cores (no figures)
     python bench/gpu.py --data VIGGO_FOLDER --parts d,tuned_compile,share_2   # only these parts
+    python bench/gpu.py --data VIGGO_FOLDER --parts a --reps 3 --profile    # where ftray's step loses to the bare one
 
 One run, side by side, on one GPU (parts in this order; a part that would start past --budget-s is
 skipped and said so, and every part's result is written as soon as it is measured):
@@ -22,8 +23,10 @@ did not reach a part can measure it alone, without paying again for the ones it 
 it needs (scoring: share_4 for its adapters; a fallback: the measurement it stands in for).
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
-excluded). Tokens are non-padding tokens (prompt and completion). One run of each: medians are over
-steps. Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
+excluded). Tokens are non-padding tokens (prompt and completion). One run of each by default, medians over
+steps; --reps N runs each training measurement of (a) and (b) N times and keeps the median of each figure
+(the runs' tokens/s beside it). --profile records, for those, the operators that took the most host and
+device time (torch.profiler, over the whole measurement, its first run): its rates are then not figures. Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
 weight gradients but LoRA's) + 12 * layers * d_model * T (attention, forward and backward, T the mean
 example length, PaLM's count); MFU is that rate over 989 TFLOP/s (H100/H200 dense bf16).
 The last stdout line is one JSON object; the same goes to DIR/gpu-<date>.json.
@@ -70,6 +73,7 @@ SHAPES = {
 WARMUP, TIMED = 10, 30  # steps left out of every timing, and steps timed
 RANK, LR, ROWS, MAX_LENGTH = 16, 1e-4, 32, 256
 SHARE_TRIALS, SHARE_STEPS = 8, 30
+PROFILE_TOP = 15  # operators kept per ranking under --profile
 
 SWEEP = """
 from ray import tune
@@ -296,6 +300,43 @@ def task_src_fields(data: str | None) -> dict:
     return {"task_class": "SyntheticTask", "task": "SyntheticTask(n_train=4000, n_valid=64, n_test=64)"}
 
 
+# ---- repeats and profiles of one training measurement -----------------------------------------------
+def median_of(runs: list[dict]) -> dict:
+    """One measurement from several runs of it: each number's median, and the runs' tokens/s in order."""
+    out = {k: statistics.median(r[k] for r in runs) for k, v in runs[0].items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and all(k in r for r in runs)}
+    out.update({k: v for k, v in runs[0].items() if k not in out})
+    if len(runs) > 1:
+        out["runs_tokens_per_s"] = [r.get("tokens_per_s") for r in runs]
+    return out
+
+
+def profiled(fn, *args, **kwargs) -> dict:
+    """fn's result with `profile`: the PROFILE_TOP operators by self host time and by self device time
+    (name, calls, milliseconds), and the host's waits for the device (synchronize calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
+        out = fn(*args, **kwargs)
+    rows = [{"op": e.key, "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 3),
+             "self_device_ms": round(getattr(e, "self_device_time_total", 0) / 1e3, 3)} for e in prof.key_averages()]
+    top = lambda key: [r for r in sorted(rows, key=lambda r: -r[key])[:PROFILE_TOP] if r[key] > 0]  # noqa: E731
+    out["profile"] = {"by_host": top("self_cpu_ms"), "by_device": top("self_device_ms"),
+                      "syncs": sum(r["calls"] for r in rows if "Synchronize" in r["op"])}
+    return out
+
+
+def measured(fn, reps: int, profile: bool):
+    """A training measurement `reps` times, the first under the profiler where asked: their medians."""
+
+    def run(*args, **kwargs):
+        runs = [profiled(fn, *args, **kwargs) if profile and i == 0 else fn(*args, **kwargs) for i in range(reps)]
+        return median_of(runs)
+
+    return run
+
+
 # ---- the run ------------------------------------------------------------------------------------------
 # The parts by letter, as the docstring names them, and the keys each measures.
 PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
@@ -305,6 +346,8 @@ PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
 KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
 # What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
 # where the measurement it stands in for failed.
+# The training measurements of one process, which --reps repeats and --profile profiles.
+TRAINING = PARTS["a"] + PARTS["b"]
 NEEDS = {"score_gpu": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
          "hf_tuned_no_liger": "hf_tuned"}
 
@@ -325,9 +368,10 @@ def selected_keys(spec: str | None) -> set[str]:
 class Parts:
     """Runs each selected part unless the budget is spent; keeps what each measured (or why it did not)."""
 
-    def __init__(self, results: dict, budget_s: float, out: Path, selected: set[str] = frozenset(KEYS)):
+    def __init__(self, results: dict, budget_s: float, out: Path, selected: set[str] = frozenset(KEYS),
+                 reps: int = 1, profile: bool = False):
         self.results, self.budget_s, self.out, self.t0 = results, budget_s, out, time.time()
-        self.selected = selected
+        self.selected, self.reps, self.profile = selected, reps, profile
 
     def run(self, key: str, fn, *args, **kwargs):
         if key not in self.selected:
@@ -338,6 +382,8 @@ class Parts:
             print(f"bench: skipped {key} (budget spent)", flush=True)
             return None
         t = time.time()
+        if key in TRAINING and (self.reps > 1 or self.profile):
+            fn = measured(fn, self.reps, self.profile)
         try:
             value = fn(*args, **kwargs)
         except Exception as e:  # one part's failure must not lose the others' figures
@@ -396,7 +442,12 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=480, help="no part starts after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--parts", default=None, help="only these parts: letters a-d or keys, e.g. d,tuned_compile,share_2")
+    ap.add_argument("--reps", type=int, default=1, help="runs of each training measurement of (a) and (b); their medians")
+    ap.add_argument("--profile", action="store_true",
+                    help="the top operators of each training measurement of (a) and (b) (rates then not figures)")
     args = ap.parse_args()
+    if args.reps < 1:
+        ap.error(f"--reps must be 1 or more, got {args.reps}")
     try:
         selected = selected_keys(args.parts)
     except ValueError as e:
@@ -420,9 +471,10 @@ def main() -> None:
                                   "max_length": MAX_LENGTH, "warmup_steps": WARMUP, "timed_steps": TIMED,
                                   "tuned": dict(SPEED_SETTINGS, batch_tokens=args.batch_tokens),
                                   "share": {"trials": SHARE_TRIALS, "steps": SHARE_STEPS},
+                                  "reps": args.reps, "profiled": args.profile,
                                   "dtype": "bf16 base, fp32 adapters, autocast bf16" if device.type == "cuda" else "fp32"},
                      "parts": sorted(selected, key=KEYS.index), "measured": {}, "skipped": [], "models": {}}
-    parts = Parts(results, args.budget_s, args.out, selected)
+    parts = Parts(results, args.budget_s, args.out, selected, args.reps, args.profile)
     tmp = Path(tempfile.mkdtemp(prefix="ftray-gpu-"))
     folders, flops = {}, {}
     # Only the models the selected parts train: (a) and (b) the big one, (c) and (d) the small one.
@@ -483,6 +535,13 @@ def print_table(results: dict) -> None:
     print("  FLOPs/token = 4*N_linear + 12*layers*d_model*T (T = mean tokens per example); MFU over 989 TFLOP/s bf16")
     for line in results["skipped"]:
         print(f"  skipped: {line}")
+    for key, v in m.items():
+        if isinstance(v, dict) and "profile" in v:
+            p = v["profile"]
+            print(f"\n  {key}: host waits for the device {p['syncs']}; top operators (calls, self ms)")
+            for side in (x for x in ("by_host", "by_device") if p[x]):
+                print(f"    {side}: " + "; ".join(f"{r['op']} ({r['calls']}, {r['self_' + ('cpu' if side == 'by_host' else 'device') + '_ms']:.0f})"
+                                               for r in p[side][:8]))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -81,3 +82,23 @@ def test_gpu_bench_parts_select_their_keys_and_what_those_need():
     assert gpu.selected_keys(" tuned_chunked ,") == {"tuned_chunked", "tuned"}  # a fallback, with what it backs
     with pytest.raises(ValueError, match=r"unknown 'e'; choose from a, b, c, d, ftray_default"):
         gpu.selected_keys("a,e")
+
+
+def test_gpu_bench_repeats_keep_each_figures_median_and_a_profile_names_the_operators():
+    import gpu
+
+    runs = [{"tokens_per_s": 10.0, "step_s": 0.3, "liger": False}, {"tokens_per_s": 30.0, "step_s": 0.1, "liger": False},
+            {"tokens_per_s": 20.0, "step_s": 0.2, "liger": False}]
+    assert gpu.median_of(runs) == {"tokens_per_s": 20.0, "step_s": 0.2, "liger": False,
+                                   "runs_tokens_per_s": [10.0, 30.0, 20.0]}
+    assert gpu.median_of(runs[:1]) == runs[0]  # one run: as it was measured
+
+    def step():
+        a = torch.ones(64, 64, requires_grad=True)
+        (a @ a).sum().backward()
+        return {"tokens_per_s": 1.0}
+
+    out = gpu.measured(step, reps=2, profile=True)()
+    assert out["tokens_per_s"] == 1.0 and out["runs_tokens_per_s"] == [1.0, 1.0]
+    assert any(r["op"] == "aten::mm" and r["calls"] >= 1 for r in out["profile"]["by_host"])
+    assert out["profile"]["by_device"] == [] and out["profile"]["syncs"] == 0  # no GPU here
