@@ -27,13 +27,8 @@ from ftray.spec.ladder import LoraSettings, ModelSpec  # noqa: E402
 from ftray.train.lora import apply_lora, count_params  # noqa: E402
 from ftray.driver.resources import CUDA_CONTEXT_BYTES, GIB, estimate_memory  # noqa: E402
 from ftray.train.steps import forward_backward  # noqa: E402
+from bench.gpu import SHAPES  # noqa: E402  (Qwen2.5's published shapes, as the GPU benchmark builds them)
 
-SHAPES = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151936),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936),
-}
 CASES = [("0.5b", 8, 256, False), ("0.5b", 32, 256, False), ("0.5b", 32, 128, False), ("0.5b", 64, 256, False),
          ("0.5b", 32, 256, True), ("1.5b", 16, 256, False), ("1.5b", 32, 256, False), ("1.5b", 32, 256, True)]
 
