@@ -270,9 +270,17 @@ def share_sweep(folder: Path, data_dir: str | None, tmp: Path, per_gpu: int, on_
     reports = [[json.loads(line) for line in f.read_text().splitlines() if line.strip()]
                for f in sorted((storage / name).glob("*/result.json"))]
     tokens = sum(r[-1]["tokens"] for r in reports if r)
+    # Where a trial's time went (its last report's totals; the rest of the wall is Ray, Tune and the report).
+    phases = {k: statistics.median(r[-1][k] for r in reports if r and k in r[-1])
+              for k in ("worker_start_s", "setup_s", "train_s", "eval_s") if any(r and k in r[-1] for r in reports)}
+    # From the first trial's start to the last one's end (Tune's whole-second timestamps): the wall less this
+    # is the sweep's own start and end (Ray, Tune, the report), paid once however the trials share the GPU.
+    done = [r for r in reports if r]
+    span = (max(r[-1]["timestamp"] for r in done) - min(r[-1]["timestamp"] - r[-1]["time_total_s"] for r in done)
+            if done and all("timestamp" in r[-1] and "time_total_s" in r[-1] for r in done) else None)
     return {"trials": len(reports), "per_gpu": per_gpu, "wall_s": wall, "tokens_per_s": tokens / wall,
             "max_trial_peak_gib": max((r[-1].get("peak_gpu_mem_gib", 0.0) for r in reports if r), default=0.0),
-            "run_dir": str(storage / name)}
+            "trial_median_s": phases, "trials_span_s": span, "run_dir": str(storage / name)}
 
 
 def kept_checkpoints(run_dir: str) -> list[str]:
@@ -425,6 +433,9 @@ def summary(results: dict, flops: dict) -> dict:
         "tuned_peak_vs_unfused": ratio(m, "tuned" if "peak_mem_gib" in (m.get("tuned") or {}) else "tuned_chunked",
                                        "tuned_unfused", "peak_mem_gib"),
         "share_4_vs_1_wall": share1["wall_s"] / share4["wall_s"] if "wall_s" in share1 and "wall_s" in share4 else None,
+        # The same without the sweep's own start and end (paid once at any sharing).
+        "share_4_vs_1_span": (share1["trials_span_s"] / share4["trials_span_s"]
+                              if share1.get("trials_span_s") and share4.get("trials_span_s") else None),
         "share_2_vs_1_wall": (share1["wall_s"] / m["share_2"]["wall_s"]
                               if "wall_s" in share1 and "wall_s" in (m.get("share_2") or {}) else None),
         "score_gpu_vs_cpu": ratio(m, "score_gpu", "score_cpu", "rows_per_s"),
