@@ -18,15 +18,19 @@ skipped and said so, and every part's result is written as soon as it is measure
                   (gpus_per_worker 1, 0.25, 0.5): wall time from start to the report, tokens/s of all trials
   (d) score    -- held-out scoring (scoring.score_checkpoint: generation and metrics) of the adapters the
                   4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s)
+  (e) levers   -- each of SPEED_SETTINGS alone (fused loss, packing, widths rounded to 64, compile) at (a)'s 32
+                  rows against ftray's defaults: tokens/s, peak memory and the final loss (the same batches, so
+                  a lever that leaves training as it is leaves the loss too): what a GPU's defaults should be
 --parts names parts by letter or by their keys in the JSON (share_4, tuned_compile, ...): a run that
 did not reach a part can measure it alone, without paying again for the ones it has; a key brings what
 it needs (scoring: share_4 for its adapters; a fallback: the measurement it stands in for).
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
 excluded). Tokens are non-padding tokens (prompt and completion). One run of each by default, medians over
-steps; --reps N runs each training measurement of (a) and (b) N times and keeps the median of each figure
+steps; --reps N runs each training measurement of (a), (b) and (e) N times and keeps the median of each figure
 (the runs' tokens/s beside it). --profile records, for those, the operators that took the most host and
-device time (torch.profiler, over the whole measurement, its first run): its rates are then not figures. Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
+device time (torch.profiler, over the whole measurement, its first run): its rates are then not figures.
+Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
 weight gradients but LoRA's) + 12 * layers * d_model * T (attention, forward and backward, T the mean
 example length, PaLM's count); MFU is that rate over 989 TFLOP/s (H100/H200 dense bf16).
 The last stdout line is one JSON object; the same goes to DIR/gpu-<date>.json.
@@ -145,7 +149,7 @@ def _peak(device) -> dict:
     return {"peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30} if device.type == "cuda" else {}
 
 
-# ---- (a) and (b): one model, one process ---------------------------------------------------------------
+# ---- (a), (b) and (e): one model, one process ----------------------------------------------------------
 def ftray_loop(folder: Path, task, device: torch.device, **settings) -> dict:
     """ftray's recipe (run_local: a one-worker trial's loop without Ray), WARMUP + TIMED steps; the rate
     of the reports after the warm-up one."""
@@ -350,14 +354,15 @@ def measured(fn, reps: int, profile: bool):
 PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
          "b": ("tuned", "tuned_chunked", "tuned_unfused", "hf_tuned", "hf_tuned_no_liger", "tuned_compile"),
          "c": ("share_1", "share_4", "share_2"),
-         "d": ("share_4", "score_gpu", "score_cpu_check", "score_cpu")}
+         "d": ("share_4", "score_gpu", "score_cpu_check", "score_cpu"),
+         "e": tuple(f"lever_{name}" for name in SPEED_SETTINGS)}
 KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
 # What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
 # where the measurement it stands in for failed.
 # The training measurements of one process, which --reps repeats and --profile profiles.
-TRAINING = PARTS["a"] + PARTS["b"]
+TRAINING = PARTS["a"] + PARTS["b"] + PARTS["e"]
 NEEDS = {"score_gpu": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
-         "hf_tuned_no_liger": "hf_tuned"}
+         "hf_tuned_no_liger": "hf_tuned", **{lever: "ftray_default" for lever in PARTS["e"]}}
 
 
 def selected_keys(spec: str | None) -> set[str]:
@@ -439,6 +444,14 @@ def summary(results: dict, flops: dict) -> dict:
         "share_2_vs_1_wall": (share1["wall_s"] / m["share_2"]["wall_s"]
                               if "wall_s" in share1 and "wall_s" in (m.get("share_2") or {}) else None),
         "score_gpu_vs_cpu": ratio(m, "score_gpu", "score_cpu", "rows_per_s"),
+        # Each lever alone against the defaults: speed and peak memory as ratios, the final loss as a difference.
+        "levers": {key[len("lever_"):]: {"speed": ratio(m, key, "ftray_default"),
+                                         "peak": ratio(m, key, "ftray_default", "peak_mem_gib"),
+                                         "loss_change": (m[key]["loss"] - m["ftray_default"]["loss"]
+                                                         if (m[key].get("loss") is not None
+                                                             and (m.get("ftray_default") or {}).get("loss") is not None)
+                                                         else None)}
+                   for key in PARTS["e"] if "tokens_per_s" in (m.get(key) or {})},
         "flops_per_token": {"1.5b": big, "0.5b": small},
     }
 
@@ -452,10 +465,10 @@ def main() -> None:
                          "check on a CPU would spend minutes on the tuned Trainer's one 16k-token row)")
     ap.add_argument("--budget-s", type=float, default=480, help="no part starts after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--parts", default=None, help="only these parts: letters a-d or keys, e.g. d,tuned_compile,share_2")
-    ap.add_argument("--reps", type=int, default=1, help="runs of each training measurement of (a) and (b); their medians")
+    ap.add_argument("--parts", default=None, help="only these parts: letters a-e or keys, e.g. d,tuned_compile,share_2")
+    ap.add_argument("--reps", type=int, default=1, help="runs of each training measurement of (a), (b) and (e); their medians")
     ap.add_argument("--profile", action="store_true",
-                    help="the top operators of each training measurement of (a) and (b) (rates then not figures)")
+                    help="the top operators of each training measurement of (a), (b) and (e) (rates then not figures)")
     args = ap.parse_args()
     if args.reps < 1:
         ap.error(f"--reps must be 1 or more, got {args.reps}")
@@ -488,8 +501,8 @@ def main() -> None:
     parts = Parts(results, args.budget_s, args.out, selected, args.reps, args.profile)
     tmp = Path(tempfile.mkdtemp(prefix="ftray-gpu-"))
     folders, flops = {}, {}
-    # Only the models the selected parts train: (a) and (b) the big one, (c) and (d) the small one.
-    wanted = [size for size, part in ((big, PARTS["a"] + PARTS["b"]), (small, PARTS["c"] + PARTS["d"]))
+    # Only the models the selected parts train: (a), (b) and (e) the big one, (c) and (d) the small one.
+    wanted = [size for size, part in ((big, TRAINING), (small, PARTS["c"] + PARTS["d"]))
               if selected & set(part)]
     for size in dict.fromkeys(wanted):
         folders[size] = tmp / f"qwen2.5-{size}-shaped"
@@ -522,6 +535,9 @@ def main() -> None:
         parts.run("score_cpu", score_rate, kept[:1], task, folders[small], 4, "cpu")
     parts.run("tuned_compile", ftray_loop, folders[big], task, device, **dict(tuned, compile=True))
     parts.run("share_2", share_sweep, folders[small], args.data, tmp, 2, device.type == "cuda", cpus)
+    # (e) each speed lever alone, at the defaults' batch.
+    for name, value in SPEED_SETTINGS.items():
+        parts.run(f"lever_{name}", ftray_loop, folders[big], task, device, **{name: value})
     results["summary"] = summary(results, flops)
     parts.save()
     print_table(results)
@@ -541,8 +557,12 @@ def print_table(results: dict) -> None:
         elif isinstance(v, dict) and "error" in v:
             print(f"  {key:16} error: {v['error'][:200]}")
     for k, v in s.items():
-        if k != "flops_per_token":
+        if k not in ("flops_per_token", "levers"):
             print(f"  {k:24} {v if not isinstance(v, float) else round(v, 3)}")
+    for name, v in s.get("levers", {}).items():
+        fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
+        print(f"  lever {name:18} {fmt(v['speed'], '.3f')}x the defaults' tokens/s, peak {fmt(v['peak'], '.3f')}x, "
+              f"final loss {fmt(v['loss_change'], '+.2e')}")
     print("  FLOPs/token = 4*N_linear + 12*layers*d_model*T (T = mean tokens per example); MFU over 989 TFLOP/s bf16")
     for line in results["skipped"]:
         print(f"  skipped: {line}")
@@ -550,9 +570,9 @@ def print_table(results: dict) -> None:
         if isinstance(v, dict) and "profile" in v:
             p = v["profile"]
             print(f"\n  {key}: host waits for the device {p['syncs']}; top operators (calls, self ms)")
-            for side in (x for x in ("by_host", "by_device") if p[x]):
-                print(f"    {side}: " + "; ".join(f"{r['op']} ({r['calls']}, {r['self_' + ('cpu' if side == 'by_host' else 'device') + '_ms']:.0f})"
-                                               for r in p[side][:8]))
+            for side, ms in (("by_host", "self_cpu_ms"), ("by_device", "self_device_ms")):
+                if p[side]:
+                    print(f"    {side}: " + "; ".join(f"{r['op']} ({r['calls']}, {r[ms]:.0f})" for r in p[side][:8]))
 
 
 if __name__ == "__main__":

@@ -76,12 +76,13 @@ def test_gpu_bench_parts_select_their_keys_and_what_those_need():
     import gpu
 
     assert gpu.selected_keys(None) == set(gpu.KEYS)
+    assert gpu.selected_keys("lever_pack") == {"lever_pack", "ftray_default"}  # a lever, with the defaults it is set against
     assert gpu.selected_keys("d,tuned_compile") == {"share_4", "score_gpu", "score_cpu_check", "score_cpu",
                                                      "tuned_compile"}
     assert gpu.selected_keys("score_gpu") == {"score_gpu", "share_4"}  # the scoring needs the sweep's adapters
     assert gpu.selected_keys(" tuned_chunked ,") == {"tuned_chunked", "tuned"}  # a fallback, with what it backs
-    with pytest.raises(ValueError, match=r"unknown 'e'; choose from a, b, c, d, ftray_default"):
-        gpu.selected_keys("a,e")
+    with pytest.raises(ValueError, match=r"unknown 'f'; choose from a, b, c, d, e, ftray_default"):
+        gpu.selected_keys("a,f")
 
 
 def test_gpu_bench_repeats_keep_each_figures_median_and_a_profile_names_the_operators():
