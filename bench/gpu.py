@@ -1,7 +1,7 @@
 """GPU benchmark: LoRA finetunes of randomly initialised models the shape of Qwen2.5-0.5B and 1.5B.
 
     python bench/gpu.py --data VIGGO_FOLDER [--out DIR] [--budget-s 480]
-    python bench/gpu.py --sizes tiny         # checks every part on a CPU, about 4 minutes on 2 cores (no figures)
+    python bench/gpu.py --sizes tiny         # checks every part on a CPU, about 6 minutes on 2 cores (no figures)
     python bench/gpu.py --data VIGGO_FOLDER --parts d,tuned_compile,share_2   # only these parts
     python bench/gpu.py --data VIGGO_FOLDER --parts a --reps 3 --profile    # where ftray's step loses to the bare one
 
