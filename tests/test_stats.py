@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ftray.results import stats
+from ftray.results import digits, powerlaw, stats
 from ftray.results.frontier import analyse
 from ftray.results.levers import leverage
 from ftray.results.runfolder import TestScores
@@ -222,7 +222,7 @@ def test_power_calculation_by_hand():
     ((0.4123, None, None), "0.412"),
 ])
 def test_digits_follow_the_interval(args, text):
-    assert stats.format_ci(*args) == text
+    assert digits.format_ci(*args) == text
 
 
 # ---- verdicts on known truths ---------------------------------------------------------------------
@@ -317,7 +317,7 @@ def test_power_law_recovers_known_exponents():
     n = np.array([p for _, p in LADDER for _ in FRACTIONS], dtype=float)
     d = np.array([f for _ in LADDER for f in FRACTIONS])
     loss = 2.0 * n ** -0.3 * d ** -0.15
-    fit = stats.fit_power_law(n, d, loss)
+    fit = powerlaw.fit_power_law(n, d, loss)
     assert fit["alpha"] == pytest.approx(-0.3) and fit["beta"] == pytest.approx(-0.15)
     assert fit["log_A"] == pytest.approx(math.log(2.0))
     # Rows drawn from 1 - quality = 0.5 (N / 1e5)^-0.3 f^-0.2: the intervals hold the truth, and the

@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ftray.results import stats
+from ftray.results import digits, powerlaw, stats
 from ftray.results.trialresult import TrialResult
 from ftray.tasks.metrics import sign
 
@@ -219,14 +219,14 @@ def power_law(cell_map: Mapping[tuple, dict], ev: Evidence, mode: str, metric: s
     n_params = np.array([k[0] for k in keys], dtype=float)
     data = np.array([k[2] for k in keys], dtype=float)
     loss = to_loss(values)
-    fit = stats.fit_power_law(n_params, data, loss)
+    fit = powerlaw.fit_power_law(n_params, data, loss)
     if fit is None:
         return {"fitted": False, "reason": "the cells cannot be fitted (a loss of 0, or sizes that do not vary)"}
     groups = [cell_map[k]["group"] for k in keys]
     reps = None
     if all(ev.covers(g) for g in groups):  # the cells' noise: their draws' centres
         reps = to_loss(np.stack([ev.reps(g).centre for g in groups], axis=1))
-    samples = stats.power_law_samples(n_params, data, loss, reps, ev.n_boot, ev.seed)
+    samples = powerlaw.power_law_samples(n_params, data, loss, reps, ev.n_boot, ev.seed)
     out = {"fitted": True, "form": f"{'1 - ' if mode == 'max' else ''}{metric} = A * params^alpha * data^beta",
            "cells": len(keys), "log_A": fit["log_A"], "r2": fit["r2"], "rmse_log": fit["rmse_log"],
            "alpha": stats.summarize(fit["alpha"], samples[:, 1], ev.level),
@@ -251,9 +251,9 @@ def _size_for_target(fit: dict, samples: np.ndarray, loss: float, data: float, s
     if fit["alpha"] >= 0 or not alpha.size or np.quantile(alpha, (1 + level) / 2) >= 0:
         out["reason"] = "the size exponent's interval reaches 0: the fit does not show that size helps"
         return out
-    n_star = float(stats.size_for_loss(fit["log_A"], fit["alpha"], fit["beta"], loss, data))
+    n_star = float(powerlaw.size_for_loss(fit["log_A"], fit["alpha"], fit["beta"], loss, data))
     ok = np.isfinite(samples).all(axis=1)
-    draws = np.sort(stats.size_for_loss(samples[ok, 0], samples[ok, 1], samples[ok, 2], loss, data))
+    draws = np.sort(powerlaw.size_for_loss(samples[ok, 0], samples[ok, 1], samples[ok, 2], loss, data))
     lo_i, hi_i = (int(round(q * (len(draws) - 1))) for q in ((1 - level) / 2, (1 + level) / 2))
     out.update(params=n_star, lo=float(draws[lo_i]) if np.isfinite(draws[lo_i]) else None,
                hi=float(draws[hi_i]) if np.isfinite(draws[hi_i]) else None,
@@ -262,11 +262,11 @@ def _size_for_target(fit: dict, samples: np.ndarray, loss: float, data: float, s
 
 
 def _count(n: float | None) -> str:
-    return "no size" if n is None or not math.isfinite(n) else stats.format_count(n, significant=2)
+    return "no size" if n is None or not math.isfinite(n) else digits.format_count(n, significant=2)
 
 
 def _law_text(law: dict, metric: str, mode: str) -> str:
-    fmt = stats.format_interval
+    fmt = digits.format_interval
     text = (f"finetuning power law over {law['cells']} cells, {law['form']}: alpha {fmt(law['alpha'], True)}, "
             f"beta {fmt(law['beta'], True)} (R^2 {law['r2']:.2f}; intervals over {law['noise']})")
     x = law["extrapolation"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping, Sequence
 
-from ftray.results import stats
+from ftray.results import digits, stats
 from ftray.tasks.metrics import sign
 from ftray.results.evidence import (Evidence, answer, cells, mean_objective, power_law, rows_need, source_view,
                                     target_check)
@@ -160,7 +160,7 @@ def setting_effects(trials: Sequence[TrialResult], mode: str, settings: Sequence
         if effects:
             top = max(effects, key=lambda k: effects[k]["effect"])
             e = effects[top]
-            shown = stats.format_interval(e["interval"], True, e["effect"])
+            shown = digits.format_interval(e["interval"], True, e["effect"])
             where = f"{shown} from {e['worst']} to {e['best']}, {len(group)} trials"
             if e["answer"] in ("better", "no interval"):
                 lines.append(f"{model}: {top} matters most ({where})")
@@ -337,7 +337,7 @@ def _target_part(view: Sequence[TrialResult], metric: str, mode: str, target: fl
     check = target_check(view, target, mode, ev, hit)
     text = f"smallest model reaching {metric} {'>=' if mode == 'max' else '<='} {target:g}: "
     if hit:
-        shown = stats.format_interval(check["interval"], value=hit["objective"])
+        shown = digits.format_interval(check["interval"], value=hit["objective"])
         if check["seeds"] and check["seeds"] > 1:
             shown = f"its {check['seeds']} seeds {shown}"
         text += (f"{hit['model']} ({hit['params']:,} params, trial {hit['trial']}, {shown}, margin "
@@ -349,7 +349,7 @@ def _target_part(view: Sequence[TrialResult], metric: str, mode: str, target: fl
         sure = check["with_confidence"]
         if check["confidence"] == "met on the point estimate only":
             text += (f"; met with confidence first by {sure['model']} ({sure['params']:,} params, "
-                     f"{stats.format_interval(sure['interval'])})" if sure else "; no model meets it with confidence")
+                     f"{digits.format_interval(sure['interval'])})" if sure else "; no model meets it with confidence")
     else:
         text += "none does"
     decision = {"question": "target", "answer": check["confidence"] or "not met", "interval": check["interval"],

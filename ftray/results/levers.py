@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ftray.results import stats
+from ftray.results import digits, stats
 from ftray.tasks.metrics import sign
 from ftray.results.evidence import (Evidence, answer, cells, mean_objective, rows_need, seed_need,
                             trials_need)
@@ -150,7 +150,7 @@ def _decide(data, model, reps, rows, ev: Evidence, cell_map, metric: str, scored
     k = min(1.0, 2.0 / ratio)
     d_iv, m_iv = data["interval"], model["interval"]
     c_iv = ev.interval(d - k * m, reps["data"] - k * reps["model"], ev.rows(scored)) if reps else None
-    fmt = stats.format_interval
+    fmt = digits.format_interval
     head = (f"doubling the data gains {fmt(d_iv, True, d)} {metric} ({data['n_trials']} trials); the next model "
             f"size gains {fmt(m_iv, True, m)} at {ratio:.1f}x the parameters ({model['n_trials']} trials)")
     out["comparison"] = {"weight": k, "value": d - k * m, "interval": c_iv}

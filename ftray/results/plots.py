@@ -6,7 +6,7 @@ import os
 from typing import Callable, Collection, Sequence
 
 from ftray.results.evidence import Evidence, best_group, mean_objective, source_view
-from ftray.results.stats import format_count
+from ftray.results.digits import format_count
 from ftray.results.trialresult import TrialResult
 
 # Resamples for the plots' error bars: fewer than the report's, as a bar's end moves by pixels only.

@@ -10,7 +10,7 @@ from ftray import storage as st
 from ftray.spec.config import SETTINGS
 from ftray.results.frontier import analyse, decide_front, trial_intervals
 from ftray.tasks.metrics import sign
-from ftray.results.stats import format_count
+from ftray.results.digits import format_count
 from ftray.results.trialresult import TrialResult, load_trials
 
 
@@ -188,7 +188,7 @@ def format_report(run: LoadedRun, report: dict) -> str:
 
 def _scores_table(run: LoadedRun, a: dict) -> list[str]:
     """Each scored trial's validation score (what selection used) and test score, with intervals."""
-    from ftray.results.stats import format_interval
+    from ftray.results.digits import format_interval
 
     iv = a.get("intervals") or {}
     if not iv.get("trials") and a.get("source") != "test":
@@ -215,7 +215,7 @@ def _scores_table(run: LoadedRun, a: dict) -> list[str]:
 
 def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
     """The ladder steps and data doublings, each with its paired interval and what it says."""
-    from ftray.results.stats import format_interval
+    from ftray.results.digits import format_interval
 
     def said(step: dict) -> str:
         ans = step.get("answer")
