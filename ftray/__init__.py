@@ -13,15 +13,16 @@ if TYPE_CHECKING:
     from ftray.api import RunResult, resume, run
     from ftray.spec.config import TrialConfig
     from ftray.spec.ladder import ModelSpec
-    from ftray.spec.sweep import ASHA, Failure, Scaling, Search, Sweep, WandB
+    from ftray.spec.groups import ASHA, Failure, Scaling, Search, WandB
+    from ftray.spec.sweep import Sweep
     from ftray.spec.sweepfile import load_sweep
     from ftray.tasks import SyntheticTask, TextTask, ViggoTask
 
 # Imported on first use: a Train worker imports ftray.train.recipe, which must not pay for ray.tune (ftray.spec.sweep
 # imports it) in every worker process of every trial.
 _HOMES = {"FtrayInputError": "ftray.errors", "ModelSpec": "ftray.spec.ladder", "TrialConfig": "ftray.spec.config",
-          "ASHA": "ftray.spec.sweep", "Failure": "ftray.spec.sweep", "Scaling": "ftray.spec.sweep", "Search": "ftray.spec.sweep",
-          "Sweep": "ftray.spec.sweep", "WandB": "ftray.spec.sweep", "load_sweep": "ftray.spec.sweepfile", "SyntheticTask": "ftray.tasks",
+          "ASHA": "ftray.spec.groups", "Failure": "ftray.spec.groups", "Scaling": "ftray.spec.groups", "Search": "ftray.spec.groups",
+          "Sweep": "ftray.spec.sweep", "WandB": "ftray.spec.groups", "load_sweep": "ftray.spec.sweepfile", "SyntheticTask": "ftray.tasks",
           "TextTask": "ftray.tasks", "ViggoTask": "ftray.tasks", "run": "ftray.api", "resume": "ftray.api",
           "RunResult": "ftray.api"}
 

@@ -13,7 +13,7 @@ import pytest
 
 from ftray import storage as st
 from ftray.errors import FtrayInputError
-from ftray.spec.sweep import WandB
+from ftray.spec.groups import WandB
 from ftray.tasks import TextTask, ViggoTask
 from ftray.tasks._files import read_rows
 

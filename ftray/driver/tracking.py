@@ -16,7 +16,7 @@ from ray import tune
 from ftray.checks import is_number
 from ftray.spec.config import TrialConfig
 from ftray.results.runfolder import TUNE_LABELS
-from ftray.spec.sweep import WandB
+from ftray.spec.groups import WandB
 
 if TYPE_CHECKING:
     from ftray.results.report import LoadedRun
