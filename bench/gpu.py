@@ -357,10 +357,10 @@ PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
          "d": ("share_4", "score_gpu", "score_cpu_check", "score_cpu"),
          "e": tuple(f"lever_{name}" for name in SPEED_SETTINGS)}
 KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
-# What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
-# where the measurement it stands in for failed.
 # The training measurements of one process, which --reps repeats and --profile profiles.
 TRAINING = PARTS["a"] + PARTS["b"] + PARTS["e"]
+# What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
+# where the measurement it stands in for failed; a lever is measured against the defaults.
 NEEDS = {"score_gpu": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
          "hf_tuned_no_liger": "hf_tuned", **{lever: "ftray_default" for lever in PARTS["e"]}}
 
