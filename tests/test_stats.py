@@ -11,7 +11,7 @@ import pytest
 from ftray.results import digits, powerlaw, stats
 from ftray.results.frontier import analyse
 from ftray.results.levers import leverage
-from ftray.results.runfolder import TestScores
+from ftray.results import runfolder as rf
 from ftray.results.trialresult import TrialResult
 
 LADDER = [("s", 100_000), ("m", 400_000), ("l", 1_600_000)]
@@ -38,7 +38,7 @@ def make_trials(rate, n_rows=400, seeds=(0,), rho=0.5, seed=0, metric="acc", tes
                 test = None
                 if test_rows:
                     th = draw(test_difficulty)
-                    test = TestScores({metric: float(th.mean())}, {metric: [[h, 1.0] for h in th]}, test_rows,
+                    test = rf.TestScores({metric: float(th.mean())}, {metric: [[h, 1.0] for h in th]}, test_rows,
                                       test_rows, checkpoint="")
                 trials.append(TrialResult(
                     id=f"{model}-{f:g}-{s}", status="TERMINATED", model=model, params=params,
