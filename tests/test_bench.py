@@ -103,3 +103,17 @@ def test_gpu_bench_repeats_keep_each_figures_median_and_a_profile_names_the_oper
     assert out["tokens_per_s"] == 1.0 and out["runs_tokens_per_s"] == [1.0, 1.0]
     assert any(r["op"] == "aten::mm" and r["calls"] >= 1 for r in out["profile"]["by_host"])
     assert out["profile"]["by_device"] == [] and out["profile"]["syncs"] == 0  # no GPU here
+
+
+def test_activation_count_sees_what_lora_dropout_keeps():
+    import activations
+    import gpu
+
+    # bench/activations.py's count on the tiny shape, eager: dropout keeps each adapted layer's dropped-out
+    # input and its mask, so a layer keeps more with it than without.
+    def one_layer(dropout):
+        return (activations.kept_bytes(gpu.SHAPES["tiny"], 2, dropout, False, 32, torch.device("cpu"))
+                - activations.kept_bytes(gpu.SHAPES["tiny"], 1, dropout, False, 32, torch.device("cpu")))
+
+    without, with_dropout = one_layer(0.0), one_layer(0.05)
+    assert 0 < without < with_dropout
