@@ -10,7 +10,7 @@ the manner of Ray's ScalingConfig / RunConfig / FailureConfig:
 - how trials are chosen and stopped: `search=Search(...)` (Optuna or random, ASHA);
 - what happens on failure: `failure=Failure(...)`;
 - tracking: `wandb=WandB(...)`; where results go: `storage`.
-The groups but the trial's are ftray/spec/groups.py.
+Every group but `trial` is defined in ftray/spec/groups.py.
 
 Any field of these groups may also be given by name (`steps=300, workers=2, num_trials=9`): a
 shorthand that sets it in its group, so short sweeps stay short. A name that is no field is
