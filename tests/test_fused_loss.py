@@ -94,22 +94,23 @@ def test_bad_speed_settings_name_their_field(settings, field):
         TrialConfig(max_length=64, **settings)
 
 
-def run(task, tok, trace=None, checkpoint_dir=None, resume_from=None, **settings):
+def run(task, tok, trace=None, checkpoint_dir=None, resume_from=None, verbose=False, **settings):
     config = TrialConfig(**{"model": TINY.id, "lr": 5e-3, "batch_size": 4, "grad_accum": 2, "max_length": 64,
                             "steps": 4, "eval_every": 2, "eval_samples": 8, "max_new_tokens": 8, "eval_base": False,
                             "lora_dropout": 0.0, **settings})
     job = TrialJob(config=config, task=task, model=TINY, lora=LoraSettings(8, 16, dropout=0.0),
                    tokenizer_json=tokenizer_to_json(tok))
-    return run_local(job, checkpoint_dir, resume_from=resume_from, trace=trace)
+    return run_local(job, checkpoint_dir, resume_from=resume_from, trace=trace, verbose=verbose)
 
 
-def test_the_speed_settings_train_the_same_curve_as_the_defaults(task, tok, monkeypatch):
+def test_the_speed_settings_train_the_same_curve_as_the_defaults(task, tok, monkeypatch, capsys):
     # Dynamo traces the layers as on a GPU; inductor's code generation would take a minute on a CPU.
     monkeypatch.setattr(ftray.train.steps, "COMPILE_BACKEND", "eager")
     default_trace: list = []
     tuned_trace: list = []
     default = run(task, tok, default_trace)
-    tuned = run(task, tok, tuned_trace, **SPEED_SETTINGS)
+    tuned = run(task, tok, tuned_trace, verbose=True, **SPEED_SETTINGS)
+    assert "fused_loss='auto': ftray's chunked loss\n" in capsys.readouterr().out  # the log says which loss (no Liger on a CPU)
     assert [t[:4] for t in tuned_trace] == [t[:4] for t in default_trace]  # the same examples in the same order
     for a, b in zip(default, tuned):
         assert a["step"] == b["step"] and a["tokens"] == b["tokens"]

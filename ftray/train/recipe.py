@@ -156,13 +156,22 @@ class LoRARecipe:
             self.log(f"compiling {compile_layers(self.model)} decoder layers")
         # What training calls (evaluation calls the model itself): the model, or it with the fused loss.
         trained, self.loss_kind = FusedLossLM.wrap(self.model, self.cfg.fused_loss, self.on_gpu)
-        if self.cfg.fused_loss != "off" and self.loss_kind == "model":
-            self.log("fused_loss: this model's head is not a plain linear layer (a LoRA-adapted head, or logits "
-                     "softcapped or scaled): the model's own loss is used")
+        if self.cfg.fused_loss != "off":
+            self.log(f"fused_loss={self.cfg.fused_loss!r}: {self._loss_note()}")
         self.ddp = trained
         if self.world > 1:
             device_ids = [self.device.index] if self.on_gpu else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(trained, device_ids=device_ids)
+
+    def _loss_note(self) -> str:
+        """What the trial trains with, where fused_loss asked for more than the model's own loss."""
+        if self.loss_kind == "liger":
+            return "Liger Kernel's fused linear cross-entropy"
+        if self.loss_kind == "chunked":
+            missing = self.cfg.fused_loss == "auto" and self.on_gpu
+            return "ftray's chunked loss" + (" (liger_kernel is not installed: pip install 'ftray[gpu]')" if missing else "")
+        return ("this model's head is not a plain linear layer (a LoRA-adapted head, or logits softcapped or "
+                "scaled): the model's own loss is used")
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.trainable, self.cfg, self.on_gpu)
