@@ -17,17 +17,20 @@ skipped and said so, and every part's result is written as soon as it is measure
   (c) share    -- `ftray run` of a sweep of 8 trials of the 0.5B model at 1, 4 and 2 trials per GPU
                   (gpus_per_worker 1, 0.25, 0.5): wall time from start to the report, tokens/s of all trials
   (d) score    -- held-out scoring (scoring.score_checkpoint: generation and metrics) of the adapters the
-                  4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s)
+                  4-per-GPU sweep kept, on the GPU, against the same on the CPU with every core (rows per s);
+                  on the GPU also without cuDNN's attention (below)
   (e) levers   -- each of SPEED_SETTINGS alone (fused loss, packing, widths rounded to 64, compile) at (a)'s 32
                   rows against ftray's defaults: tokens/s, peak memory and the final loss (the same batches, so
-                  a lever that leaves training as it is leaves the loss too): what a GPU's defaults should be
+                  a lever that leaves training as it is leaves the loss too): what a GPU's defaults should be;
+                  and the defaults without cuDNN's attention (SDPA's flash, memory-efficient or math kernels:
+                  cuDNN's builds a graph per new input shape, which short trials pay again and again)
 --parts names parts by letter or by their keys in the JSON (share_4, tuned_compile, ...): a run that
 did not reach a part can measure it alone, without paying again for the ones it has; a key brings what
 it needs (scoring: share_4 for its adapters; a fallback: the measurement it stands in for).
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
-excluded). Tokens are non-padding tokens (prompt and completion). One run of each by default, medians over
-steps; --reps N runs each training measurement of (a), (b) and (e) N times and keeps the median of each figure
+excluded); `warmup_s` is what the first 10 steps took, which a short trial pays in full. Tokens are
+non-padding tokens (prompt and completion). One run of each by default, medians over steps; --reps N runs each training measurement of (a), (b) and (e) N times and keeps the median of each figure
 (the runs' tokens/s beside it). --profile records, for those, the operators that took the most host and
 device time (torch.profiler, over the whole measurement, its first run): its rates are then not figures.
 Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
@@ -162,7 +165,7 @@ def ftray_loop(folder: Path, task, device: torch.device, **settings) -> dict:
     reports = run_local(job, device=device)
     first, last = reports[0], reports[-1]
     tokens, seconds = last["tokens"] - first["tokens"], last["train_s"] - first["train_s"]
-    out = {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / TIMED,
+    out = {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / TIMED, "warmup_s": first["train_s"],
            "step_s": statistics.median(r["step_s"] for r in reports[1:]), "loss": last.get("train_loss"), **_peak(device)}
     _free(device)
     return out
@@ -179,10 +182,12 @@ def bare(folder: Path, data: list, tok, device: torch.device) -> dict:
     order = [b for epoch in range(100) for b in batches(data, ROWS, 0, epoch, 0, 1)]
     model.train()
     tokens, step_times = 0, []
+    t0 = time.time()
     for step in range(steps):
         if step == WARMUP:
             _sync(device)
             t = time.time()
+            warmup_s = t - t0
         t_step = time.perf_counter()
         cpu = collate([data[i] for i in order[step]], tok.pad_token_id)
         if step >= WARMUP:
@@ -199,7 +204,8 @@ def bare(folder: Path, data: list, tok, device: torch.device) -> dict:
         if step >= WARMUP:
             step_times.append(time.perf_counter() - t_step)
     _sync(device)
-    out = {"tokens_per_s": tokens / (time.time() - t), "step_s": statistics.median(step_times), **_peak(device)}
+    out = {"tokens_per_s": tokens / (time.time() - t), "step_s": statistics.median(step_times), "warmup_s": warmup_s,
+           **_peak(device)}
     del model, opt, params
     _free(device)
     return out
@@ -228,6 +234,9 @@ def hf_trainer(folder: Path, data: list, tok, device: torch.device, rows: int = 
     steps = WARMUP + TIMED
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            marks[0] = time.time()
+
         def on_step_end(self, args, state, control, **kw):
             if state.global_step in (WARMUP, steps):
                 _sync(device)
@@ -249,6 +258,7 @@ def hf_trainer(folder: Path, data: list, tok, device: torch.device, rows: int = 
         Trainer(model=model, args=args, train_dataset=data, data_collator=collator, callbacks=[Clock()]).train()
     timed = sizes[WARMUP:steps]
     out = {"tokens_per_s": sum(timed) / (marks[steps] - marks[WARMUP]), "tokens_per_step": sum(timed) / len(timed),
+           "warmup_s": marks[WARMUP] - marks[0],
            "liger": liger, **_peak(device)}
     del model
     _free(device)
@@ -339,6 +349,20 @@ def profiled(fn, *args, **kwargs) -> dict:
     return out
 
 
+def without_cudnn_attention(fn):
+    """fn with PyTorch's SDPA choosing among flash, memory-efficient and math attention only. cuDNN's,
+    which recent GPUs prefer, builds a graph for each new input shape, so a short trial (and generation,
+    whose key length grows each token) may pay set-up more than it gains: this measures it."""
+
+    def run(*args, **kwargs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def measured(fn, reps: int, profile: bool):
     """A training measurement `reps` times, the first under the profiler where asked: their medians."""
 
@@ -354,14 +378,14 @@ def measured(fn, reps: int, profile: bool):
 PARTS = {"a": ("ftray_default", "bare_default", "hf_default"),
          "b": ("tuned", "tuned_chunked", "tuned_unfused", "hf_tuned", "hf_tuned_no_liger", "tuned_compile"),
          "c": ("share_1", "share_4", "share_2"),
-         "d": ("share_4", "score_gpu", "score_cpu_check", "score_cpu"),
-         "e": tuple(f"lever_{name}" for name in SPEED_SETTINGS)}
+         "d": ("share_4", "score_gpu", "score_gpu_no_cudnn", "score_cpu_check", "score_cpu"),
+         "e": (*(f"lever_{name}" for name in SPEED_SETTINGS), "lever_no_cudnn_attention")}
 KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
 # The training measurements of one process, which --reps repeats and --profile profiles.
 TRAINING = PARTS["a"] + PARTS["b"] + PARTS["e"]
 # What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
 # where the measurement it stands in for failed; a lever is measured against the defaults.
-NEEDS = {"score_gpu": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
+NEEDS = {"score_gpu": "share_4", "score_gpu_no_cudnn": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
          "hf_tuned_no_liger": "hf_tuned", **{lever: "ftray_default" for lever in PARTS["e"]}}
 
 
@@ -444,9 +468,11 @@ def summary(results: dict, flops: dict) -> dict:
         "share_2_vs_1_wall": (share1["wall_s"] / m["share_2"]["wall_s"]
                               if "wall_s" in share1 and "wall_s" in (m.get("share_2") or {}) else None),
         "score_gpu_vs_cpu": ratio(m, "score_gpu", "score_cpu", "rows_per_s"),
+        "score_gpu_no_cudnn_vs_cudnn": ratio(m, "score_gpu_no_cudnn", "score_gpu", "rows_per_s"),
         # Each lever alone against the defaults: speed and peak memory as ratios, the final loss as a difference.
         "levers": {key[len("lever_"):]: {"speed": ratio(m, key, "ftray_default"),
                                          "peak": ratio(m, key, "ftray_default", "peak_mem_gib"),
+                                         "warmup": ratio(m, key, "ftray_default", "warmup_s"),
                                          "loss_change": (m[key]["loss"] - m["ftray_default"]["loss"]
                                                          if (m[key].get("loss") is not None
                                                              and (m.get("ftray_default") or {}).get("loss") is not None)
@@ -493,7 +519,8 @@ def main() -> None:
                      "data": "ViGGO train" if args.data else "synthetic", "mean_tokens_per_example": mean_len,
                      "settings": {"lora_rank": RANK, "lora_targets": "all-linear", "lr": LR, "rows": ROWS,
                                   "max_length": MAX_LENGTH, "warmup_steps": WARMUP, "timed_steps": TIMED,
-                                  "tuned": dict(SPEED_SETTINGS, batch_tokens=args.batch_tokens),
+                                  # (b)'s tuned path; tuned_compile adds compile=True
+                                  "tuned": dict(SPEED_SETTINGS, compile=False, batch_tokens=args.batch_tokens),
                                   "share": {"trials": SHARE_TRIALS, "steps": SHARE_STEPS},
                                   "reps": args.reps, "profiled": args.profile,
                                   "dtype": "bf16 base, fp32 adapters, autocast bf16" if device.type == "cuda" else "fp32"},
@@ -509,7 +536,7 @@ def main() -> None:
         shape = make_model(folders[size], SHAPES[size], tok, device)
         flops[size] = 4 * shape["n_linear"] + 12 * shape["layers"] * shape["d_model"] * mean_len
         results["models"][size] = dict(shape, flops_per_token=flops[size])
-    tuned = dict(SPEED_SETTINGS, compile=False, batch_tokens=args.batch_tokens)
+    tuned = results["settings"]["tuned"]
     rows_for_budget = max(1, round(args.batch_tokens / mean_len))
     # (a) today's comparison, then (b) the tuned path, on the big model.
     parts.run("ftray_default", ftray_loop, folders[big], task, device)
@@ -532,12 +559,16 @@ def main() -> None:
         score_rows = 32 if device.type == "cuda" else 4
         parts.run("score_gpu" if device.type == "cuda" else "score_cpu_check", score_rate, kept, task,
                   folders[small], score_rows, device.type)
+        if device.type == "cuda":
+            parts.run("score_gpu_no_cudnn", without_cudnn_attention(score_rate), kept, task, folders[small],
+                      score_rows, device.type)
         parts.run("score_cpu", score_rate, kept[:1], task, folders[small], 4, "cpu")
     parts.run("tuned_compile", ftray_loop, folders[big], task, device, **dict(tuned, compile=True))
     parts.run("share_2", share_sweep, folders[small], args.data, tmp, 2, device.type == "cuda", cpus)
     # (e) each speed lever alone, at the defaults' batch.
     for name, value in SPEED_SETTINGS.items():
         parts.run(f"lever_{name}", ftray_loop, folders[big], task, device, **{name: value})
+    parts.run("lever_no_cudnn_attention", without_cudnn_attention(ftray_loop), folders[big], task, device)
     results["summary"] = summary(results, flops)
     parts.save()
     print_table(results)
@@ -562,7 +593,7 @@ def print_table(results: dict) -> None:
     for name, v in s.get("levers", {}).items():
         fmt = lambda x, spec: "n/a" if x is None else format(x, spec)  # noqa: E731
         print(f"  lever {name:18} {fmt(v['speed'], '.3f')}x the defaults' tokens/s, peak {fmt(v['peak'], '.3f')}x, "
-              f"final loss {fmt(v['loss_change'], '+.2e')}")
+              f"first {WARMUP} steps' time {fmt(v.get('warmup'), '.3f')}x, final loss {fmt(v['loss_change'], '+.2e')}")
     print("  FLOPs/token = 4*N_linear + 12*layers*d_model*T (T = mean tokens per example); MFU over 989 TFLOP/s bf16")
     for line in results["skipped"]:
         print(f"  skipped: {line}")

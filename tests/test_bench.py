@@ -77,8 +77,8 @@ def test_gpu_bench_parts_select_their_keys_and_what_those_need():
 
     assert gpu.selected_keys(None) == set(gpu.KEYS)
     assert gpu.selected_keys("lever_pack") == {"lever_pack", "ftray_default"}  # a lever, with the defaults it is set against
-    assert gpu.selected_keys("d,tuned_compile") == {"share_4", "score_gpu", "score_cpu_check", "score_cpu",
-                                                     "tuned_compile"}
+    assert gpu.selected_keys("d,tuned_compile") == {"share_4", "score_gpu", "score_gpu_no_cudnn", "score_cpu_check",
+                                                     "score_cpu", "tuned_compile"}
     assert gpu.selected_keys("score_gpu") == {"score_gpu", "share_4"}  # the scoring needs the sweep's adapters
     assert gpu.selected_keys(" tuned_chunked ,") == {"tuned_chunked", "tuned"}  # a fallback, with what it backs
     with pytest.raises(ValueError, match=r"unknown 'f'; choose from a, b, c, d, e, ftray_default"):
