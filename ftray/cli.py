@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("resume", help="go on with an interrupted sweep run")
     p.add_argument("run_dir")
     p.add_argument("--address")
-    p.add_argument("--resume-errored", action="store_true", help="go on with errored trials from their checkpoints")
-    p.add_argument("--restart-errored", action="store_true", help="run errored trials again from the start")
+    errored = p.add_mutually_exclusive_group()
+    errored.add_argument("--resume-errored", action="store_true", help="go on with errored trials from their checkpoints")
+    errored.add_argument("--restart-errored", action="store_true", help="run errored trials again from the start")
 
     p = sub.add_parser("validate", help="check a sweep file, its data, models, storage and resources without training")
     p.add_argument("sweep_file")
@@ -63,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         sub.choices[name].add_argument("--keep-all-checkpoints", action="store_true",
                                        help="keep every trial's checkpoints (default: finished trials off the frontier lose theirs)")
 
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors in your input (FTRAY_DEBUG=1)")
+    debug_help = "show tracebacks of errors in your input (FTRAY_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for p in sub.choices.values():  # also after the command; SUPPRESS: unset there, it leaves `ftray --debug run` as set
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     args = parser.parse_args(argv)
     before = os.environ.get("FTRAY_DEBUG")
     if args.debug:  # read where the error is raised (ftray/spec/sweepfile.py), and by the handler below

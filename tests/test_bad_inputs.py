@@ -141,8 +141,10 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.delenv("FTRAY_DEBUG", raising=False)
     f = tmp_path / "s.py"
     f.write_text(HEAD + "raise RuntimeError('boom')\n")
-    with pytest.raises(RuntimeError, match="boom"):
-        main(["--debug", "validate", str(f)])
+    for argv in (["--debug", "validate", str(f)], ["validate", str(f), "--debug"]):  # before or after the command
+        monkeypatch.delenv("FTRAY_DEBUG", raising=False)
+        with pytest.raises(RuntimeError, match="boom"):
+            main(argv)
 
 
 # ---- inputs that run but mean little: a warning on stderr, the exit status unchanged

@@ -74,6 +74,7 @@ def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
         (dict(asha=ASHA(metric="bleu")), "asha.metric"),
         (dict(data_filter="inform"), "data_filter_column"),
         (dict(per_model=("nope",)), "per_model"),
+        (dict(per_model=False), "per_model"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

@@ -173,7 +173,8 @@ def read_trial(trial_dir: str) -> TrialRecord | None:
 
 @dataclass(frozen=True)
 class TestScores:
-    """A trial's adapter scored on held-out test rows (`n` of the split's `of`, the first n in its order)."""
+    """A trial's adapter scored on held-out test rows: `n` of the split's `of`, a seeded subset, the same for
+    every trial."""
 
     metrics: dict
     rows: dict  # metric -> [[num, den], ...] per row: the metric is sum(num) / sum(den)

@@ -98,8 +98,10 @@ class Search:
     repeats: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "per_model", (self.per_model,) if isinstance(self.per_model, str)
-                           else tuple(self.per_model))
+        names = self.per_model
+        check(isinstance(names, str) or (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)),
+              f"per_model must be a setting's name or a list of names, got {names!r}")
+        object.__setattr__(self, "per_model", (names,) if isinstance(names, str) else tuple(names))
         check(is_int(self.num_trials, 1, plain=True), f"num_trials must be an int >= 1, got {self.num_trials!r}")
         check(is_int(self.repeats, 0, plain=True), f"repeats must be an int >= 0, got {self.repeats!r}")
         check(self.algorithm in ("optuna", "random"), f"search must be 'optuna' or 'random', got {self.algorithm!r}")
