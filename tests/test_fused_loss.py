@@ -80,6 +80,9 @@ def test_a_head_it_cannot_take_keeps_the_models_own_loss(tok):
     model = apply_lora(build_model(spec, tok, seed=0), spec, LoraSettings(8, 16, targets=("q_proj", "lm_head")))
     assert FusedLossLM.wrap(model, "chunked", on_gpu=False) == (model, "model")
     assert FusedLossLM.wrap(lora_model(tok), "off", on_gpu=False)[1] == "model"
+    softcapped = lora_model(tok)
+    softcapped.get_base_model().config.final_logit_softcapping = 30.0  # as Gemma 2's: logits the head does not give
+    assert FusedLossLM.wrap(softcapped, "chunked", on_gpu=False) == (softcapped, "model")
 
 
 @pytest.mark.parametrize("settings,field", [
@@ -110,7 +113,8 @@ def test_the_speed_settings_train_the_same_curve_as_the_defaults(task, tok, monk
     tuned_trace: list = []
     default = run(task, tok, default_trace)
     tuned = run(task, tok, tuned_trace, verbose=True, **SPEED_SETTINGS)
-    assert "fused_loss='auto': ftray's chunked loss\n" in capsys.readouterr().out  # the log says which loss (no Liger on a CPU)
+    # The log says which loss the trial trains with (no Liger on a CPU).
+    assert "fused_loss='auto': ftray's chunked loss\n" in capsys.readouterr().out
     assert [t[:4] for t in tuned_trace] == [t[:4] for t in default_trace]  # the same examples in the same order
     for a, b in zip(default, tuned):
         assert a["step"] == b["step"] and a["tokens"] == b["tokens"]

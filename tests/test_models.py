@@ -16,7 +16,7 @@ from ftray.train import pretrained
 from ftray.train.depth import kept_layers
 from ftray.errors import FtrayInputError
 from ftray.spec.ladder import PRESETS, LoraSettings, ModelSpec, as_model_spec, preset_names, validate_model_id
-from ftray.train.lora import apply_lora, count_params, linear_module_names
+from ftray.train.lora import adapters_to_fp32, apply_lora, count_params, linear_module_names, peft_quietly
 from ftray.train.models import build_model, build_tokenizer, load_tokenizer, param_counts, tokenizer_from_json, tokenizer_to_json
 
 LLAMA_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -120,6 +120,25 @@ def test_lora_adapts_every_linear_layer_and_presets_train_embeddings(tok):
     hub_like = ModelSpec("tiny-s", train_embeddings=False)
     frozen = apply_lora(build_model(hub_like, tok, seed=0), hub_like, LoraSettings(4, 8))
     assert all("lora_" in n for n, p in frozen.named_parameters() if p.requires_grad)
+
+
+def test_a_scored_adapter_has_the_dtypes_it_trained_in(tok, tmp_path):
+    # On a GPU a trial trains every trainable parameter in fp32 over a bf16 base; scoring loads the saved
+    # adapter over a bf16 base again, where peft upcasts LoRA's matrices but not the trained embeddings.
+    from peft import PeftModel
+
+    spec = ModelSpec("tiny-xs")
+    trained = apply_lora(build_model(spec, tok, seed=0, dtype=torch.bfloat16), spec, LoraSettings(4, 8))
+    adapters_to_fp32(trained)
+    fp32 = {n for n, p in trained.named_parameters() if p.dtype == torch.float32}
+    assert fp32 == {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert any("modules_to_save" in n for n in fp32)
+    with peft_quietly():
+        trained.save_pretrained(tmp_path)
+        loaded = PeftModel.from_pretrained(build_model(spec, tok, seed=0, dtype=torch.bfloat16), tmp_path)
+    assert {n for n, p in loaded.named_parameters() if p.dtype == torch.float32} < fp32  # peft's own upcast: LoRA only
+    adapters_to_fp32(loaded)
+    assert {n for n, p in loaded.named_parameters() if p.dtype == torch.float32} == fp32
 
 
 def test_named_lora_targets_adapt_only_those_layers(tok):

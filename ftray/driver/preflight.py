@@ -69,6 +69,7 @@ def _memory_estimate(sweep, rung, config, params: int, trainable: int):
     """A GPU trial's peak memory at the largest micro-batch its settings and the space allow."""
     from ftray.driver.resources import estimate_memory
     from ftray.spec.space import candidate_values
+    from ftray.train.steps import changes_its_logits
 
     defaults = sweep.trial_config({"model": rung.id})
 
@@ -82,7 +83,8 @@ def _memory_estimate(sweep, rung, config, params: int, trainable: int):
     rows = -(-defaults.batch_tokens // length) if defaults.batch_tokens else largest("batch_size")
     return estimate_memory(params=params, trainable=trainable, hidden=text.hidden_size, layers=text.num_hidden_layers,
                            vocab=text.vocab_size, rows=rows, length=length, checkpointing=rung.gradient_checkpointing,
-                           fused_loss=defaults.fused_loss != "off")
+                           # Such a model keeps its own loss, with the full logits (FusedLossLM.wrap).
+                           fused_loss=defaults.fused_loss != "off" and not changes_its_logits(text))
 
 
 def cells_left_out(sweep) -> str | None:

@@ -78,7 +78,7 @@ def load_adapter(checkpoint: str, rung, device: str = "cpu"):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from ftray.train.lora import peft_quietly
+    from ftray.train.lora import adapters_to_fp32, peft_quietly
     from ftray.train.models import base_dtype, build_model
     from ftray.train.recipe import TRIAL_CONFIG
 
@@ -88,8 +88,10 @@ def load_adapter(checkpoint: str, rung, device: str = "cpu"):
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     base = build_model(rung, tokenizer, seed=config.seed, dtype=base_dtype(device))
     with peft_quietly():
-        model = PeftModel.from_pretrained(base, checkpoint).to(device)
-    return model, tokenizer, config
+        model = PeftModel.from_pretrained(base, checkpoint)
+    if device.type == "cuda":
+        adapters_to_fp32(model)  # as the trial trained: fp32 adapter (trained embeddings too) over a bf16 base
+    return model.to(device), tokenizer, config
 
 
 def score_checkpoint(checkpoint: str, task, rung, examples, batch_size: int = SCORE_BATCH,
@@ -151,10 +153,13 @@ def score_on_ray(jobs: Sequence[ScoringJob], examples: Sequence[Example],
     """
     import ray
 
-    task = ray.remote(run_job)
+    # A task holding a GPU runs in a worker process of its own (max_calls=1, which only ray.remote sets):
+    # a reused process keeps the CUDA state of the GPU it first saw, not the one Ray gives it next.
+    cpu_task, gpu_task = ray.remote(run_job), ray.remote(max_calls=1)(run_job)
     rows = ray.put(list(examples))  # once into the object store, not once per task
-    pending = {task.options(num_cpus=job.resources.get("CPU", 1), num_gpus=job.resources.get("GPU", 0),
-                            name=f"ftray-score-{job.trial_id}").remote(job, rows): job for job in jobs}
+    pending = {(gpu_task if job.resources.get("GPU") else cpu_task)
+               .options(num_cpus=job.resources.get("CPU", 1), num_gpus=job.resources.get("GPU", 0),
+                        name=f"ftray-score-{job.trial_id}").remote(job, rows): job for job in jobs}
     done: list[ScoredTrial] = []
     failures: list[Exception] = []
     while pending:

@@ -116,12 +116,27 @@ def apply_lora(model, spec: ModelSpec, lora: LoraSettings):
     return peft_model
 
 
+def _is_adapter(name: str) -> bool:
+    """A parameter of the adapter, not of the base: LoRA's matrices and peft's trainable copies of the
+    embeddings/head (modules_to_save)."""
+    return "lora_" in name or "modules_to_save" in name
+
+
+def adapters_to_fp32(model) -> None:
+    """The adapter's parameters in fp32 over a bf16 base: how a trial trains on a GPU (fp32 master
+    weights), and so how its adapter is scored. peft itself upcasts LoRA's matrices when it loads an
+    adapter, but not the trained embeddings and head, which carry the residual stream."""
+    for name, p in model.named_parameters():
+        if _is_adapter(name) and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
 def count_params(model) -> tuple[int, int]:
     """(base parameters, trainable parameters) of a (peft) model.
 
     Adapters and peft's trainable copies of embeddings/head (modules_to_save) are not base parameters;
     shared (tied) tensors count once.
     """
-    total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
+    total = sum(p.numel() for n, p in model.named_parameters() if not _is_adapter(n))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable

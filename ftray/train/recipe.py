@@ -35,9 +35,9 @@ from ftray.spec.ladder import LoraSettings, ModelSpec
 from ftray.train.context import LocalContext, RayContext, TuneTrialContext
 from ftray.train.data import Layout, batches, select, tokenize_examples
 from ftray.train.evaluate import score, sum_over_workers
-from ftray.train.lora import apply_lora, count_params
+from ftray.train.lora import adapters_to_fp32, apply_lora, count_params
 from ftray.train.models import autocast, base_dtype, build_model, load_tokenizer
-from ftray.train.steps import FusedLossLM, compile_layers, forward_backward, lr_lambda, make_optimizer
+from ftray.train.steps import FusedLossLM, compile_layers, forward_backward, liger_missing, lr_lambda, make_optimizer
 from ftray.tasks.base import Task
 
 TRAINER_STATE = "trainer_state.pt"
@@ -112,6 +112,8 @@ class LoRARecipe:
     def setup(self) -> None:
         self.log("loading the data and the model")
         torch.set_num_threads(max(1, self.job.threads))
+        if self.on_gpu:  # a reused trial process: its peak so far is an earlier trial's
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.tokenizer = load_tokenizer(self.job.model, self.job.tokenizer_json)
         self._setup_data()
         self._setup_model()
@@ -147,10 +149,9 @@ class LoRARecipe:
         model = build_model(self.job.model, self.tokenizer, seed=self.cfg.seed, dtype=base_dtype(self.device))
         self.model = apply_lora(model, self.job.model, self.job.lora)
         self.params, self.trainable_params = count_params(self.model)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         if self.on_gpu:
-            for p in self.trainable:  # adapters train in fp32 master weights; the frozen base stays bf16
-                p.data = p.data.float()
+            adapters_to_fp32(self.model)  # fp32 master weights; the frozen base stays bf16
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model.to(self.device)
         if self.cfg.compile:
             self.log(f"compiling {compile_layers(self.model)} decoder layers")
@@ -168,8 +169,8 @@ class LoRARecipe:
         if self.loss_kind == "liger":
             return "Liger Kernel's fused linear cross-entropy"
         if self.loss_kind == "chunked":
-            missing = self.cfg.fused_loss == "auto" and self.on_gpu
-            return "ftray's chunked loss" + (" (liger_kernel is not installed: pip install 'ftray[gpu]')" if missing else "")
+            why = liger_missing() if self.cfg.fused_loss == "auto" and self.on_gpu else None
+            return "ftray's chunked loss" + (f" ({why})" if why else "")
         return ("this model's head is not a plain linear layer (a LoRA-adapted head, or logits softcapped or "
                 "scaled): the model's own loss is used")
 

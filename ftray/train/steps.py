@@ -98,12 +98,23 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bia
     return ChunkedLinearCrossEntropy.apply(hidden, weight, bias, target, chunk) / target.numel()
 
 
-def _liger_loss():
-    """Liger Kernel's fused linear cross-entropy (mean over the rows), or None where it is not installed."""
+def liger_missing() -> str | None:
+    """Why Liger Kernel's fused loss cannot be used here, or None when it can."""
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss  # noqa: F401
     except ImportError:
+        return "liger_kernel is not installed: pip install 'ftray[gpu]'"
+    except Exception as e:  # installed, but not with the Triton or torch it needs
+        return f"liger_kernel failed to import: {type(e).__name__}: {str(e)[:200]}"
+    return None
+
+
+def _liger_loss():
+    """Liger Kernel's fused linear cross-entropy (mean over the rows), or None where it cannot be used."""
+    if liger_missing() is not None:
         return None
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
     fused = LigerFusedLinearCrossEntropyLoss()
 
     def loss(hidden, weight, bias, target):
@@ -120,6 +131,13 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def changes_its_logits(config) -> bool:
+    """Whether a model of this config does more to its logits than its head computes (softcapping, a
+    scale), so that the fused loss, which computes them itself, cannot stand in for its own."""
+    return (getattr(config, "final_logit_softcapping", None) is not None
+            or getattr(config, "logit_scale", None) is not None)
+
+
 def plain_head(model) -> torch.nn.Linear | None:
     """The output layer a (peft) causal LM computes its logits with, when it is a plain Linear layer
     (frozen, or trained as a whole through peft's modules_to_save); None when it is anything else (a
@@ -127,8 +145,7 @@ def plain_head(model) -> torch.nn.Linear | None:
     from peft.utils.other import ModulesToSaveWrapper
 
     base = _base(model)
-    config = getattr(base, "config", None)
-    if getattr(config, "final_logit_softcapping", None) is not None or getattr(config, "logit_scale", None) is not None:
+    if changes_its_logits(getattr(base, "config", None)):
         return None
     head = base.get_output_embeddings()
     if isinstance(head, ModulesToSaveWrapper):
@@ -191,6 +208,9 @@ def compile_layers(model) -> int:
     """
     if not hasattr(torch.compiler, "set_stance"):
         raise FtrayInputError(f"compile=True needs torch >= 2.6 (to run evaluation eagerly), this is {torch.__version__}")
+    # A trial process Tune reuses keeps the code compiled for the last trial: a new LoRA rank recompiles,
+    # and past torch's recompile limit a layer would run eagerly without a word. Each trial starts afresh.
+    torch.compiler.reset()
     base = _base(model)
     layers = getattr(base.get_decoder(), "layers", None) or []
     for layer in layers:
