@@ -30,7 +30,8 @@ it needs (scoring: share_4 for its adapters; a fallback: the measurement it stan
 Warm-up: every training measurement takes 40 steps; the first 10 are left out and the rate is the
 timed 30 steps' tokens over their seconds (ftray's: its reports at steps 20, 30 and 40, evaluation
 excluded); `warmup_s` is what the first 10 steps took, which a short trial pays in full. Tokens are
-non-padding tokens (prompt and completion). One run of each by default, medians over steps; --reps N runs each training measurement of (a), (b) and (e) N times and keeps the median of each figure
+non-padding tokens (prompt and completion). One run of each by default, medians over steps; --reps N
+runs each training measurement of (a), (b) and (e) N times and keeps the median of each figure
 (the runs' tokens/s beside it). --profile records, for those, the operators that took the most host and
 device time (torch.profiler, over the whole measurement, its first run): its rates are then not figures.
 Model FLOPs per token: 4 * N_linear (forward, and the backward through the frozen weights; no
@@ -143,6 +144,15 @@ def _free(device):
         torch.cuda.reset_peak_memory_stats()
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -176,7 +186,7 @@ def bare(folder: Path, data: list, tok, device: torch.device) -> dict:
     steps = WARMUP + TIMED
     model = load_lora(folder, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR)
+    opt = torch.optim.AdamW(params, lr=LR, **({"fused": True} if device.type == "cuda" else {}))  # as ftray's
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(int(0.05 * steps), steps))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     order = [b for epoch in range(100) for b in batches(data, ROWS, 0, epoch, 0, 1)]
@@ -194,7 +204,7 @@ def bare(folder: Path, data: list, tok, device: torch.device) -> dict:
             tokens += int(cpu["attention_mask"].sum())
         batch = {k: v.to(device, non_blocking=True) for k, v in cpu.items()}
         with autocast:
-            loss = model(**batch).loss
+            loss = model(**batch, use_cache=False).loss  # as ftray's: no KV cache built in training
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -349,6 +359,19 @@ def profiled(fn, *args, **kwargs) -> dict:
     return out
 
 
+def in_fresh_process(fn):
+    """fn in a process of its own (spawned): the Trainer's Liger flag patches transformers' Qwen2 code for
+    the whole process, which would change every model the bench builds after it."""
+
+    def run(*args, **kwargs):
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            return pool.apply(fn, args, kwargs)
+
+    return run
+
+
 def without_cudnn_attention(fn):
     """fn with PyTorch's SDPA choosing among flash, memory-efficient and math attention only. cuDNN's,
     which recent GPUs prefer, builds a graph for each new input shape, so a short trial (and generation,
@@ -385,7 +408,8 @@ KEYS = tuple(dict.fromkeys(k for keys in PARTS.values() for k in keys))
 TRAINING = PARTS["a"] + PARTS["b"] + PARTS["e"]
 # What a key cannot run without: the scoring needs the 4-per-GPU sweep's adapters; a fallback runs only
 # where the measurement it stands in for failed; a lever is measured against the defaults.
-NEEDS = {"score_gpu": "share_4", "score_gpu_no_cudnn": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4", "tuned_chunked": "tuned",
+NEEDS = {"score_gpu": "share_4", "score_gpu_no_cudnn": "share_4", "score_cpu_check": "share_4", "score_cpu": "share_4",
+         "tuned_chunked": "tuned",
          "hf_tuned_no_liger": "hf_tuned", **{lever: "ftray_default" for lever in PARTS["e"]}}
 
 
@@ -418,6 +442,7 @@ class Parts:
             self.results["skipped"].append(f"{key}: the budget of {self.budget_s:g} s was spent ({elapsed:.0f} s)")
             print(f"bench: skipped {key} (budget spent)", flush=True)
             return None
+        _free(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # nothing of a failed part stays
         t = time.time()
         if key in TRAINING and (self.reps > 1 or self.profile):
             fn = measured(fn, self.reps, self.profile)
@@ -516,6 +541,7 @@ def main() -> None:
     mean_len = statistics.mean(len(d["input_ids"]) for d in data)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     results: dict = {"date": str(date.today()), "device": name, "torch": torch.__version__,
+                     "liger_kernel": _version("liger-kernel"),
                      "data": "ViGGO train" if args.data else "synthetic", "mean_tokens_per_example": mean_len,
                      "settings": {"lora_rank": RANK, "lora_targets": "all-linear", "lr": LR, "rows": ROWS,
                                   "max_length": MAX_LENGTH, "warmup_steps": WARMUP, "timed_steps": TIMED,
@@ -546,8 +572,8 @@ def main() -> None:
         # fused_loss "auto" is Liger's kernel on CUDA: where it fails, ftray's own chunked loss.
         parts.run("tuned_chunked", ftray_loop, folders[big], task, device, **dict(tuned, fused_loss="chunked"))
     parts.run("tuned_unfused", ftray_loop, folders[big], task, device, **dict(tuned, fused_loss="off"))
-    if "error" in (parts.run("hf_tuned", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget,
-                             tuned=True) or {}):
+    if "error" in (parts.run("hf_tuned", in_fresh_process(hf_trainer), folders[big], data, tok, device,
+                             rows=rows_for_budget, tuned=True) or {}):
         parts.run("hf_tuned_no_liger", hf_trainer, folders[big], data, tok, device, rows=rows_for_budget, tuned=True,
                   liger=False)
     # (c) sweeps sharing the GPU, then (d) scoring their kept adapters; the optional parts last.

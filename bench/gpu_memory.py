@@ -87,8 +87,9 @@ def main() -> None:
             row = measure(*case)
         except torch.OutOfMemoryError:
             row = {"size": case[0], "rows": case[1], "length": case[2], "checkpointing": case[3], "oom": True}
-            gc.collect()
-            torch.cuda.empty_cache()
+        # Outside the except: its traceback holds the failed case's tensors until the block ends.
+        gc.collect()
+        torch.cuda.empty_cache()
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
