@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from ftray.errors import FtrayInputError, ScoringFailed
+from ftray.errors import FtrayInputError, ScoringFailed, SweepInterrupted
 from ftray.spec.sweepfile import debug
 
 EXIT_INPUT = 2
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ftray {args.command}: error: {_one_line(str(e))} (--debug shows the traceback)", file=sys.stderr)
         return 1
+    except SweepInterrupted as e:
+        print(f"ftray {args.command}: {e}; finished trials and checkpoints are kept, nothing was scored or "
+              f"reported; go on with: ftray resume {e.run_dir}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"ftray {args.command}: interrupted; finished trials are kept on disk", file=sys.stderr)
         return 130

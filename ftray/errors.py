@@ -22,5 +22,14 @@ class DidNotFitError(RuntimeError):
     """The model and batch do not fit in the accelerator's (or the host's) memory: retrying cannot help."""
 
 
+class SweepInterrupted(Exception):
+    """The sweep stopped before every trial ended (Ctrl-C: Tune saves its state and returns as if done):
+    nothing is scored, pruned or reported; `ftray resume run_dir` goes on with it."""
+
+    def __init__(self, run_dir: str, unfinished: int, of: int):
+        super().__init__(f"interrupted with {unfinished} of {of} trials unfinished")
+        self.run_dir, self.unfinished, self.of = run_dir, unfinished, of
+
+
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite: the trial stopped, and retrying cannot help."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from ftray import raypatches
 from ftray.results import runfolder as rf
 from ftray import storage as st
-from ftray.errors import FtrayInputError
+from ftray.errors import FtrayInputError, SweepInterrupted
 from ftray.tasks.metrics import sign
 from ftray.driver.preflight import check_fits_here, check_run_name, check_storage, prepare
 from ftray.driver.raystart import init_ray, keep_credentials_out_of_trials
@@ -84,10 +84,19 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     rf.write_record(run_dir, record)
     if options.sweep_file and previous is None:
         rf.copy_sweep_file(run_dir, options.sweep_file)
-    _tuner(sweep, run_dir, record, prepared, resources, options, resume=previous is not None).fit()
+    all_ended(_tuner(sweep, run_dir, record, prepared, resources, options, resume=previous is not None).fit(),
+              sweep.search.num_trials, run_dir)
     if sweep.search.repeats:
         _confirm(sweep, run_dir, record, prepared, resources, options)
     return run_dir
+
+
+def all_ended(grid, trials: int, run_dir: str) -> None:
+    """SweepInterrupted where Tune's fit returned with trials neither finished nor errored: on Ctrl-C it
+    saves its state and returns as if done, and a report of the trials so far would read as the sweep's."""
+    ended = grid.num_terminated + grid.num_errors
+    if ended < trials:
+        raise SweepInterrupted(st.redact(run_dir), trials - ended, trials)
 
 
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
@@ -209,10 +218,10 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
 
     confirm_dir = st.join(run_dir, rf.CONFIRM)
     trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)
+    points = repeat_points(sweep, rf.tune_trials(run_dir))  # the same on a resume: the search's trials have ended
     if tune.Tuner.can_restore(confirm_dir):
-        _restore(confirm_dir, run_dir, trainable, options).fit()
+        all_ended(_restore(confirm_dir, run_dir, trainable, options).fit(), len(points), run_dir)
         return
-    points = repeat_points(sweep, rf.tune_trials(run_dir))
     if not points:
         print("ftray: no trial finished with a score: nothing to repeat", flush=True)
         return
@@ -220,7 +229,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
           f"seeds ({len(points)} trials)", flush=True)
     # Tune takes preset points only for keys its param space has.
     space = {k: tune.choice(sorted({p[k] for p in points}, key=repr)) for k in points[0]}
-    tune.Tuner(
+    all_ended(tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
@@ -229,7 +238,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
             scheduler=FIFOKeepingErrors(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=1,
                                   callbacks=_callbacks(sweep, run_dir, record)),
-    ).fit()
+    ).fit(), len(points), run_dir)
 
 
 def resume(run_dir: str, options: Options = Options()) -> str:
