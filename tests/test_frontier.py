@@ -163,6 +163,16 @@ def with_rows(t, rate, n=200, seed=0):
     return replace(t, objective=float(hits.mean()), rows={"score": [[h, 1.0] for h in hits]})
 
 
+def test_settings_that_change_nothing_say_so():
+    # Every trial scored the same (a task the model never learns): no "from 4 to 4", no "matters most".
+    trials = [trial(f"{r}{lr}", "m", 10, 0.0, rank=r, lr=lr) for r, lr in [(4, 1e-3), (16, 1e-3), (4, 2e-3), (16, 2e-3)]]
+    eff = setting_effects(trials, "max", continuous={"lr"})["m"]
+    rank = eff["settings"]["lora_rank"]
+    assert (rank["worst"], rank["best"], rank["effect"]) == ("4", "16", 0)
+    assert eff["lines"] == ["m: no swept setting made a difference: every value of lora_rank, lr scored the same, "
+                            "4 trials"]
+
+
 def test_setting_effects_carry_intervals_and_decide():
     trials = [with_rows(trial(f"{r}{lr}", "m", 10, 0, rank=r, lr=lr), 0.3 if r == 4 else 0.6, seed=i)
               for i, (r, lr) in enumerate([(4, 1e-3), (16, 1e-3), (4, 2e-3), (16, 2e-3)])]

@@ -157,8 +157,11 @@ def setting_effects(trials: Sequence[TrialResult], mode: str, settings: Sequence
         keys = settings or sorted({k for t in group for k in t.config} - {"model", "model_params", "seed"})
         effects = {key: e for key in keys if (e := _effect(group, key, mode, continuous, ev))}
         lines = []
-        if effects:
-            top = max(effects, key=lambda k: effects[k]["effect"])
+        top = max(effects, key=lambda k: effects[k]["effect"]) if effects else None
+        if top is not None and effects[top]["effect"] == 0:
+            lines.append(f"{model}: no swept setting made a difference: every value of "
+                         f"{', '.join(effects)} scored the same, {len(group)} trials")
+        elif top is not None:
             e = effects[top]
             shown = digits.format_interval(e["interval"], True, e["effect"])
             where = f"{shown} from {e['worst']} to {e['best']}, {len(group)} trials"
@@ -192,7 +195,10 @@ def _effect(group: Sequence[TrialResult], key: str, mode: str, continuous, ev: E
                   f"{median:.3g} and above": [t for x, t in pairs if x >= median]}
     groups = {k: v for k, v in groups.items() if v}
     means = {k: sum(t.objective for t in v) / len(v) for k, v in groups.items()}
-    best, worst = max(means, key=lambda k: up * means[k]), min(means, key=lambda k: up * means[k])
+    # Worst to best; where every group scores the same, still two different groups (lowest and highest
+    # value: a stable sort keeps ties in order), so the report says "no difference", not "from 4 to 4".
+    order = sorted(means, key=lambda k: up * means[k])
+    worst, best = order[0], order[-1]
     effect = up * (means[best] - means[worst])
     both = groups[best] + groups[worst]
     reps, rows = ev.reps(groups[best]), ev.reps(groups[best], seeds=False)
