@@ -123,12 +123,19 @@ def _trial_resources(sampled: dict, sweep: Sweep, cpus_per_worker: float):
     return tune.PlacementGroupFactory([trial_request(sweep, sweep.trial_config(sampled).model, cpus_per_worker)])
 
 
-def _callbacks(sweep: Sweep, run_dir: str, record: rf.RunRecord) -> list:
-    """Both phases' Tune callbacks: W&B (one group per run folder) and the resumed trials' history."""
+def _callbacks(sweep: Sweep, run_dir: str, record: rf.RunRecord, trials: int) -> list:
+    """Both phases' Tune callbacks: W&B (one group per run folder), the resumed trials' history, a line
+    per trial started and ended (Tune's own output is off: verbose=0), TensorBoard given numbers only."""
+    from ftray.driver.progress import TensorBoardNumbers, TrialLines
     from ftray.driver.tracking import WandbTracking
 
-    return [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
-                          trial_config=sweep.trial_config), KeepHistory()]
+    callbacks = [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
+                               trial_config=sweep.trial_config), KeepHistory(), TrialLines(trials, sweep.objective)]
+    try:
+        callbacks.append(TensorBoardNumbers())
+    except ImportError:  # no tensorboardX: Tune would add no TensorBoard logger either
+        pass
+    return callbacks
 
 
 def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources, options: Options, resume: bool):
@@ -152,7 +159,7 @@ def _tuner(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resources
             reuse_actors=sweep.search.asha is None or not sweep.uses_train(),
         ),
         run_config=tune.RunConfig(name=st.basename(run_dir), storage_path=st.dirname(run_dir),
-                                  callbacks=_callbacks(sweep, run_dir, record), verbose=1),
+                                  callbacks=_callbacks(sweep, run_dir, record, sweep.search.num_trials), verbose=0),
     )
 
 
@@ -236,8 +243,8 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
             metric=sweep.objective, mode=sweep.mode, num_samples=len(points),
             search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=resources.max_concurrent_trials),
             scheduler=FIFOKeepingErrors(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
-        run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=1,
-                                  callbacks=_callbacks(sweep, run_dir, record)),
+        run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=0,
+                                  callbacks=_callbacks(sweep, run_dir, record, len(points))),
     ).fit(), len(points), run_dir)
 
 
