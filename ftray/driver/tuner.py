@@ -84,17 +84,18 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     rf.write_record(run_dir, record)
     if options.sweep_file and previous is None:
         rf.copy_sweep_file(run_dir, options.sweep_file)
-    all_ended(_tuner(sweep, run_dir, record, prepared, resources, options, resume=previous is not None).fit(),
-              sweep.search.num_trials, run_dir)
+    _tuner(sweep, run_dir, record, prepared, resources, options, resume=previous is not None).fit()
+    all_ended(run_dir, sweep.search.num_trials, run_dir)
     if sweep.search.repeats:
         _confirm(sweep, run_dir, record, prepared, resources, options)
     return run_dir
 
 
-def all_ended(grid, trials: int, run_dir: str) -> None:
+def all_ended(experiment_dir: str, trials: int, run_dir: str) -> None:
     """SweepInterrupted where Tune's fit returned with trials neither finished nor errored: on Ctrl-C it
-    saves its state and returns as if done, and a report of the trials so far would read as the sweep's."""
-    ended = grid.num_terminated + grid.num_errors
+    saves its state and returns as if done, and a report of the trials so far would read as the sweep's.
+    Read from the stored state (rf.trial_statuses): in memory Tune marks the trials it stopped TERMINATED."""
+    ended = sum(status in ("TERMINATED", "ERROR") for status in rf.trial_statuses(experiment_dir))
     if ended < trials:
         raise SweepInterrupted(st.redact(run_dir), trials - ended, trials)
 
@@ -227,7 +228,8 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
     trainable = _trainable(sweep, run_dir, confirm_dir, prepared, resources, options)
     points = repeat_points(sweep, rf.tune_trials(run_dir))  # the same on a resume: the search's trials have ended
     if tune.Tuner.can_restore(confirm_dir):
-        all_ended(_restore(confirm_dir, run_dir, trainable, options).fit(), len(points), run_dir)
+        _restore(confirm_dir, run_dir, trainable, options).fit()
+        all_ended(confirm_dir, len(points), run_dir)
         return
     if not points:
         print("ftray: no trial finished with a score: nothing to repeat", flush=True)
@@ -236,7 +238,7 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
           f"seeds ({len(points)} trials)", flush=True)
     # Tune takes preset points only for keys its param space has.
     space = {k: tune.choice(sorted({p[k] for p in points}, key=repr)) for k in points[0]}
-    all_ended(tune.Tuner(
+    tune.Tuner(
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(
@@ -245,7 +247,8 @@ def _confirm(sweep: Sweep, run_dir: str, record: rf.RunRecord, prepared, resourc
             scheduler=FIFOKeepingErrors(), max_concurrent_trials=resources.max_concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(name=rf.CONFIRM, storage_path=run_dir, verbose=0,
                                   callbacks=_callbacks(sweep, run_dir, record, len(points))),
-    ).fit(), len(points), run_dir)
+    ).fit()
+    all_ended(confirm_dir, len(points), run_dir)
 
 
 def resume(run_dir: str, options: Options = Options()) -> str:

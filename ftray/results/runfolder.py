@@ -243,6 +243,14 @@ def _experiment_state(experiment_dir: str) -> dict | None:
                           f"{STATE_READS} reads {STATE_REREAD_S:g} s apart: is something still writing it?")
 
 
+def trial_statuses(experiment_dir: str) -> list[str]:
+    """Each trial's status in Tune's latest stored experiment state (none before Tune has stored one).
+    After a Ctrl-C these are what a resume goes on from: the stopped trials as they were before Tune
+    stopped them (in memory it marks them TERMINATED)."""
+    data = _experiment_state(experiment_dir)
+    return [] if data is None else [(json.loads(s) if isinstance(s, str) else s)["status"] for s, _ in data["trial_data"]]
+
+
 def _experiment_trials(experiment_dir: str) -> list[TuneTrial]:
     # Tune's experiment-state format: "trial_data" holds [state, metadata] pairs, each a dict or its JSON
     # (state: trial_id, status, relative_logdir; metadata: last_result). Checked against Ray 2.60; listed
