@@ -62,6 +62,7 @@ def test_a_metrics_direction_is_declared_not_guessed_from_its_name():
         (dict(objective="bleu"), "objective"),
         (dict(mode="up"), "mode"),
         (dict(space={"learning_rate": tune.loguniform(1e-4, 1e-2)}), "learning_rate"),
+        (dict(space={"lora_rnak": tune.choice([4, 8])}), "did you mean 'lora_rank'"),
         (dict(space={"lora_rank": tune.choice([])}), "lora_rank"),
         (dict(space={"lora_rank": tune.choice([8, 0])}), "lora_rank"),
         (dict(space={"data_fraction": tune.choice([0.5, 1.5])}), "data_fraction"),

@@ -362,8 +362,9 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
 def format_rescore(result: dict) -> str:
     metric = result["objective"]["metric"]
     lines = [f"frontier trials of {result['run_dir']} scored on {result['data']} ({result['rows']} rows)",
-             f"{'trial':10} {'model':24} {'params':>10} {metric + ' before':>16} {metric + ' now':>14}"]
+             # The report's score (held-out test rows where it has them), then these rows'.
+             f"{'trial':10} {'model':24} {'params':>10} {metric + ' (report)':>20} {metric + ' (these rows)':>24}"]
     for t in result["trials"]:
-        lines.append(f"{t['id']:10} {t['model']:24} {t['params']:>10,} {t['old_objective']:>16.4f} {t['objective']:>14.4f}"
+        lines.append(f"{t['id']:10} {t['model']:24} {t['params']:>10,} {t['old_objective']:>20.4f} {t['objective']:>24.4f}"
                      + ("" if t["id"] in result["frontier_after"] else "   (off the front now)"))
     return "\n".join(lines)

@@ -134,7 +134,9 @@ class Sweep:
                   "trials are only compared where they report")
 
         for key, value in self.space.items():
-            check(key in SEARCHABLE, f"space[{key!r}] is not a searchable setting; choose from: {', '.join(SEARCHABLE)}"
+            close = difflib.get_close_matches(key, SEARCHABLE, n=1, cutoff=0.6)
+            check(key in SEARCHABLE, f"space[{key!r}] is not a searchable setting"
+                  + (f"; did you mean {close[0]!r}?" if close else f"; choose from: {', '.join(SEARCHABLE)}")
                   + ("" if key not in SETTINGS else f" ({key} is set for the whole sweep: trial={key}=...)"))
             for v in candidate_values(key, value):
                 self._check_value(key, v, where=f"space[{key!r}]")
