@@ -32,7 +32,7 @@ sweep = Sweep(
     },
     objective="exact_match",
     num_trials=4,
-    workers=2,
+    workers=1,  # each trial in its Tune trial's process, two at a time on 2 cores; 2+ workers: a Ray Train (DDP) run
     steps=100,
     batch_size=16,
     eval_every=50,
