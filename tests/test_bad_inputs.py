@@ -34,6 +34,8 @@ CASES = [
     ("misspelt Tune call", sweep(f"sweep = Sweep(name='b', {OK}, space={{'lr': tune.choise([1e-3])}})"),
      "AttributeError"),
     ("misspelt Sweep field", sweep(f"sweep = Sweep(name='b', {OK}, lora_ranks=4)"), "did you mean 'lora_rank'"),
+    ("misspelt task field", sweep("task = TextTask(train='t.csv', promt='{x}', completion='{y}')"),
+     "unexpected keyword argument 'promt'; did you mean 'prompt'?"),
     ("no sweep defined", sweep("x = 1"), "does not define a module-level `sweep"),
     ("sweep of another type", sweep("sweep = 1"), "must be a ftray.Sweep"),
     ("not UTF-8 source", {"s.py": HEAD.encode() + b"# caf\xe9\n"}, "cannot be read as Python source"),

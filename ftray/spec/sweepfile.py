@@ -50,7 +50,7 @@ def load_sweep(path: str | Path):
             raise
         message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise FtrayInputError(f"{path}{_line_in(e, path)}: {type(e).__name__}"
-                              + (f": {message}" if message else "")
+                              + (f": {message}" if message else "") + _keyword_hint(e, vars(module))
                               + " (set FTRAY_DEBUG=1 for the traceback)") from None
     # Classes a sweep file defines (a custom Task) travel to Ray workers by value: the workers cannot
     # import the sweep file as a module.
@@ -63,6 +63,23 @@ def load_sweep(path: str | Path):
     if not isinstance(sweep, Sweep):
         raise FtrayInputError(f"{path}: `sweep` must be a ftray.Sweep, got {type(sweep).__name__}")
     return sweep
+
+
+def _keyword_hint(error: BaseException, names: dict) -> str:
+    """"; did you mean 'prompt'?" for a misspelt keyword given to a class or function the sweep file names
+    (TypeError: TextTask.__init__() got an unexpected keyword argument 'promt')."""
+    import difflib
+    import inspect
+
+    found = re.search(r"(\w+)(?:\.__init__)?\(\) got an unexpected keyword argument '(\w+)'", str(error))
+    if not isinstance(error, TypeError) or not found or not callable(names.get(found[1])):
+        return ""
+    try:
+        accepted = list(inspect.signature(names[found[1]]).parameters)
+    except (TypeError, ValueError):  # no signature to read (a builtin)
+        return ""
+    close = difflib.get_close_matches(found[2], accepted, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _line_in(error: BaseException, path: Path) -> str:
