@@ -114,10 +114,14 @@ def test_sweep_from_python_on_s3_killed_then_resumed_and_evaluated(tmp_path, s3,
 
     def ready() -> bool:
         # On the storage: Tune's record of the first trial finished and of the second running, the
-        # second's latest checkpoint at step 20, the first's whole history.
-        status = {t.status: t.id for t in rf.tune_trials(run_dir)}
+        # second's latest checkpoint at step 20 and Tune's record of its report (else the resume would send
+        # that report again first, tests/test_recipe.py), the first's whole history.
+        trials = rf.tune_trials(run_dir)
+        status = {t.status: t.id for t in trials}
+        running = [t for t in trials if t.status == "RUNNING"]
         return (set(status) == {"TERMINATED", "RUNNING"} and len(finished()) == 1
-                and max(checkpointed_steps().get(status["RUNNING"], [0])) == 20)
+                and max(checkpointed_steps().get(status["RUNNING"], [0])) == 20
+                and 20 in rf.recorded_steps(running[0].trial_dir))
 
     try:
         wait_for(ready, 400, proc, "one trial finished and one stored at step 20")

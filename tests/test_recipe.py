@@ -1,7 +1,9 @@
 """The training recipe in one plain process (no Ray): it learns, it resumes exactly, its checkpoints stand alone."""
 
 import dataclasses
+import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -157,6 +159,33 @@ def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_re
     assert [r["step"] for r in reports] == [8]
     assert not os.path.exists(os.path.join(rf.trial_checkpoints(run_dir, "t1"), "checkpoint_step_000099"))
     assert rf.trial_checkpoint(run_dir, "t1", None).endswith("checkpoint_step_000008")
+
+
+def test_a_resumed_trial_reports_again_a_checkpoint_tune_never_recorded(task, tokenizer_json, tmp_path):
+    # Ctrl-C: Tune stops taking reports while the trial trains on and saves a checkpoint; the resume goes
+    # on from that checkpoint and first sends its report again, so the trial's history has every step.
+    from ftray.results import runfolder as rf
+    from ftray.train.context import TuneTrialContext
+    from ftray.train.recipe import run_recipe
+
+    run_dir, reports = str(tmp_path / "run"), []
+
+    def context(recorded):
+        return TuneTrialContext(run_dir, "t1", keep=3, objective="eval_loss", mode="min", device=torch.device("cpu"),
+                                report=reports.append, recorded=recorded)
+
+    trial = job(task, tokenizer_json, steps=6, eval_every=2)
+    run_recipe(trial, context(recorded=set()))
+    first = list(reports)
+    shutil.rmtree(rf.stored_checkpoint_path(run_dir, "t1", 6))  # interrupted before step 6
+    reports.clear()
+    run_recipe(trial, context(recorded={2}))  # step 4's report never reached Tune
+    assert [r["step"] for r in reports] == [4, 6] and reports[0] == json.loads(json.dumps(first[1]))  # as stored
+    assert reports[1]["train_loss"] == pytest.approx(first[2]["train_loss"], rel=1e-6)
+    reports.clear()
+    run_recipe(dataclasses.replace(trial, config=dataclasses.replace(trial.config, steps=8)),
+               context(recorded={2, 4, 6}))  # all recorded: nothing again
+    assert [r["step"] for r in reports] == [8]
 
 
 def test_retention_ranks_as_trains_does_and_leaves_trains_own_checkpoints(tmp_path):

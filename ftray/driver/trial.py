@@ -46,7 +46,7 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
     rf.write_trial(trial_dir, rf.TrialRecord(config))
     job = _job(config, setup)
     if sweep.in_trial_process(config.model):
-        outcome, error = _train_here(job, setup, trial_id)
+        outcome, error = _train_here(job, setup, trial_id, trial_dir)
     else:
         outcome, error = _train_on_workers(job, setup, trial_id)
     rf.write_trial(trial_dir, rf.TrialRecord(config, outcome))
@@ -56,7 +56,7 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
         raise error
 
 
-def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome, Exception | None]:
+def _train_here(job, setup: TrialSetup, trial_id: str, trial_dir: str) -> tuple[rf.TrialOutcome, Exception | None]:
     """A one-worker trial in this process (Sweep.in_trial_process): no Train worker group to start."""
     import gc
 
@@ -72,7 +72,7 @@ def _train_here(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome,
     on_gpu = bool(ray.get_gpu_ids()) and torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
     ctx = TuneTrialContext(setup.run_dir, trial_id, keep=sweep.failure.keep_checkpoints, objective=sweep.objective,
-                           mode=sweep.mode, device=device)
+                           mode=sweep.mode, device=device, recorded=rf.recorded_steps(trial_dir))
     try:
         run_recipe(job, ctx, launched_at=launched)
     except Exception as e:

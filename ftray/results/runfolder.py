@@ -296,15 +296,21 @@ class StoredCheckpoint:
     path: str
     step: int
     score: float | None  # the objective at that step
+    report: dict | None = None  # the report made with it (older checkpoints have none)
 
 
-def store_checkpoint(run_dir: str, trial_id: str, local_dir: str, step: int, score: float | None) -> StoredCheckpoint:
+def stored_checkpoint_path(run_dir: str, trial_id: str, step: int) -> str:
+    return st.join(trial_checkpoints(run_dir, trial_id), f"{STEP_CHECKPOINT}{step:06d}")
+
+
+def store_checkpoint(run_dir: str, trial_id: str, local_dir: str, step: int, score: float | None,
+                     report: dict | None = None) -> StoredCheckpoint:
     """Copy a checkpoint folder to the trial's checkpoints, where Train keeps those of larger trials;
-    its mark, written last, says the copy is whole."""
-    path = st.join(trial_checkpoints(run_dir, trial_id), f"{STEP_CHECKPOINT}{step:06d}")
+    its mark, written last, says the copy is whole, and holds the report made with it."""
+    path = stored_checkpoint_path(run_dir, trial_id, step)
     st.upload_tree(local_dir, path)
-    st.write_text(st.join(path, CHECKPOINT_MARK), json.dumps({"step": step, "score": score}))
-    return StoredCheckpoint(path, step, score)
+    st.write_text(st.join(path, CHECKPOINT_MARK), json.dumps({"step": step, "score": score, "report": report}))
+    return StoredCheckpoint(path, step, score, report)
 
 
 def stored_checkpoints(run_dir: str, trial_id: str) -> list[StoredCheckpoint]:
@@ -321,8 +327,13 @@ def stored_checkpoints(run_dir: str, trial_id: str) -> list[StoredCheckpoint]:
             st.remove_tree(st.join(folder, name))
             continue
         data = json.loads(st.read_text(mark))  # an error reading it is raised, not taken for a cut copy
-        out.append(StoredCheckpoint(st.join(folder, name), int(data["step"]), data["score"]))
+        out.append(StoredCheckpoint(st.join(folder, name), int(data["step"]), data["score"], data.get("report")))
     return sorted(out, key=lambda c: c.step)
+
+
+def recorded_steps(trial_dir: str) -> set[int]:
+    """The steps of the reports Tune recorded for a trial (its stored result.json)."""
+    return {int(r["step"]) for r in _read_jsonl(st.join(trial_dir, RESULTS)) if "step" in r}
 
 
 def drop_checkpoints(kept: list[StoredCheckpoint], keep: int, mode: str) -> list[StoredCheckpoint]:

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import torch
 
@@ -75,7 +75,11 @@ class TuneTrialContext:
     keeping the best `keep` by the objective and the latest, as Train does for larger trials."""
 
     def __init__(self, run_dir: str, trial_id: str, *, keep: int, objective: str, mode: str,
-                 device: torch.device, report: Callable[[dict], None] | None = None):
+                 device: torch.device, report: Callable[[dict], None] | None = None,
+                 recorded: Collection[int] | None = None):
+        """`recorded`: the steps whose reports Tune recorded for this trial. After Ctrl-C (or a lost driver)
+        the trial may have trained on and saved a checkpoint whose report Tune never took in; going on from
+        it, the trial first reports it again, or that step would be missing from its history for good."""
         from ftray.results import runfolder as rf
 
         self.rank, self.world, self.device = 0, 1, device
@@ -86,6 +90,10 @@ class TuneTrialContext:
             report = tune.report
         self._report = report
         self.kept = rf.stored_checkpoints(run_dir, trial_id)  # from an earlier try of this trial
+        latest = self.kept[-1].report if self.kept else None
+        # The final step's report is made again by the recipe itself (LoRARecipe.train).
+        self.unrecorded = (latest if latest is not None and recorded is not None and latest["step"] not in recorded
+                           and latest["step"] != latest.get("total_steps") else None)
 
     @contextlib.contextmanager
     def resume_folder(self) -> Iterator[str | None]:
@@ -96,18 +104,23 @@ class TuneTrialContext:
 
         with tempfile.TemporaryDirectory(prefix="ftray-resume-") as tmp:
             yield st.local_copy(self.kept[-1].path, tmp)
+        if self.unrecorded is not None:
+            self._report(self.unrecorded)
+            self.unrecorded = None
 
     def report(self, metrics: dict, save: Callable[[str], None] | None) -> None:
         from ftray.results import runfolder as rf
         from ftray import storage as st
 
         if save:
+            # As Train reports its own: the report names its checkpoint.
+            path = rf.stored_checkpoint_path(self.run_dir, self.trial_id, metrics["step"])
+            metrics = dict(metrics, checkpoint_path=st.fs_path(path))
             with tempfile.TemporaryDirectory(prefix="ftray-ckpt-") as folder:
                 save(folder)
                 stored = rf.store_checkpoint(self.run_dir, self.trial_id, folder, metrics["step"],
-                                             metrics.get(self.objective))
+                                             metrics.get(self.objective), report=metrics)
             self.kept = rf.drop_checkpoints(self.kept + [stored], self.keep, self.mode)
-            metrics = dict(metrics, checkpoint_path=st.fs_path(stored.path))  # as Train reports its own
         self._report(metrics)
 
     def log(self, message: str) -> None:
