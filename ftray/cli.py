@@ -188,6 +188,9 @@ def cmd_compare(args) -> int:
     from ftray.results.plots import compare_plot
     from ftray.results.report import load_run
 
+    twice = sorted({d for d in args.run_dirs if args.run_dirs.count(d) > 1})
+    if twice:
+        raise FtrayInputError(f"{', '.join(twice)} named more than once: compare different runs")
     runs = [load_run(d) for d in args.run_dirs]
     objectives = {(r.metric, r.mode) for r in runs}
     if len(objectives) > 1:

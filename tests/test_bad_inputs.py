@@ -126,6 +126,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, no_ray, name, files, 
     assert not (tmp_path / "runs" / "b").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["report", "{dir}/nope"], "nope does not exist"),
+    (["report", "{dir}"], "is not an ftray run folder (no ftray_run.json)"),
+    (["eval", "{dir}/nope", "--data", "x.csv"], "nope does not exist"),
+    (["resume", "{dir}/nope"], "nope does not exist"),
+    (["compare", "{dir}", "{dir}"], "named more than once"),
+])
+def test_a_run_folder_that_is_not_one(tmp_path, capsys, no_ray, argv, expected):
+    assert main([a.replace("{dir}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
 def test_a_name_outside_the_storage_and_unwritable_storage(tmp_path, capsys, no_ray):
     f = tmp_path / "s.py"
     f.write_text(HEAD + f"sweep = Sweep(name='b', {OK})\n")

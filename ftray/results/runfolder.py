@@ -107,8 +107,8 @@ def read_record(run_dir: str) -> RunRecord | None:
 def require_record(run_dir: str) -> RunRecord:
     record = read_record(run_dir)
     if record is None:
-        raise FtrayInputError(f"{_shown(run_dir)} is not an ftray run folder (no {RUN_FILE}); "
-                              "pass the folder that `ftray run` printed")
+        what = "is not an ftray run folder (no {})".format(RUN_FILE) if st.exists(run_dir) else "does not exist"
+        raise FtrayInputError(f"{_shown(run_dir)} {what}; pass the folder that `ftray run` printed")
     return record
 
 
