@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env, real_model_missing, report_of
+from conftest import FAKE_HF_TOKEN, FAKE_WANDB_KEY, clean_env, ftray_cli, real_model_missing, report_of
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +79,22 @@ def test_all_trials_finish_and_report_agrees_with_tune(sweep_run, shared_report)
         dominated = any(score(o) >= score(t) and o["params"] <= t["params"]
                         and (score(o) > score(t) or o["params"] < t["params"]) for o in scored)
         assert (t["id"] in report["frontier"]) == (not dominated)
+
+
+def test_a_line_per_trial_and_a_finished_sweep_run_again_trains_nothing(sweep_run, shared_sweep, shared_report):
+    run_dir, _, tmp = sweep_run
+    # As it ran: a line as each trial started and ended, the search's 3 and then the 2 repeats.
+    ended = re.findall(r"^ftray: trial \w+ ended: slot_f1 [\d.e-]+ at step (\d+)/\1, \d+ s; (\d) of (\d) trials ended$",
+                       shared_sweep.stdout, re.M)
+    assert sorted((int(n), int(of)) for _, n, of in ended) == [(1, 2), (1, 3), (2, 2), (2, 3), (3, 3)], ended
+    # Again: nothing for Tune to do, so no checks and no Ray; the same trials reported.
+    states = sorted(Path(run_dir).rglob("experiment_state-*.json"))
+    env = dict(clean_env(tmp), RAY_TMPDIR=str(shared_sweep.ray_tmp))
+    again = ftray_cli("run", str(tmp / "e2e_sweep.py"), "--storage", str(tmp / "runs"), env=env, timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "every trial has ended; nothing to train" in again.stdout and "local Ray" not in again.stdout
+    assert sorted(Path(run_dir).rglob("experiment_state-*.json")) == states
+    assert sorted(t["id"] for t in report_of(run_dir)["trials"]) == sorted(t["id"] for t in shared_report["trials"])
 
 
 def test_each_trial_reports_as_it_trains_and_loss_falls(sweep_run, shared_report):

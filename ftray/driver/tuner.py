@@ -50,6 +50,11 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     check_storage(storage)
     storage = st.normalize(storage)
     run_dir, previous, sweep = run_folder(sweep, storage, name, options.resume, options.new_run)
+    if previous is not None and not (options.resume_errored or options.restart_errored) and _done(sweep, run_dir):
+        # Nothing for Tune to do: no checks, no Ray (the held-out scoring starts one if a trial needs it).
+        print(f"ftray: sweep {sweep.name!r} in {st.redact(run_dir)}: every trial has ended; nothing to train",
+              flush=True)
+        return run_dir
     print(f"ftray: checking sweep {sweep.name!r}: data, models and LoRA targets, parameter counts", flush=True)
     prepared = prepare(sweep)
     gpu_plan = check_gpu_fit(sweep, prepared.memory)
@@ -91,13 +96,29 @@ def run(sweep: Sweep, options: Options = Options()) -> str:
     return run_dir
 
 
+def unfinished(experiment_dir: str, trials: int) -> int:
+    """How many of an experiment's `trials` are neither finished nor errored, read from Tune's stored
+    state (rf.trial_statuses): after a Ctrl-C, in memory, Tune marks the trials it stopped TERMINATED."""
+    return trials - sum(status in ("TERMINATED", "ERROR") for status in rf.trial_statuses(experiment_dir))
+
+
 def all_ended(experiment_dir: str, trials: int, run_dir: str) -> None:
-    """SweepInterrupted where Tune's fit returned with trials neither finished nor errored: on Ctrl-C it
-    saves its state and returns as if done, and a report of the trials so far would read as the sweep's.
-    Read from the stored state (rf.trial_statuses): in memory Tune marks the trials it stopped TERMINATED."""
-    ended = sum(status in ("TERMINATED", "ERROR") for status in rf.trial_statuses(experiment_dir))
-    if ended < trials:
-        raise SweepInterrupted(st.redact(run_dir), trials - ended, trials)
+    """SweepInterrupted where Tune's fit returned with trials unfinished: on Ctrl-C it saves its state and
+    returns as if done, and a report of the trials so far would read as the sweep's."""
+    left = unfinished(experiment_dir, trials)
+    if left > 0:
+        raise SweepInterrupted(st.redact(run_dir), left, trials)
+
+
+def _done(sweep: Sweep, run_dir: str) -> bool:
+    """Every trial of the search ended, and of the confirmation phase where the sweep has one."""
+    if unfinished(run_dir, sweep.search.num_trials) > 0:
+        return False
+    if not sweep.search.repeats:
+        return True
+    points = repeat_points(sweep, rf.tune_trials(run_dir))
+    confirm = st.join(run_dir, rf.CONFIRM)
+    return not points or (bool(rf.trial_statuses(confirm)) and unfinished(confirm, len(points)) == 0)
 
 
 def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resources, options: Options):
