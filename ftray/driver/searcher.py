@@ -5,6 +5,7 @@ The Tuner that uses it is ftray/driver/tuner.py; the scheduler beside it, ftray/
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
@@ -77,7 +78,11 @@ class _OptunaSearch(OptunaSearch):
     # raypatches.optuna_suggested).
     def on_trial_result(self, trial_id, result):
         if self.metric in result and raypatches.optuna_suggested(self, trial_id):
-            super().on_trial_result(trial_id, result)
+            with warnings.catch_warnings():
+                # A resumed trial's reports count Tune's iterations from 1 again, the step Optuna keys a
+                # learning curve by; only pruners read those values, and ftray's search uses none.
+                warnings.filterwarnings("ignore", message="The reported value is ignored because this")
+                super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if raypatches.optuna_suggested(self, trial_id):
@@ -86,4 +91,7 @@ class _OptunaSearch(OptunaSearch):
 
 def searcher(sweep: Sweep):
     """Optuna over the define-by-run space (Tune's random search would not know the ladder's cycle)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study created: ftray says what runs
     return _OptunaSearch(space=DefineByRun(sweep), metric=sweep.objective, mode=sweep.mode, sampler=sampler(sweep))
