@@ -365,9 +365,11 @@ def in_fresh_process(fn):
 
     def run(*args, **kwargs):
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            return pool.apply(fn, args, kwargs)
+        # Not a Pool: a child that dies (a CUDA abort, the OOM killer) raises BrokenProcessPool, not a hang.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args, **kwargs).result()
 
     return run
 

@@ -151,6 +151,10 @@ def test_a_trial_in_its_own_process_keeps_the_best_and_latest_checkpoints_and_re
     for r in reports:  # each report names its checkpoint, as Train's do
         assert os.path.basename(r["checkpoint_path"]) == f"checkpoint_step_{r['step']:06d}"
     assert os.path.exists(os.path.join(reports[-1]["checkpoint_path"], TRAINER_STATE))
+    # Resumed at its final step (a lost driver): it reports and saves that checkpoint again, and keeps it.
+    reports.clear()
+    run_recipe(trial, context())
+    assert [r["step"] for r in reports] == [6] and 6 in [c.step for c in rf.stored_checkpoints(run_dir, "t1")]
 
     # A copy cut short (no mark) is not taken for the newest; a longer trial goes on from step 6.
     os.makedirs(os.path.join(rf.trial_checkpoints(run_dir, "t1"), "checkpoint_step_000099"))

@@ -353,7 +353,7 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
                               ray_address, run.metric, batch_size=batch_size)}
     new_front = trial_front([replace(t, objective=scored[t.id][run.metric]) for t in front], run.mode)
     return {"run_dir": st.redact(run.run_dir), "data": os.path.abspath(data_file), "rows": len(examples),
-            "objective": run.objective, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective,
+            "objective": run.objective, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective if t.test_score(run.metric) is None else t.test_score(run.metric),
                                           "objective": scored[t.id][run.metric], "new_metrics": scored[t.id]}
                                          for t in front],
             "frontier_before": run.frontier, "frontier_after": new_front}

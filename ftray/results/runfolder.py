@@ -296,7 +296,9 @@ class StoredCheckpoint:
     path: str
     step: int
     score: float | None  # the objective at that step
-    report: dict | None = None  # the report made with it (older checkpoints have none)
+    # The report made with it (older checkpoints have none); not part of its identity: the same
+    # checkpoint saved again (a trial resumed at its final step reports and saves again) is the same one.
+    report: dict | None = field(default=None, compare=False, repr=False)
 
 
 def stored_checkpoint_path(run_dir: str, trial_id: str, step: int) -> str:

@@ -120,7 +120,8 @@ class TuneTrialContext:
                 save(folder)
                 stored = rf.store_checkpoint(self.run_dir, self.trial_id, folder, metrics["step"],
                                              metrics.get(self.objective), report=metrics)
-            self.kept = rf.drop_checkpoints(self.kept + [stored], self.keep, self.mode)
+            self.kept = rf.drop_checkpoints([c for c in self.kept if c.step != stored.step] + [stored], self.keep,
+                                            self.mode)
         self._report(metrics)
 
     def log(self, message: str) -> None:
