@@ -158,7 +158,7 @@ def setting_effects(trials: Sequence[TrialResult], mode: str, settings: Sequence
         effects = {key: e for key in keys if (e := _effect(group, key, mode, continuous, ev))}
         lines = []
         top = max(effects, key=lambda k: effects[k]["effect"]) if effects else None
-        if top is not None and effects[top]["effect"] == 0:
+        if top is not None and math.isclose(effects[top]["effect"], 0, abs_tol=1e-12):  # means of equal scores
             lines.append(f"{model}: no swept setting made a difference: every value of "
                          f"{', '.join(effects)} scored the same, {len(group)} trials")
         elif top is not None:

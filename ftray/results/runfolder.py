@@ -107,7 +107,7 @@ def read_record(run_dir: str) -> RunRecord | None:
 def require_record(run_dir: str) -> RunRecord:
     record = read_record(run_dir)
     if record is None:
-        what = "is not an ftray run folder (no {})".format(RUN_FILE) if st.exists(run_dir) else "does not exist"
+        what = f"is not an ftray run folder (no {RUN_FILE})" if st.exists(run_dir) else "does not exist"
         raise FtrayInputError(f"{_shown(run_dir)} {what}; pass the folder that `ftray run` printed")
     return record
 
