@@ -353,7 +353,7 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
                               ray_address, run.metric, batch_size=batch_size)}
     new_front = trial_front([replace(t, objective=scored[t.id][run.metric]) for t in front], run.mode)
     return {"run_dir": st.redact(run.run_dir), "data": os.path.abspath(data_file), "rows": len(examples),
-            "objective": run.objective, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective if t.test_score(run.metric) is None else t.test_score(run.metric),
+            "objective": run.objective, "trials": [{"id": t.id, "model": t.model, "params": t.params, "old_objective": t.objective,
                                           "objective": scored[t.id][run.metric], "new_metrics": scored[t.id]}
                                          for t in front],
             "frontier_before": run.frontier, "frontier_after": new_front}
@@ -362,8 +362,8 @@ def rescore(run_dir: str, data_file: str, batch_size: int = SCORE_BATCH, log: Lo
 def format_rescore(result: dict) -> str:
     metric = result["objective"]["metric"]
     lines = [f"frontier trials of {result['run_dir']} scored on {result['data']} ({result['rows']} rows)",
-             # The report's score (held-out test rows where it has them), then these rows'.
-             f"{'trial':10} {'model':24} {'params':>10} {metric + ' (report)':>20} {metric + ' (these rows)':>24}"]
+             # The trial's validation score (what chose its checkpoint), then these rows'.
+             f"{'trial':10} {'model':24} {'params':>10} {metric + ' (validation)':>20} {metric + ' (these rows)':>24}"]
     for t in result["trials"]:
         lines.append(f"{t['id']:10} {t['model']:24} {t['params']:>10,} {t['old_objective']:>20.4f} {t['objective']:>24.4f}"
                      + ("" if t["id"] in result["frontier_after"] else "   (off the front now)"))
