@@ -32,4 +32,4 @@ def test_tensorboard_gets_the_numbers_not_the_rows(monkeypatch):
                         lambda self, iteration, trial, result: seen.append(result))
     TensorBoardNumbers().log_trial_result(1, None, {"slot_f1": 0.3, "config": {"lr": 1e-3}, "eval_predictions": ["x"],
                                                      "eval_rows": {"slot_f1": [[1, 2]]}, "training_iteration": 1})
-    assert seen == [{"slot_f1": 0.3, "config": {"lr": 1e-3}, "training_iteration": 1}]
+    assert seen == [{"slot_f1": 0.3, "training_iteration": 1}]

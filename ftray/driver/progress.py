@@ -50,8 +50,7 @@ class TrialLines(Callback):
 class TensorBoardNumbers(TBXLoggerCallback):
     """Tune's TensorBoard logger, given a report's numbers only. A report also carries its evaluation row
     by row (the report's intervals read them), which TensorBoard cannot show: the answers as text made
-    Tune warn once per trial with all of them in the message."""
+    Tune warn with all of them in the message. (Tune's logger leaves out `config` itself.)"""
 
     def log_trial_result(self, iteration, trial, result):
-        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if not isinstance(v, (list, dict))
-                                                    or k == "config"})
+        super().log_trial_result(iteration, trial, {k: v for k, v in result.items() if not isinstance(v, (list, dict))})

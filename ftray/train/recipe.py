@@ -37,7 +37,7 @@ from ftray.train.data import Layout, batches, select, tokenize_examples
 from ftray.train.evaluate import score, sum_over_workers
 from ftray.train.lora import adapters_to_fp32, apply_lora, count_params
 from ftray.train.models import autocast, base_dtype, build_model, load_tokenizer
-from ftray.train.steps import FusedLossLM, compile_layers, forward_backward, liger_missing, lr_lambda, make_optimizer
+from ftray.train.steps import FusedLossLM, compile_layers, forward_backward, loss_note, lr_lambda, make_optimizer
 from ftray.tasks.base import Task
 
 TRAINER_STATE = "trainer_state.pt"
@@ -158,21 +158,12 @@ class LoRARecipe:
         # What training calls (evaluation calls the model itself): the model, or it with the fused loss.
         trained, self.loss_kind = FusedLossLM.wrap(self.model, self.cfg.fused_loss, self.on_gpu)
         if self.cfg.fused_loss != "off":
-            self.log(f"fused_loss={self.cfg.fused_loss!r}: {self._loss_note()}")
+            note = loss_note(self.loss_kind, self.cfg.fused_loss, self.on_gpu)
+            self.log(f"fused_loss={self.cfg.fused_loss!r}: {note}")
         self.ddp = trained
         if self.world > 1:
             device_ids = [self.device.index] if self.on_gpu else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(trained, device_ids=device_ids)
-
-    def _loss_note(self) -> str:
-        """What the trial trains with, where fused_loss asked for more than the model's own loss."""
-        if self.loss_kind == "liger":
-            return "Liger Kernel's fused linear cross-entropy"
-        if self.loss_kind == "chunked":
-            why = liger_missing() if self.cfg.fused_loss == "auto" and self.on_gpu else None
-            return "ftray's chunked loss" + (f" ({why})" if why else "")
-        return ("this model's head is not a plain linear layer (a LoRA-adapted head, or logits softcapped or "
-                "scaled): the model's own loss is used")
 
     def _setup_optimizer(self) -> None:
         self.optimizer = make_optimizer(self.trainable, self.cfg, self.on_gpu)

@@ -195,6 +195,18 @@ class FusedLossLM(torch.nn.Module):
         return CausalLMOutputWithPast(loss=loss)
 
 
+def loss_note(kind: str, fused_loss: str, on_gpu: bool) -> str:
+    """What a trial trains with (FusedLossLM.wrap's kind), where fused_loss asked for more than the model's
+    own loss: a line for its log."""
+    if kind == "liger":
+        return "Liger Kernel's fused linear cross-entropy"
+    if kind == "chunked":
+        why = liger_missing() if fused_loss == "auto" and on_gpu else None
+        return "ftray's chunked loss" + (f" ({why})" if why else "")
+    return ("this model's head is not a plain linear layer (a LoRA-adapted head, or logits softcapped or "
+            "scaled): the model's own loss is used")
+
+
 COMPILE_BACKEND = "inductor"  # torch.compile's own default; the tests trace with "eager" (inductor takes a minute on a CPU)
 
 
