@@ -85,6 +85,9 @@ def test_a_resumed_run_continues_at_the_batch_it_stopped_at(task, tokenizer_json
     again = run_local(trial, resume_from=local_checkpoint(str(tmp_path / "full"), 12), trace=again_trace)
     assert again_trace == [] and [r["step"] for r in again] == [12]
     assert again[0]["eval_loss"] == pytest.approx(full[-1]["eval_loss"], rel=1e-5)
+    # With the training figures of that step's report: it trained no step to measure them on again.
+    for key in ("train_loss", "train_tokens_per_s", "step_s", "tokens"):
+        assert again[0][key] == full[-1][key], key
 
 
 def test_a_checkpoint_reproduces_the_evaluation_outside_ftray(task, tokenizer_json, tmp_path):

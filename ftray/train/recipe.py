@@ -69,13 +69,18 @@ class TrainState:
     train_s: float = 0.0  # seconds in the training loop (evaluation left out)
     eval_s: float = 0.0  # seconds in evaluation, the base evaluation included
     base_metrics: dict[str, float] = field(default_factory=dict)  # base_<metric>: the model before finetuning
+    # The latest report's training figures (train_loss, train_tokens_per_s, step_s): a run restored from its
+    # final checkpoint reports them again, having trained no step to measure them on.
+    interval: dict[str, float] = field(default_factory=dict)
 
     def state_dict(self) -> dict:
-        return dict(asdict(self), base_metrics={k: float(v) for k, v in self.base_metrics.items()})
+        return dict(asdict(self), base_metrics={k: float(v) for k, v in self.base_metrics.items()},
+                    interval={k: float(v) for k, v in self.interval.items()})
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         for f in fields(self):
-            setattr(self, f.name, saved[f.name])
+            if f.name in saved:  # a checkpoint from an older ftray lacks the newer fields
+                setattr(self, f.name, saved[f.name])
 
 
 # ---- the recipe ---------------------------------------------------------------------------------------
@@ -319,17 +324,20 @@ class LoRARecipe:
         counts = torch.tensor([self.tokens_seen], dtype=torch.float64)
         totals = sum_over_workers(torch.cat([self.loss_sum.cpu(), counts]), self.world)
         state.tokens += totals[2].item()
-        train_loss = totals[0].item() / totals[1].item() if totals[1].item() > 0 else None
+        if self.step_times:  # since the last report
+            train_loss = totals[0].item() / totals[1].item() if totals[1].item() > 0 else None
+            state.interval = {**({"train_loss": train_loss} if train_loss is not None else {}),
+                              "train_tokens_per_s": totals[2].item() / max(interval_s, 1e-9),
+                              "step_s": statistics.median(self.step_times)}
+        train_loss = state.interval.get("train_loss")
         diverged = nan_now or (train_loss is not None and not math.isfinite(train_loss))
         metrics = {
             "step": state.step,
             "total_steps": self.total_steps,
-            **({"train_loss": train_loss} if train_loss is not None else {}),
             "lr": self.cfg.lr * self.lr_factor(state.step),  # the next step's
             "tokens": state.tokens,  # all workers, prompt and completion, no padding, since the trial began
-            "train_tokens_per_s": totals[2].item() / max(interval_s, 1e-9),  # since the last report
             "train_s": state.train_s,
-            **({"step_s": statistics.median(self.step_times)} if self.step_times else {}),  # since the last report
+            **state.interval,
             "setup_s": self.setup_s,
             "worker_start_s": self.worker_start_s,
             "params": self.params,
