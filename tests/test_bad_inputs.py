@@ -53,6 +53,12 @@ CASES = [
      "must be a constant or a Tune primitive"),
     ("steps and epochs", sweep(f"sweep = Sweep(name='b', {OK}, steps=10, epochs=1.0)"), "exactly one of steps and epochs"),
     ("negative lr", sweep(f"sweep = Sweep(name='b', {OK}, lr=-1.0)"), "lr must be a number > 0, got -1.0"),
+    # Over many lines, the error points at the field's line, not at `sweep = Sweep(`.
+    ("a field on its own line", sweep("sweep = Sweep(\n    name='b',\n    task=SyntheticTask(),\n    models=['tiny-xs'],"
+                                      "\n    lr=-1.0,\n)"), "s.py, line 7: lr must be"),
+    ("a space key on its own line", sweep("sweep = Sweep(\n    name='b',\n    task=SyntheticTask(),\n    models=['tiny-xs'],"
+                                          "\n    space={\n        'lora_rank': 4,\n        'lr': -1.0,\n    },\n)"),
+     "s.py, line 9: space['lr'] must be"),
     ("unknown model", sweep("sweep = Sweep(name='b', task=SyntheticTask(), models=['gpt-17'])"), "unknown model 'gpt-17'"),
     ("objective not reported", sweep(f"sweep = Sweep(name='b', {OK}, objective='bleu')"), "objective 'bleu'"),
     ("ASHA that can never stop", sweep(f"sweep = Sweep(name='b', {OK}, steps=40, asha=ASHA(grace_steps=50))"),

@@ -83,9 +83,38 @@ def _keyword_hint(error: BaseException, names: dict) -> str:
 
 
 def _line_in(error: BaseException, path: Path) -> str:
-    """", line N": the deepest frame of the traceback that is in the sweep file itself."""
+    """", line N": the deepest frame of the traceback that is in the sweep file itself, or within the call
+    it points at (`sweep = Sweep(` over many lines), the line of the keyword the message names."""
     line = None
     for frame in traceback.extract_tb(error.__traceback__):
         if os.path.abspath(frame.filename) == os.path.abspath(path):
             line = frame.lineno
-    return f", line {line}" if line else ""
+    if line is None:
+        return ""
+    return f", line {_keyword_line(path, line, str(error)) or line}"
+
+
+def _keyword_line(path: Path, line: int, message: str) -> int | None:
+    """The line of the keyword argument (`lr=-1.0`) or space key (`"lr": ...`) that the message starts
+    with ("lr must be ...", "space['lr'] ...", "asha.grace_steps ..."), in a call that begins on `line`."""
+    import ast
+
+    named = re.match(r"space\['(\w+)'\]|(\w+)", message)
+    if not named:
+        return None
+    key, name = named[1], named[2]
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, ValueError, OSError):
+        return None
+    for call in ast.walk(tree):
+        if not (isinstance(call, ast.Call) and call.lineno == line):
+            continue
+        for kw in call.keywords:
+            if name and kw.arg == name:
+                return kw.lineno
+            if key and kw.arg == "space" and isinstance(kw.value, ast.Dict):
+                for k in kw.value.keys:
+                    if isinstance(k, ast.Constant) and k.value == key:
+                        return k.lineno
+    return None
