@@ -212,3 +212,16 @@ def quiet_train_report_lines() -> None:
     except ImportError:
         return
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def quiet_token_auth_notice() -> None:
+    """A new local Ray stops warning that it turned token authentication on.
+
+    Why: Ray 2.60 turns token authentication on for every new local cluster (a token made under ~/.ray
+    where none is) and logs a WARNING saying so on each `ftray run`: it is what ftray wants, so the line
+    only alarms. Setting RAY_AUTH_MODE=token before `ray.init` is not enough to avoid it: Ray's C++ config
+    is read at import. How: that module's logger (`logging.getLogger(__name__)`) is set to ERROR. Should
+    Ray rename the module, the line comes back and nothing else changes. Checked against Ray 2.60."""
+    import logging
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

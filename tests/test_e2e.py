@@ -87,6 +87,11 @@ def test_a_line_per_trial_and_a_finished_sweep_run_again_trains_nothing(sweep_ru
     ended = re.findall(r"^ftray: trial \w+ ended: slot_f1 [\d.e-]+ at step (\d+)/\1, \d+ s; (\d) of (\d) trials ended$",
                        shared_sweep.stdout, re.M)
     assert sorted((int(n), int(of)) for _, n, of in ended) == [(1, 2), (1, 3), (2, 2), (2, 3), (3, 3)], ended
+    # And nothing else of Tune's or Ray's own: no configuration box, no TensorBoard hint at a staging
+    # folder, no notice that token authentication is on, no colour codes (the output is not a terminal).
+    for noise in ("Configuration for experiment", "tensorboard --logdir", "Token authentication", "\x1b["):
+        assert noise not in shared_sweep.log, noise
+    assert "(run_trial pid=" in shared_sweep.log  # the trials' own lines still come through
     # Again: nothing for Tune to do, so no checks and no Ray; the same trials reported.
     states = sorted(Path(run_dir).rglob("experiment_state-*.json"))
     # W&B off: the shared run's one summary run is another test's (tests/test_report_e2e.py).

@@ -7,6 +7,7 @@ here are in ftray/raypatches.py.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from ftray import raypatches
@@ -29,6 +30,12 @@ def init_ray(address: str | None, dashboard: bool = True) -> None:
     # none of it (its three processes are a few CPU-seconds per sweep).
     kwargs: dict[str, Any] = {"address": address} if address else {
         **raypatches.workers_not_niced(), "include_dashboard": dashboard}
+    if not address:
+        raypatches.quiet_token_auth_notice()
+    if not sys.stdout.isatty():
+        # Ray colours the "(run_trial pid=...)" prefix of every forwarded line; in a log file or a job's
+        # logs the colour codes are noise. Ray reads this when it prints.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     ray.init(log_to_driver=True, logging_level="WARNING", **kwargs)
     if address:
         print(f"ftray: joined the Ray cluster at {st.redact(address)}", flush=True)

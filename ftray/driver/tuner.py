@@ -135,6 +135,9 @@ def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resour
     # A trial that stops without the objective (diverged, did not fit) is a result, not an error:
     # Optuna is told it was pruned, and the report lists why.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune's output is off (verbose=0), but its newer output engine still prints a configuration box and a
+    # TensorBoard hint at a staging folder, not at the run folder; the older one prints nothing at verbose=0.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     request = functools.partial(_trial_resources, sweep=sweep, cpus_per_worker=resources.cpus_per_worker)
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), request)
 
