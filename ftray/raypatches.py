@@ -225,3 +225,25 @@ def quiet_token_auth_notice() -> None:
     import logging
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+class _NoRestoreHint:
+    """A logging filter (logging takes any object with .filter): drops Tune's resume hint."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("Experiment has been interrupted")
+
+
+def quiet_tune_resume_hint() -> None:
+    """Tune stops telling an interrupted sweep's user to resume with `Tuner.restore(path=..., trainable=...)`.
+
+    Why: after Ctrl-C ftray prints the command that resumes a sweep (`ftray resume RUN_DIR`); Tune's
+    hint, a line above it, names Python an ftray user does not write. How: a filter on the logger of
+    `ray/tune/tune.py` drops that one warning ("Experiment has been interrupted ..."); its "Stop signal
+    received" line stays. Should Ray reword it, the hint comes back and nothing else changes. Checked
+    against Ray 2.60."""
+    import logging
+
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in tune_logger.filters):
+        tune_logger.addFilter(_NoRestoreHint())

@@ -2,6 +2,7 @@
 installed Ray, and still does what it is for: a Ray upgrade that moves one fails here, by name. No Ray
 cluster is started; seconds in all."""
 
+import inspect
 import json
 import logging
 from types import SimpleNamespace
@@ -241,6 +242,41 @@ def test_train_report_lines_are_quieted_by_their_loggers_name():
         assert logger.level == logging.WARNING
     finally:
         logger.setLevel(level)
+
+
+def test_the_token_auth_notice_is_quieted_by_its_loggers_name():
+    from ray._private.authentication import authentication_token_setup as auth
+
+    assert auth.logger.name == auth.__name__ and "Token authentication is enabled" in inspect.getsource(auth)
+    level = auth.logger.level
+    try:
+        raypatches.quiet_token_auth_notice()
+        assert not auth.logger.isEnabledFor(logging.WARNING) and auth.logger.isEnabledFor(logging.ERROR)
+    finally:
+        auth.logger.setLevel(level)
+
+
+def test_tunes_resume_hint_is_dropped_and_its_stop_line_kept():
+    from ray.tune import tune
+
+    source = inspect.getsource(tune)
+    assert 'f"Experiment has been interrupted, but the most recent state was "' in source  # the text filtered
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    filters = list(tune.logger.filters)
+    tune.logger.addHandler(handler)
+    try:
+        raypatches.quiet_tune_resume_hint()
+        raypatches.quiet_tune_resume_hint()  # installed once
+        assert tune.logger.name == "ray.tune.tune"
+        assert sum(isinstance(f, raypatches._NoRestoreHint) for f in tune.logger.filters) == 1
+        tune.logger.warning("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.")
+        tune.logger.warning("Experiment has been interrupted, but the most recent state was saved.\nResume ...")
+        assert seen == ["Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."]
+    finally:
+        tune.logger.removeHandler(handler)
+        tune.logger.filters[:] = filters
 
 
 @pytest.mark.parametrize("module", ["ftray", "ftray.raypatches"])

@@ -47,6 +47,7 @@ def test_the_loop_lowers_the_training_loss(task, tokenizer_json):
                 *task.metric_names):
         assert key in last, key
     assert last["tokens"] > reports[0]["tokens"] > 0 and last["diverged"] == 0 and last["world_size"] == 1
+    assert last["wall_s"] > reports[0]["wall_s"] > last["train_s"] - reports[0]["train_s"] > 0
 
 
 def test_a_resumed_run_continues_at_the_batch_it_stopped_at(task, tokenizer_json, tmp_path):
@@ -88,6 +89,8 @@ def test_a_resumed_run_continues_at_the_batch_it_stopped_at(task, tokenizer_json
     # With the training figures of that step's report: it trained no step to measure them on again.
     for key in ("train_loss", "train_tokens_per_s", "step_s", "tokens"):
         assert again[0][key] == full[-1][key], key
+    # Its seconds go on from the checkpoint's (Tune's own count starts again at 0 in a resumed trial).
+    assert again[0]["wall_s"] > full[-1]["wall_s"]
 
 
 def test_a_checkpoint_reproduces_the_evaluation_outside_ftray(task, tokenizer_json, tmp_path):

@@ -8,6 +8,7 @@ from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
 
 from ftray.checks import is_number
+from ftray.results.trialresult import wall_seconds
 
 
 def describe(params: dict) -> str:
@@ -34,7 +35,8 @@ class TrialLines(Callback):
         value = last.get(self.metric)
         score = f"{self.metric} {value:.3g}" if is_number(value) else f"no {self.metric} (the report says why)"
         steps = f" at step {last['step']}/{last['total_steps']}" if "step" in last and "total_steps" in last else ""
-        seconds = f", {last['time_total_s']:.0f} s" if is_number(last.get("time_total_s")) else ""
+        wall = wall_seconds(last)
+        seconds = f", {wall:.0f} s" if wall is not None else ""
         print(f"ftray: trial {trial.trial_id} ended: {score}{steps}{seconds}; {self._ended(trials, trial)}",
               flush=True)
 

@@ -138,6 +138,7 @@ def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resour
     # Tune's output is off (verbose=0), but its newer output engine still prints a configuration box and a
     # TensorBoard hint at a staging folder, not at the run folder; the older one prints nothing at verbose=0.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    raypatches.quiet_tune_resume_hint()  # ftray says how to resume (SweepInterrupted)
     request = functools.partial(_trial_resources, sweep=sweep, cpus_per_worker=resources.cpus_per_worker)
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), request)
 

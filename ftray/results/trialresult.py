@@ -13,7 +13,14 @@ from ftray.results import runfolder as rf
 # What ftray's own reports carry besides the task's metrics (ftray/train).
 REPORT_KEYS = {"step", "total_steps", "train_loss", "lr", "tokens", "train_tokens_per_s", "train_s", "setup_s",
                "worker_start_s", "step_s", "peak_gpu_mem_gib", "params", "trainable_params", "train_examples",
-               "restarts", "diverged", "eval_loss", "eval_s", "world_size", "eval_rows", "eval_predictions"}
+               "restarts", "diverged", "eval_loss", "eval_s", "world_size", "eval_rows", "eval_predictions", "wall_s"}
+
+
+def wall_seconds(report: dict) -> float | None:
+    """A trial's seconds to this report, over all its tries (ftray's own count; a run from before it
+    had Tune's, which starts again at 0 in a resumed trial)."""
+    seconds = report.get("wall_s", report.get("time_total_s"))
+    return float(seconds) if is_number(seconds) else None
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,7 @@ class TrialResult:
             step_s=_finite(last.get("step_s")),
             peak_gpu_mem_gib=_finite(last.get("peak_gpu_mem_gib")),
             restarts=outcome.restarts if outcome else int(last.get("restarts", 0)),
-            wall_s=_finite(last.get("time_total_s")),
+            wall_s=_finite(wall_seconds(last)),
             accelerators=workers * gpus if gpus else workers,
             checkpoint=rf.trial_checkpoint(run_dir, trial.id, last.get("checkpoint_path")),
             trial_dir=trial.trial_dir,

@@ -68,6 +68,9 @@ class TrainState:
     tokens: float = 0.0  # all workers, prompt and completion, no padding
     train_s: float = 0.0  # seconds in the training loop (evaluation left out)
     eval_s: float = 0.0  # seconds in evaluation, the base evaluation included
+    # Seconds since the trial was launched, to the latest report, over all its tries: a resumed try adds
+    # its own to the checkpoint's (Tune's time_total_s starts again at 0 in a resumed trial).
+    wall_s: float = 0.0
     base_metrics: dict[str, float] = field(default_factory=dict)  # base_<metric>: the model before finetuning
     # The latest report's training figures (train_loss, train_tokens_per_s, step_s): a run restored from its
     # final checkpoint reports them again, having trained no step to measure them on.
@@ -97,7 +100,9 @@ class LoRARecipe:
         # From the trial driver's launch of the Train run to here: the Train controller and the worker
         # processes starting, their imports, and the process group (on a cluster, the nodes' clocks may
         # differ by a little).
-        self.worker_start_s = max(0.0, self.started - (launched_at or self.started))
+        self.launched_at = launched_at or self.started
+        self.worker_start_s = max(0.0, self.started - self.launched_at)
+        self.wall_before = 0.0  # the earlier tries' seconds, from the checkpoint this one goes on from
         self.trace = trace  # a list: gets (step, epoch, position, batch indices, loss) of each micro-batch
         self.state = TrainState()
         self.diverged_at: int | None = None
@@ -127,6 +132,7 @@ class LoRARecipe:
             self.resumed = bool(folder)
             if folder:
                 self.load_checkpoint(folder)
+                self.wall_before = self.state.wall_s
                 self.log(f"resumed at step {self.state.step}/{self.total_steps}")
         self.setup_s = time.time() - self.started
 
@@ -321,6 +327,7 @@ class LoRARecipe:
         state = self.state
         interval_s = time.time() - self.interval_start
         state.train_s += interval_s
+        state.wall_s = self.wall_before + time.time() - self.launched_at
         counts = torch.tensor([self.tokens_seen], dtype=torch.float64)
         totals = sum_over_workers(torch.cat([self.loss_sum.cpu(), counts]), self.world)
         state.tokens += totals[2].item()
@@ -337,6 +344,7 @@ class LoRARecipe:
             "lr": self.cfg.lr * self.lr_factor(state.step),  # the next step's
             "tokens": state.tokens,  # all workers, prompt and completion, no padding, since the trial began
             "train_s": state.train_s,
+            "wall_s": state.wall_s,
             **state.interval,
             "setup_s": self.setup_s,
             "worker_start_s": self.worker_start_s,
