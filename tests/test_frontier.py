@@ -224,3 +224,33 @@ def test_format_report_prints_intervals_and_undecided_lines():
     assert "repeats: one trial per cell cannot separate seed noise" in text
     assert "power law (Zhang et al., ICLR 2024): not fitted" in text
     assert " [" in text.split("Each step up the model ladder")[1]
+
+
+def test_a_loss_to_minimise_reads_right():
+    """eval_loss (mode min): the report says how its gains are signed, ties print as +0 not -0, a test
+    score that is not a number is no score, the scores' heading promises no intervals where there are
+    none and the caveat says why, and the model step counts only the trials it compares."""
+    from ftray.results import runfolder as rf
+    from ftray.results.frontier import trial_front as front
+    from ftray.results.report import LoadedRun, format_report
+
+    def loss(id, model, params, value, data, test=None):
+        t = trial(id, model, params, value, data=data)
+        rows = {"slot_f1": [[1.0, 2.0]] * 8}  # the task's metric is scored row by row; eval_loss is not
+        return replace(t, rows=rows, test=rf.TestScores({"eval_loss": test if test is not None else value},
+                                                        rows, 8, 8, "checkpoint_step_000040"))
+
+    trials = [loss("a", "s", 100, 2.0, 0.5), loss("b", "s", 100, 2.0, 1.0), loss("c", "m", 300, 2.0, 1.0)]
+    run = LoadedRun("/tmp/r", "eval_loss", "min", tuple(trials), front(trials, "min"))
+    text = format_report(run, {"analysis": analyse(trials, "eval_loss", "min")})
+    assert "eval_loss: lower is better, so every gain below is signed + for a fall in eval_loss" in text
+    assert "-0 " not in text and "-0)" not in text and "s -> m: +0 at 3.0x params" in text
+    assert "Scores (no intervals: eval_loss has no per-row scores); validation chose, test reports" in text
+    assert "eval_loss is not scored row by row (the task's metrics are: slot_f1)" in text
+    # The one step up the ladder (s -> m at data 1) compares 2 trials, not all 3.
+    assert leverage(trials, "min", "eval_loss")["model"]["n_trials"] == 2
+    max_run = LoadedRun("/tmp/r", "slot_f1", "max", tuple(trials), front(trials, "max"))
+    assert "lower is better" not in format_report(max_run, {"analysis": analyse(trials, "slot_f1", "max")})
+    # A test score that is not a number is none: that trial is off the test front, and off the JSON.
+    nan = replace(trials[2], test=rf.TestScores({"eval_loss": float("nan")}, {}, 8, 8, "checkpoint_step_000040"))
+    assert nan.test_score("eval_loss") is None and nan.on_test("eval_loss").objective is None

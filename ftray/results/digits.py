@@ -28,6 +28,7 @@ def format_ci(value: float, lo: float | None = None, hi: float | None = None, si
     if value is None or not math.isfinite(value):
         return "-"
     if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        value = value or 0.0  # no "-0"
         return f"{value:+.3g}" if signed else f"{value:.3g}"
     d = decimals(lo, hi, value)
     return f"{_fmt(value, d, signed)} [{_fmt(lo, d, signed)}, {_fmt(hi, d, signed)}]"

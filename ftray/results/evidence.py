@@ -45,7 +45,7 @@ class Evidence:
     def __init__(self, trials: Iterable[TrialResult], metric: str, level: float = stats.LEVEL,
                  n_boot: int = stats.RESAMPLES, seed: int = stats.SEED):
         rows = {t.id: r for t in trials if (r := t.metric_rows(metric))}
-        self.level, self.n_boot, self.seed = level, n_boot, seed
+        self.metric, self.level, self.n_boot, self.seed = metric, level, n_boot, seed
         self.col = {i: j for j, i in enumerate(rows)}
         self.n_rows = {i: len(r) for i, r in rows.items()}
         self.draws = stats.resample_ratios(list(rows.values()), n_boot, seed) if rows else None

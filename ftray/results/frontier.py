@@ -366,8 +366,10 @@ def _target_part(view: Sequence[TrialResult], metric: str, mode: str, target: fl
 
 def _caveats(source: str, ev: Evidence, scored: Sequence[TrialResult], cell_map: Mapping) -> list[str]:
     if ev.draws is None:
-        return ["no per-row scores in this run (an older run folder, or evaluations that kept none): no intervals, "
-                "so every verdict above stands on point estimates"]
+        others = sorted({m for t in scored for m in (t.rows or {})})
+        why = (f"{ev.metric} is not scored row by row (the task's metrics are: {', '.join(others)})" if others
+               else "no per-row scores in this run (an older run folder, or evaluations that kept none)")
+        return [f"{why}: no intervals, so every verdict above stands on point estimates"]
     out = []
     if len(ev.col) < len(scored):
         out.append(f"{len(scored) - len(ev.col)} of {len(scored)} scored trials have no per-row scores: statistics "

@@ -123,7 +123,8 @@ def leverage(trials: Sequence[TrialResult], mode: str, metric: str = "objective"
                           "params_ratio": s["k1"][0] / s["k0"][0], "n_trials": s["n"], "interval": step_iv,
                           "answer": answer(step_iv), "rows_needed": need and need["rows"]})
         model = {"gain_per_step": float(point["model"]), "params_ratio": point["params_ratio"],
-                 "n_trials": len({t.id for t in scored}), "steps": steps,
+                 "n_trials": sum(counts[k] for k in {k for s in point["steps"] for k in (s["k0"], s["k1"])}),
+                 "steps": steps,
                  "interval": iv(point["model"], reps and reps["model"])}
     same_size = []
     for i, s in enumerate(point["same"]):

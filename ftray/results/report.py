@@ -160,6 +160,8 @@ def format_report(run: LoadedRun, report: dict) -> str:
     lines = [format_table(run, a["source"])]
     lines += _scores_table(run, a)
     lines += ["", "What the sweep says"]
+    if run.mode == "min":  # the gains below are signed as in a score to maximise
+        lines.append(f"  - {metric}: lower is better, so every gain below is signed + for a fall in {metric}")
     lines += [f"  - {v}" for v in a["verdicts"]]
     early = [t for t in run.trials if t.stopped_early]
     if early:
@@ -207,8 +209,9 @@ def _scores_table(run: LoadedRun, a: dict) -> list[str]:
         rows.append(row)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     level = f"{iv.get('level', 0.95):.0%}"
-    out = ["", f"Scores with {level} intervals over rows ({iv.get('method')}, {iv.get('resamples')} draws)"
-               + ("; validation chose, test reports" if test else "")]
+    intervals = (f"with {level} intervals over rows ({iv.get('method')}, {iv.get('resamples')} draws)" if iv.get("trials")
+                 else f"(no intervals: {metric} has no per-row scores)")
+    out = ["", f"Scores {intervals}" + ("; validation chose, test reports" if test else "")]
     out += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head, *rows]]
     return out
 

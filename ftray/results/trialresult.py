@@ -91,7 +91,7 @@ class TrialResult:
 
     def test_score(self, metric: str) -> float | None:
         """`metric` on the held-out test rows; None where the trial was not scored on them."""
-        return (self.test.metrics or {}).get(metric) if self.test else None
+        return _finite((self.test.metrics or {}).get(metric)) if self.test else None
 
     def on_test(self, metric: str) -> TrialResult:
         """The trial as its held-out test scores show it: objective, metrics and rows from the test rows
