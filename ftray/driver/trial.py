@@ -119,7 +119,8 @@ def _job(config: TrialConfig, setup: TrialSetup):
     rung = sweep.model(config.model)
     return TrialJob(config=config, task=sweep.task, model=rung, lora=sweep.lora(config),
                     tokenizer_json=setup.tokenizer_json if rung.is_preset else None,
-                    threads=max(1, int(setup.cpus_per_worker)), faults=injected_faults(config.model))
+                    threads=max(1, int(setup.cpus_per_worker)), faults=injected_faults(config.model),
+                    objective=sweep.objective)
 
 
 def _trainer(job, setup: TrialSetup, trial_id: str, restarts: int):

@@ -56,6 +56,7 @@ class TrialJob:
     tokenizer_json: str | None = None  # the presets' tokenizer, built on the driver
     threads: int = 1
     faults: Mapping[str, Any] = field(default_factory=dict)  # test hooks, e.g. {"nan_at_step": 5}
+    objective: str = "eval_loss"  # the sweep's: each evaluation's log line shows it
 
 
 @dataclass
@@ -188,7 +189,6 @@ class LoRARecipe:
 
     def save_checkpoint(self, folder: str) -> None:
         """The adapter (peft's files), the tokenizer, the trial's settings and the trainer state."""
-        self.log(f"checkpoint at step {self.state.step}")
         self.model.save_pretrained(folder)  # adapter (and trained embeddings) only, safetensors
         self.tokenizer.save_pretrained(folder)
         with open(os.path.join(folder, TRIAL_CONFIG), "w") as f:
@@ -367,6 +367,9 @@ class LoRARecipe:
             self.log(f"diverged at step {state.step}: the loss is not a number; the trial stops")
             self.diverged_at = state.step
             return True  # a NaN loss cannot recover: stop at once, the report marks the trial diverged
+        self.log(f"step {state.step}/{self.total_steps}: " + ", ".join(
+            f"{k} {metrics[k]:.4g}" for k in dict.fromkeys(("train_loss", "eval_loss", self.job.objective))
+            if isinstance(metrics.get(k), (int, float))))
         self._start_interval()
         self.model.train()
         return False
