@@ -59,6 +59,9 @@ CASES = [
     ("a space key on its own line", sweep("sweep = Sweep(\n    name='b',\n    task=SyntheticTask(),\n    models=['tiny-xs'],"
                                           "\n    space={\n        'lora_rank': 4,\n        'lr': -1.0,\n    },\n)"),
      "s.py, line 9: space['lr'] must be"),
+    # Python's own error names no field, though it starts with a word ("name") that is one.
+    ("an undefined name in a long call", sweep("sweep = Sweep(task=SyntheticTask(), models=MODELZ,\n    name='b')"),
+     "s.py, line 3: NameError"),
     ("unknown model", sweep("sweep = Sweep(name='b', task=SyntheticTask(), models=['gpt-17'])"), "unknown model 'gpt-17'"),
     ("objective not reported", sweep(f"sweep = Sweep(name='b', {OK}, objective='bleu')"), "objective 'bleu'"),
     ("ASHA that can never stop", sweep(f"sweep = Sweep(name='b', {OK}, steps=40, asha=ASHA(grace_steps=50))"),

@@ -39,10 +39,9 @@ sweep = Sweep(
     objective="eval_loss",
     num_trials=6,
     workers=1,
-    cpus_per_worker=0.9,
-    # One at a time: a trial takes under a second here, so two at a time would end in the same second,
-    # and the trial after an ASHA stop starts only once the stopped one has let go of its CPU.
-    max_concurrent_trials=1,
+    # One trial at a time, filling the 2-CPU cluster: the trial after an ASHA stop can only start once
+    # the stopped one has let go of its CPUs (two at a time ended in the same second: trials take under one).
+    cpus_per_worker=1.5,
     steps=16,
     eval_every=4,
     eval_samples=8,
@@ -227,8 +226,8 @@ def test_asha_stops_trials_that_trail_their_own_model_size(job_run, job_report):
         assert best["steps"] == 16 and not best["stopped_early"], model
     small = min((t for t in trials if t["model"] == "tiny-xs"), key=lambda t: t["objective"])
     assert min(curves[t["id"]][4] for t in trials if t["model"] == "tiny-s") < curves[small["id"]][4]
-    # A stopped trial lets go of its resources: with one trial at a time, a trial made after it could
-    # only start once it had (and all six ended, so none waited forever). Tune numbers trials in the
-    # order it makes them, in each trial folder's name.
+    # A stopped trial lets go of its resources: one trial fills the cluster, so a trial made after it
+    # could only start once it had (and all six ended, so none waited forever). Tune numbers trials in
+    # the order it makes them, in each trial folder's name.
     number = {t["id"]: int(re.search(rf"_{t['id']}_(\d+)_", t["trial_dir"]).group(1)) for t in trials}
     assert min(number[t["id"]] for t in early) < max(number.values()), [(number[t["id"]], t["steps"]) for t in trials]

@@ -246,6 +246,7 @@ sweep = Sweep(name="faults", task=BuggyTask(n_train=300, n_valid=8, n_test=8),
     assert nan["outcome"] == "diverged" and nan["reason"].startswith("diverged")
     assert "at step 5" in nan["reason"]  # stopped at once
     assert oom["outcome"] == "did-not-fit" and "lower batch_size" in oom["reason"]
+    assert "Last result" not in out  # Tune's own line for a trial that ended without a report
     assert bug["status"] == "ERROR" and bug["outcome"] == "error" and "user bug in score()" in bug["reason"]
     assert "user bug in score()" in (Path(bug["trial_dir"]) / "error.txt").read_text()  # the traceback is kept
     # A one-worker trial trains in its Tune trial's process; lost, it is an error Tune does not retry

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ray.tune import Callback
 from ray.tune.logger import TBXLoggerCallback
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from ftray.checks import is_number
 from ftray.results.trialresult import wall_seconds
@@ -47,6 +48,14 @@ class TrialLines(Callback):
     def _ended(self, trials, trial) -> str:
         done = 1 + sum(t is not trial and t.status in ("TERMINATED", "ERROR") for t in trials)
         return f"{done} of {self.trials} trials ended"
+
+
+class TuneTrialLinesOff(TrialProgressCallback):
+    """Tune's own per-trial lines, off. Given one, Tune adds none of its own; its default printed "Trial X
+    completed. Last result: " even at verbose=0 for a trial that ended without a report (did not fit)."""
+
+    def _print(self, msg: str) -> None:
+        pass
 
 
 class TensorBoardNumbers(TBXLoggerCallback):

@@ -136,7 +136,8 @@ def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resour
     # Optuna is told it was pruned, and the report lists why.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Tune's output is off (verbose=0), but its newer output engine still prints a configuration box and a
-    # TensorBoard hint at a staging folder, not at the run folder; the older one prints nothing at verbose=0.
+    # TensorBoard hint at a staging folder, not at the run folder; the older one prints only its per-trial
+    # lines, which ftray gives it silenced (progress.TuneTrialLinesOff).
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     raypatches.quiet_tune_resume_hint()  # ftray says how to resume (SweepInterrupted)
     request = functools.partial(_trial_resources, sweep=sweep, cpus_per_worker=resources.cpus_per_worker)
@@ -152,11 +153,11 @@ def _trial_resources(sampled: dict, sweep: Sweep, cpus_per_worker: float):
 def _callbacks(sweep: Sweep, run_dir: str, record: rf.RunRecord, trials: int) -> list:
     """Both phases' Tune callbacks: W&B (one group per run folder), the resumed trials' history, a line
     per trial started and ended (Tune's own output is off: verbose=0), TensorBoard given numbers only."""
-    from ftray.driver.progress import TensorBoardNumbers, TrialLines
+    from ftray.driver.progress import TensorBoardNumbers, TrialLines, TuneTrialLinesOff
     from ftray.driver.tracking import WandbTracking
 
     callbacks = [WandbTracking(sweep.wandb, group=st.basename(run_dir), model_params=record.model_params,
-                               trial_config=sweep.trial_config), KeepHistory(), TrialLines(trials, sweep.objective)]
+                               trial_config=sweep.trial_config), KeepHistory(), TrialLines(trials, sweep.objective), TuneTrialLinesOff()]
     try:
         callbacks.append(TensorBoardNumbers())
     except ImportError:  # no tensorboardX: Tune would add no TensorBoard logger either

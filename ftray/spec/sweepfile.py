@@ -44,7 +44,7 @@ def load_sweep(path: str | Path):
     try:
         spec.loader.exec_module(module)
     except FtrayInputError as e:
-        raise FtrayInputError(f"{path}{_line_in(e, path)}: {e}") from None
+        raise FtrayInputError(f"{path}{_line_in(e, path, field=True)}: {e}") from None
     except Exception as e:
         if debug():
             raise
@@ -82,16 +82,17 @@ def _keyword_hint(error: BaseException, names: dict) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _line_in(error: BaseException, path: Path) -> str:
-    """", line N": the deepest frame of the traceback that is in the sweep file itself, or within the call
-    it points at (`sweep = Sweep(` over many lines), the line of the keyword the message names."""
+def _line_in(error: BaseException, path: Path, field: bool = False) -> str:
+    """", line N": the deepest frame of the traceback that is in the sweep file itself; for ftray's own
+    errors (`field`), which start with the field they name, the line of that field's keyword within the
+    call the frame points at (`sweep = Sweep(` over many lines)."""
     line = None
     for frame in traceback.extract_tb(error.__traceback__):
         if os.path.abspath(frame.filename) == os.path.abspath(path):
             line = frame.lineno
     if line is None:
         return ""
-    return f", line {_keyword_line(path, line, str(error)) or line}"
+    return f", line {field and _keyword_line(path, line, str(error)) or line}"
 
 
 def _keyword_line(path: Path, line: int, message: str) -> int | None:

@@ -56,7 +56,7 @@ class TrialJob:
     tokenizer_json: str | None = None  # the presets' tokenizer, built on the driver
     threads: int = 1
     faults: Mapping[str, Any] = field(default_factory=dict)  # test hooks, e.g. {"nan_at_step": 5}
-    objective: str = "eval_loss"  # the sweep's: each evaluation's log line shows it
+    objective: str | None = None  # the sweep's, shown in each evaluation's log line beside the losses
 
 
 @dataclass
@@ -69,8 +69,9 @@ class TrainState:
     tokens: float = 0.0  # all workers, prompt and completion, no padding
     train_s: float = 0.0  # seconds in the training loop (evaluation left out)
     eval_s: float = 0.0  # seconds in evaluation, the base evaluation included
-    # Seconds since the trial was launched, to the latest report, over all its tries: a resumed try adds
-    # its own to the checkpoint's (Tune's time_total_s starts again at 0 in a resumed trial).
+    # Seconds since the trial was launched to the latest report (its evaluation included), summed over its
+    # tries: a resumed try adds its own to its checkpoint's, so what an interrupted try did after that
+    # checkpoint is not counted (Tune's time_total_s starts again at 0 in a resumed trial).
     wall_s: float = 0.0
     base_metrics: dict[str, float] = field(default_factory=dict)  # base_<metric>: the model before finetuning
     # The latest report's training figures (train_loss, train_tokens_per_s, step_s): a run restored from its
@@ -327,7 +328,6 @@ class LoRARecipe:
         state = self.state
         interval_s = time.time() - self.interval_start
         state.train_s += interval_s
-        state.wall_s = self.wall_before + time.time() - self.launched_at
         counts = torch.tensor([self.tokens_seen], dtype=torch.float64)
         totals = sum_over_workers(torch.cat([self.loss_sum.cpu(), counts]), self.world)
         state.tokens += totals[2].item()
@@ -344,7 +344,6 @@ class LoRARecipe:
             "lr": self.cfg.lr * self.lr_factor(state.step),  # the next step's
             "tokens": state.tokens,  # all workers, prompt and completion, no padding, since the trial began
             "train_s": state.train_s,
-            "wall_s": state.wall_s,
             **state.interval,
             "setup_s": self.setup_s,
             "worker_start_s": self.worker_start_s,
@@ -362,6 +361,7 @@ class LoRARecipe:
             self.log(f"evaluation at step {state.step}/{self.total_steps}")
             scores, rows = self.evaluate()
             metrics.update(scores, eval_s=state.eval_s, **rows)
+        state.wall_s = metrics["wall_s"] = self.wall_before + time.time() - self.launched_at
         self.ctx.report(metrics, self.save_checkpoint if self.rank == 0 and not diverged else None)
         if diverged:
             self.log(f"diverged at step {state.step}: the loss is not a number; the trial stops")
