@@ -110,8 +110,10 @@ def test_each_trial_reports_as_it_trains_and_loss_falls(sweep_run, shared_report
     # ftray's progress lines.
     assert "each trial 1 worker in its Tune trial x 0.9 CPU" in log and "RayTrainWorker" not in log
     assert "evaluation at step 160/160" in log and "Reporting training result" not in log
-    # Each evaluation's line shows the losses and the objective.
-    assert re.search(r"step 160/160: train_loss [\d.e-]+, eval_loss [\d.e-]+, slot_f1 [\d.e-]+$", log, re.M), log[-3000:]
+    # Each evaluation's line names its trial and shows the losses and the objective.
+    ended = re.findall(r"ftray: trial (\w+) tiny-\w+: step 160/160: train_loss [\d.e-]+, eval_loss [\d.e-]+, "
+                       r"slot_f1 [\d.e-]+$", log, re.M)
+    assert sorted(ended) == sorted(t["id"] for t in report["trials"]), log[-3000:]
     for t in report["trials"]:
         history = [json.loads(line) for line in open(Path(t["trial_dir"]) / "result.json")]
         losses = [h["train_loss"] for h in history]

@@ -44,7 +44,7 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     trial_dir = st.join(setup.experiment_dir, os.path.basename(tune.get_context().get_trial_dir()))
     rf.write_trial(trial_dir, rf.TrialRecord(config))
-    job = _job(config, setup)
+    job = _job(config, setup, trial_id)
     if sweep.in_trial_process(config.model):
         outcome, error = _train_here(job, setup, trial_id, trial_dir)
     else:
@@ -112,7 +112,7 @@ def _failed(error: Exception, restarts: int) -> tuple[rf.TrialOutcome, Exception
     return rf.TrialOutcome(kind, message, restarts), (error if kind == "error" else None)
 
 
-def _job(config: TrialConfig, setup: TrialSetup):
+def _job(config: TrialConfig, setup: TrialSetup, trial_id: str):
     from ftray.train.recipe import TrialJob
 
     sweep = setup.sweep
@@ -120,7 +120,7 @@ def _job(config: TrialConfig, setup: TrialSetup):
     return TrialJob(config=config, task=sweep.task, model=rung, lora=sweep.lora(config),
                     tokenizer_json=setup.tokenizer_json if rung.is_preset else None,
                     threads=max(1, int(setup.cpus_per_worker)), faults=injected_faults(config.model),
-                    objective=sweep.objective)
+                    objective=sweep.objective, trial_id=trial_id)
 
 
 def _trainer(job, setup: TrialSetup, trial_id: str, restarts: int):

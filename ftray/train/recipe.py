@@ -57,6 +57,7 @@ class TrialJob:
     threads: int = 1
     faults: Mapping[str, Any] = field(default_factory=dict)  # test hooks, e.g. {"nan_at_step": 5}
     objective: str | None = None  # the sweep's, shown in each evaluation's log line beside the losses
+    trial_id: str | None = None  # the Tune trial's, at the head of each log line (two trials of a size may run at once)
 
 
 @dataclass
@@ -375,7 +376,8 @@ class LoRARecipe:
         return False
 
     def log(self, message: str) -> None:
-        self.ctx.log(f"{self.job.model.name}: {message}")
+        who = f"trial {self.job.trial_id} {self.job.model.name}" if self.job.trial_id else self.job.model.name
+        self.ctx.log(f"{who}: {message}")
 
     def _log_progress(self) -> None:
         loss = (self.loss_sum[0] / self.loss_sum[1].clamp(min=1)).item()  # this worker's, since the last report
