@@ -279,6 +279,27 @@ def test_tunes_resume_hint_is_dropped_and_its_stop_line_kept():
         tune.logger.filters[:] = filters
 
 
+def test_trains_latest_checkpoint_is_read_from_the_snapshot_train_writes(tmp_path):
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (_CheckpointManagerState,
+                                                                               _TrainingResultState)
+
+    assert raypatches.train_latest_checkpoint(str(tmp_path)) is None  # a run Train stored nothing for
+    older = _TrainingResultState(checkpoint_dir_name="checkpoint_a", metrics={"step": 100})
+    latest = _TrainingResultState(checkpoint_dir_name="checkpoint_b", metrics={"step": 200, "eval_loss": 1.5})
+    # The snapshot as Train's CheckpointManager writes it (its _save_state: the model's .json()).
+    snapshot = _CheckpointManagerState(
+        checkpoint_results=[older, latest], checkpoint_report_indices=[1, 2], latest_checkpoint_result=latest,
+        pending_training_results=[], pending_validation_specs=[], current_report_index=3,
+        validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+        failed_validation_checkpoint_dir_names=[])
+    (tmp_path / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).write_text(snapshot.json())
+    assert raypatches.train_latest_checkpoint(str(tmp_path)) == ({"step": 200, "eval_loss": 1.5},
+                                                                 str(tmp_path / "checkpoint_b"))
+    (tmp_path / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).write_text("{not json")
+    assert raypatches.train_latest_checkpoint(str(tmp_path)) is None
+
+
 @pytest.mark.parametrize("module", ["ftray", "ftray.raypatches"])
 def test_importing_ftray_does_not_import_ray(module):
     import subprocess

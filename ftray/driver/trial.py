@@ -48,7 +48,7 @@ def run_trial(sampled: dict, setup: TrialSetup) -> None:
     if sweep.in_trial_process(config.model):
         outcome, error = _train_here(job, setup, trial_id, trial_dir)
     else:
-        outcome, error = _train_on_workers(job, setup, trial_id)
+        outcome, error = _train_on_workers(job, setup, trial_id, trial_dir)
     rf.write_trial(trial_dir, rf.TrialRecord(config, outcome))
     # Did-not-fit and diverged are not errors of the sweep: this model and batch do not fit this
     # hardware, or these settings diverge. The outcome says so, the report lists it, and the sweep goes on.
@@ -84,12 +84,20 @@ def _train_here(job, setup: TrialSetup, trial_id: str, trial_dir: str) -> tuple[
     return rf.TrialOutcome("ok"), None
 
 
-def _train_on_workers(job, setup: TrialSetup, trial_id: str) -> tuple[rf.TrialOutcome, Exception | None]:
+def _train_on_workers(job, setup: TrialSetup, trial_id: str, trial_dir: str) -> tuple[rf.TrialOutcome, Exception | None]:
     """A Ray Train run of the trial's workers, restarted from the latest checkpoint after a lost worker."""
     import ray.train
+    from ray import tune
+
+    from ftray import raypatches
 
     max_restarts = setup.sweep.failure.max_restarts
     os.environ.update(setup.env)
+    # A resumed trial goes on from Train's latest checkpoint: its report first, where Tune never had it.
+    latest = raypatches.train_latest_checkpoint(rf.trial_checkpoints(setup.run_dir, trial_id))
+    again = rf.unrecorded(latest and latest[0], rf.recorded_steps(trial_dir))
+    if again is not None:
+        tune.report(dict(again, checkpoint_path=st.fs_path(latest[1])))  # as Train's own reports name it
     restarts = 0
     while True:
         try:

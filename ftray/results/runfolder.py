@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 from ftray import storage as st
 from ftray.spec.config import TrialConfig
@@ -336,6 +336,16 @@ def stored_checkpoints(run_dir: str, trial_id: str) -> list[StoredCheckpoint]:
 def recorded_steps(trial_dir: str) -> set[int]:
     """The steps of the reports Tune recorded for a trial (its stored result.json)."""
     return {int(r["step"]) for r in _read_jsonl(st.join(trial_dir, RESULTS)) if "step" in r}
+
+
+def unrecorded(report: dict | None, recorded: Collection[int] | None) -> dict | None:
+    """The report made with the checkpoint a resumed trial goes on from, where Tune never recorded it
+    (after Ctrl-C or a lost driver the trial may have trained on and saved one more): the trial reports it
+    again first, or that step would be missing from its history for good. Not the final step's: the
+    recipe makes that report again itself (LoRARecipe.train)."""
+    if report is None or recorded is None or report.get("step") in recorded:
+        return None
+    return None if report["step"] == report.get("total_steps") else report
 
 
 def drop_checkpoints(kept: list[StoredCheckpoint], keep: int, mode: str) -> list[StoredCheckpoint]:

@@ -77,9 +77,7 @@ class TuneTrialContext:
     def __init__(self, run_dir: str, trial_id: str, *, keep: int, objective: str, mode: str,
                  device: torch.device, report: Callable[[dict], None] | None = None,
                  recorded: Collection[int] | None = None):
-        """`recorded`: the steps whose reports Tune recorded for this trial. After Ctrl-C (or a lost driver)
-        the trial may have trained on and saved a checkpoint whose report Tune never took in; going on from
-        it, the trial first reports it again, or that step would be missing from its history for good."""
+        """`recorded`: the steps whose reports Tune recorded for this trial (rf.unrecorded: why)."""
         from ftray.results import runfolder as rf
 
         self.rank, self.world, self.device = 0, 1, device
@@ -90,10 +88,7 @@ class TuneTrialContext:
             report = tune.report
         self._report = report
         self.kept = rf.stored_checkpoints(run_dir, trial_id)  # from an earlier try of this trial
-        latest = self.kept[-1].report if self.kept else None
-        # The final step's report is made again by the recipe itself (LoRARecipe.train).
-        self.unrecorded = (latest if latest is not None and recorded is not None and latest["step"] not in recorded
-                           and latest["step"] != latest.get("total_steps") else None)
+        self.unrecorded = rf.unrecorded(self.kept[-1].report if self.kept else None, recorded)
 
     @contextlib.contextmanager
     def resume_folder(self) -> Iterator[str | None]:
