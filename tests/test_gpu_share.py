@@ -124,6 +124,22 @@ def test_prepare_estimates_each_gpu_rung_at_its_largest_batch():
     assert (est["tiny-xs"].rows, est["tiny-xs"].length) == (32, 64)
 
 
+
+def test_the_estimate_counts_full_logits_where_the_head_is_lora_adapted():
+    # The fused loss computes the logits from a plain head's weight; a LoRA-adapted head keeps the
+    # model's own loss and its full [tokens x vocabulary] logits (FusedLossLM.wrap).
+    from ftray.driver.preflight import prepare
+
+    def logits_bytes(targets):
+        rung = ModelSpec("tiny-xs", lora_targets=targets, train_embeddings=False)
+        est = prepare(sweep([rung], gpus_per_worker=0.25, fused_loss="chunked", batch_size=512,
+                             max_length=512)).memory["tiny-xs"]
+        return est.logits
+
+    plain, adapted = logits_bytes(["q_proj"]), logits_bytes(["q_proj", "lm_head"])
+    assert adapted > plain > 0
+
+
 # ---- four trials on one logical GPU ----------------------------------------------------------------------
 FOUR_ON_ONE_GPU = """
 import json, os, sys, time

@@ -25,7 +25,9 @@ class Prepared:
 def prepare(sweep, hub_optional: bool = False) -> Prepared:
     """Driver-side work before Ray: check the data and models, count parameters, build the tokenizer;
     warn (stderr) about settings that run but may mean little."""
-    from ftray.train.models import build_tokenizer, model_config, param_counts, tokenizer_to_json
+    from ftray.train.lora import count_params
+    from ftray.train.models import build_tokenizer, meta_model, model_config, tokenizer_to_json
+    from ftray.train.steps import plain_head
 
     notes: list[str] = []
     try:
@@ -48,7 +50,8 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
             config = model_config(m, vocab if m.is_preset else None)
             # Counting with LoRA also checks that its targets match this model's layers.
             lora = sweep.lora(sweep.trial_config({"model": m.id}))
-            model_params[m.id], trainable = param_counts(m, vocab, lora, config)
+            shape = meta_model(m, vocab, lora, config)
+            model_params[m.id], trainable = count_params(shape)
         except HubUnavailable:
             if not hub_optional:
                 raise
@@ -56,7 +59,9 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
             model_params[m.id] = None
             continue
         if sweep.gpus_for(m.id) and m.id in sweep.models_in_space():
-            memory[m.id] = _memory_estimate(sweep, m, config, model_params[m.id], trainable)
+            # A head that is more than a plain layer (LoRA on it, softcapped logits) keeps the full logits.
+            memory[m.id] = _memory_estimate(sweep, m, config, model_params[m.id], trainable,
+                                            plain_head=plain_head(shape) is not None)
     warnings = [w for w in [cells_left_out(sweep)] if w]
     if data_ok:
         warnings += check_lengths(sweep, _rung_tokenizers(sweep, tokenizer, model_params, hub_optional, notes))
@@ -65,11 +70,11 @@ def prepare(sweep, hub_optional: bool = False) -> Prepared:
     return Prepared(model_params, tokenizer_json, notes, warnings, memory)
 
 
-def _memory_estimate(sweep, rung, config, params: int, trainable: int):
-    """A GPU trial's peak memory at the largest micro-batch its settings and the space allow."""
+def _memory_estimate(sweep, rung, config, params: int, trainable: int, plain_head: bool):
+    """A GPU trial's peak memory at the largest micro-batch its settings and the space allow; `plain_head`:
+    whether the fused loss can stand in for the model's own (FusedLossLM.wrap)."""
     from ftray.driver.resources import estimate_memory
     from ftray.spec.space import candidate_values
-    from ftray.train.steps import changes_its_logits
 
     defaults = sweep.trial_config({"model": rung.id})
 
@@ -83,8 +88,7 @@ def _memory_estimate(sweep, rung, config, params: int, trainable: int):
     rows = -(-defaults.batch_tokens // length) if defaults.batch_tokens else largest("batch_size")
     return estimate_memory(params=params, trainable=trainable, hidden=text.hidden_size, layers=text.num_hidden_layers,
                            vocab=text.vocab_size, rows=rows, length=length, checkpointing=rung.gradient_checkpointing,
-                           # Such a model keeps its own loss, with the full logits (FusedLossLM.wrap).
-                           fused_loss=defaults.fused_loss != "off" and not changes_its_logits(text))
+                           fused_loss=defaults.fused_loss != "off" and plain_head)
 
 
 def cells_left_out(sweep) -> str | None:

@@ -153,13 +153,16 @@ def model_config(spec: ModelSpec, vocab_size: int | None):
 
 
 def param_counts(spec: ModelSpec, vocab_size: int | None, lora: LoraSettings | None, config=None) -> tuple[int, int]:
-    """(total base parameters, trainable parameters), without materialising any weights.
+    """(total base parameters, trainable parameters), without materialising any weights (`meta_model`).
+    With `lora` None the whole model trains: trainable == total."""
+    return count_params(meta_model(spec, vocab_size, lora, config))
 
-    The model is built on the meta device (shapes only; peft wraps meta models too) from `config`
-    (default: `model_config(spec, vocab_size)`). A "@kL" rung counts the pruned shape, exactly what
-    `build_model` gives. With `lora` None the whole model trains: trainable == total. With LoRA this
-    also checks, before any Ray work, that the targets match this model's layers.
-    """
+
+def meta_model(spec: ModelSpec, vocab_size: int | None, lora: LoraSettings | None, config=None):
+    """The rung's model, with LoRA where given, built on the meta device (shapes only; peft wraps meta
+    models too) from `config` (default: `model_config(spec, vocab_size)`). A "@kL" rung has the pruned
+    shape, exactly what `build_model` gives. With LoRA this also checks, before any Ray work, that the
+    targets match this model's layers."""
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     config = config or model_config(spec, vocab_size)  # outside the meta device: a GGUF source converts with real tensors
@@ -171,7 +174,4 @@ def param_counts(spec: ModelSpec, vocab_size: int | None, lora: LoraSettings | N
                 model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
             except ValueError as e:
                 raise FtrayInputError(f"model {spec.id!r}: {str(e).strip().splitlines()[0][:300]}") from None
-        if lora is None:
-            total = sum(p.numel() for p in model.parameters())
-            return total, total
-        return count_params(apply_lora(model, spec, lora))
+        return model if lora is None else apply_lora(model, spec, lora)
