@@ -138,7 +138,7 @@ def _trainable(sweep: Sweep, run_dir: str, experiment_dir: str, prepared, resour
     # Tune's output is off (verbose=0), but its newer output engine still prints a configuration box and a
     # TensorBoard hint at a staging folder, not at the run folder; the older one prints only its per-trial
     # lines, which ftray gives it silenced (progress.TuneTrialLinesOff).
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # a user who asked for the newer engine keeps it
     raypatches.quiet_tune_resume_hint()  # ftray says how to resume (SweepInterrupted)
     request = functools.partial(_trial_resources, sweep=sweep, cpus_per_worker=resources.cpus_per_worker)
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup), request)
