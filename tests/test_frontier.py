@@ -224,6 +224,7 @@ def test_format_report_prints_intervals_and_undecided_lines():
     assert "repeats: one trial per cell cannot separate seed noise" in text
     assert "power law (Zhang et al., ICLR 2024): not fitted" in text
     assert " [" in text.split("Each step up the model ladder")[1]
+    assert "Each step up the model ladder (best configuration at the same data fraction; paired intervals)" in text
 
 
 def test_a_loss_to_minimise_reads_right():
@@ -247,6 +248,7 @@ def test_a_loss_to_minimise_reads_right():
     assert "-0 " not in text and "-0)" not in text and "s -> m: +0 at 3.0x params" in text
     assert "Scores (no intervals: eval_loss has no per-row scores); validation chose, test reports" in text
     assert "eval_loss is not scored row by row (the task's metrics are: slot_f1)" in text
+    assert "Each step up the model ladder (best configuration at the same data fraction)" in text  # no intervals
     # The one step up the ladder (s -> m at data 1) compares 2 trials, not all 3.
     assert leverage(trials, "min", "eval_loss")["model"]["n_trials"] == 2
     max_run = LoadedRun("/tmp/r", "slot_f1", "max", tuple(trials), front(trials, "max"))

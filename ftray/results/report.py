@@ -175,7 +175,7 @@ def format_report(run: LoadedRun, report: dict) -> str:
             base = "?" if g["base"] is None else f"{g['base']:.3g}"
             gain = "" if g["gain"] is None else f"  ({g['gain']:+.3g})"
             lines.append(f"  {model:<24} {format_count(g['params']):>7}  {metric}: {base} -> {g['best']:.3g}{gain}")
-    lines += _lever_lines(a["leverage"], a.get("intervals"))
+    lines += _lever_lines(a["leverage"])
     law = a.get("power_law")
     if law and not law.get("fitted"):  # a fitted law is one of the verdicts above
         lines += ["", f"Finetuning power law (Zhang et al., ICLR 2024): not fitted, {law['reason']}"]
@@ -216,9 +216,13 @@ def _scores_table(run: LoadedRun, a: dict) -> list[str]:
     return out
 
 
-def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
-    """The ladder steps and data doublings, each with its paired interval and what it says."""
+def _lever_lines(lev: dict) -> list[str]:
+    """The ladder steps and data doublings, each with its paired interval (where the scores have per-row
+    parts) and what it says."""
     from ftray.results.digits import format_interval
+
+    def paired(items: list[dict]) -> str:
+        return "; paired intervals" if any((s.get("interval") or {}).get("lo") is not None for s in items) else ""
 
     def said(step: dict) -> str:
         ans = step.get("answer")
@@ -229,13 +233,14 @@ def _lever_lines(lev: dict, iv: dict | None) -> list[str]:
 
     lines = []
     if lev["model"]:
-        lines += ["", "Each step up the model ladder (best configuration at the same data fraction; paired intervals)"]
+        lines += ["", "Each step up the model ladder (best configuration at the same data fraction"
+                      f"{paired(lev['model']['steps'])})"]
         for s in lev["model"]["steps"]:
             lines.append(f"  data {s['data_fraction']:g}: {s['from']} -> {s['to']}: "
                          f"{format_interval(s.get('interval'), True, s['gain'])} at {s['params_ratio']:.1f}x params "
                          f"({s['n_trials']} trials){said(s)}")
     if lev.get("same_size"):
-        lines += ["", "Models of the same size (the size's best first: not a step up the ladder; paired intervals)"]
+        lines += ["", f"Models of the same size (the size's best first: not a step up the ladder{paired(lev['same_size'])})"]
         for s in lev["same_size"]:
             lines.append(f"  data {s['data_fraction']:g}: {s['best']} over {s['other']} at {format_count(s['params'])} params: "
                          f"{format_interval(s.get('interval'), True, s['gain'])} ({s['n_trials']} trials){said(s)}")
