@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,6 +199,44 @@ def test_a_resumed_trial_reports_again_a_checkpoint_tune_never_recorded(task, to
     reports.clear()
     run_recipe(trial, context(recorded={2, 4}))  # step 4's report recorded now: not sent again
     assert [r["step"] for r in reports] == [6]
+
+
+def test_a_resumed_train_trial_reports_again_trains_latest_checkpoint(tmp_path, monkeypatch):
+    # The same for a trial Ray Train runs: its driver reads Train's record of its latest checkpoint (the
+    # snapshot beside the checkpoints) and reports it first, where Tune never recorded that step.
+    from types import SimpleNamespace
+
+    import ray.tune
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import (_CheckpointManagerState,
+                                                                               _TrainingResultState)
+
+    from ftray.driver import trial as driver_trial
+    from ftray.results import runfolder as rf
+
+    run_dir, trial_dir, sent, fits = tmp_path / "run", tmp_path / "run" / "trial", [], []
+    trial_dir.mkdir(parents=True)
+    storage = Path(rf.trial_checkpoints(str(run_dir), "t1"))
+    storage.mkdir(parents=True)
+
+    def snapshot(step):
+        latest = _TrainingResultState(checkpoint_dir_name="checkpoint_b", metrics={"step": step, "total_steps": 30})
+        storage.joinpath("checkpoint_manager_snapshot.json").write_text(_CheckpointManagerState(
+            checkpoint_results=[latest], checkpoint_report_indices=[3], latest_checkpoint_result=latest,
+            pending_training_results=[], pending_validation_specs=[], current_report_index=4,
+            validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+            failed_validation_checkpoint_dir_names=[]).json())
+
+    monkeypatch.setattr(ray.tune, "report", sent.append)
+    monkeypatch.setattr(driver_trial, "_trainer", lambda *a: SimpleNamespace(fit=lambda: fits.append(1)))
+    setup = SimpleNamespace(sweep=SimpleNamespace(failure=SimpleNamespace(max_restarts=0)), env={},
+                            run_dir=str(run_dir))
+    (trial_dir / "result.json").write_text("".join(json.dumps({"step": s}) + "\n" for s in (10, 20)))
+    for step, again in [(20, []), (30, []), (25, [25])]:  # recorded; the final step (the recipe's); not recorded
+        snapshot(step)
+        sent.clear()
+        assert driver_trial._train_on_workers(None, setup, "t1", str(trial_dir))[0].kind == "ok"
+        assert [r["step"] for r in sent] == again
+    assert sent[0]["checkpoint_path"] == str(storage / "checkpoint_b") and len(fits) == 3
 
 
 def test_retention_ranks_as_trains_does_and_leaves_trains_own_checkpoints(tmp_path):
