@@ -256,3 +256,21 @@ def test_a_loss_to_minimise_reads_right():
     # A test score that is not a number is none: that trial is off the test front, and off the JSON.
     nan = replace(trials[2], test=rf.TestScores({"eval_loss": float("nan")}, {}, 8, 8, "checkpoint_step_000040"))
     assert nan.test_score("eval_loss") is None and nan.on_test("eval_loss").objective is None
+
+
+def test_a_report_of_a_sweep_still_running_says_so_and_reads_the_ended_trials():
+    from ftray.results.frontier import trial_front as front
+    from ftray.results.report import LoadedRun, format_report
+
+    trials = [with_rows(trial("a", "s", 100, 0, data=1.0), 0.3, n=64, seed=1),
+              with_rows(trial("b", "m", 400, 0, data=1.0), 0.5, n=64, seed=2),
+              with_rows(trial("c", "m", 400, 0, data=0.5, status="RUNNING", wall=3.0), 0.9, n=64, seed=3)]
+    run = LoadedRun("/tmp/r", "score", "max", tuple(trials), front(trials, "max"))
+    text = format_report(run, {"analysis": analyse(trials, "score", "max")})
+    assert "the sweep is not done: 1 of the 3 trials so far have not ended; what follows reads those that have" in text
+    scores = text.split("Scores with")[1].split("What the sweep says")[0]
+    assert "  a  " in scores and "  b  " in scores and "  c  " not in scores  # its score is a step on the way
+    timing = iteration_time(trials)
+    assert timing["n_trials"] == 2 and timing["per_model"]["m"]["n"] == 1  # its time so far is not a trial's
+    assert "not done" not in format_report(replace(run, trials=tuple(trials[:2])),
+                                           {"analysis": analyse(trials[:2], "score", "max")})

@@ -239,8 +239,9 @@ def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 
 def iteration_time(trials: Sequence[TrialResult]) -> dict:
-    """Wall time per trial for each model size, and what the whole sweep cost (failed trials too)."""
-    timed = [t for t in trials if t.wall_s is not None]
+    """Wall time per trial for each model size, and what the whole sweep cost (failed trials too; not the
+    trials that have not ended, whose time so far is part of theirs)."""
+    timed = [t for t in trials if t.wall_s is not None and t.ended]
     per_model = {}
     for model in sorted({t.model for t in timed}, key=lambda m: min(t.params for t in timed if t.model == m)):
         walls = sorted(t.wall_s for t in timed if t.model == model)

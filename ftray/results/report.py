@@ -160,6 +160,11 @@ def format_report(run: LoadedRun, report: dict) -> str:
     lines = [format_table(run, a["source"])]
     lines += _scores_table(run, a)
     lines += ["", "What the sweep says"]
+    going = [t for t in run.trials if not t.ended]
+    if going:  # `ftray report` on a sweep still running, or interrupted
+        planned = ((run.record.sweep.get("search") or {}).get("num_trials") if run.record else None)
+        lines.append(f"  - the sweep is not done: {len(going)} of the {len(run.trials)} trials so far have not ended"
+                     + (f" ({planned} planned)" if planned else "") + "; what follows reads those that have")
     if run.mode == "min":  # the gains below are signed as in a score to maximise
         lines.append(f"  - {metric}: lower is better, so every gain below is signed + for a fall in {metric}")
     lines += [f"  - {v}" for v in a["verdicts"]]
@@ -200,8 +205,7 @@ def _scores_table(run: LoadedRun, a: dict) -> list[str]:
     valid_iv, test_iv = trial_intervals(iv, "validation"), trial_intervals(iv, "test")
     head = ["trial", "model", "data", f"valid {metric}"] + ([f"test {metric}"] if test else [])
     rows = []
-    scored = [t for t in run.trials if t.objective is not None and not t.reason]
-    for t in sorted(scored, key=lambda t: (t.params, t.id)):
+    for t in sorted((t for t in run.trials if t.scored), key=lambda t: (t.params, t.id)):
         row = [t.id, t.model or "?", f"{t.data_fraction:g}",
                format_interval(valid_iv.get(t.id), value=t.objective)]
         if test:

@@ -76,6 +76,11 @@ class TrialResult:
 
     # ---- derived -----------------------------------------------------------------------------
     @property
+    def ended(self) -> bool:
+        """Done, well or not: a RUNNING, PENDING or PAUSED trial (a sweep still going, or interrupted) is not."""
+        return self.status in ("TERMINATED", "ERROR")
+
+    @property
     def scored(self) -> bool:
         """Finished well with an objective: the trials the front and the verdicts compare."""
         return self.objective is not None and self.status == "TERMINATED" and not self.reason
