@@ -261,9 +261,11 @@ def train_latest_checkpoint(storage_dir: str) -> tuple[dict, str] | None:
     sent again and nothing else changes. Checked against Ray 2.60."""
     import json
 
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
     from ftray import storage as st
 
-    path = st.join(storage_dir, "checkpoint_manager_snapshot.json")
+    path = st.join(storage_dir, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
     try:
         latest = json.loads(st.read_text(path)).get("latest_checkpoint_result") if st.exists(path) else None
     except (OSError, ValueError):

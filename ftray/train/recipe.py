@@ -105,7 +105,6 @@ class LoRARecipe:
         # differ by a little).
         self.launched_at = launched_at or self.started
         self.worker_start_s = max(0.0, self.started - self.launched_at)
-        self.wall_before = 0.0  # the earlier tries' seconds, from the checkpoint this one goes on from
         self.trace = trace  # a list: gets (step, epoch, position, batch indices, loss) of each micro-batch
         self.state = TrainState()
         self.diverged_at: int | None = None
@@ -135,7 +134,7 @@ class LoRARecipe:
             self.resumed = bool(folder)
             if folder:
                 self.load_checkpoint(folder)
-                self.wall_before = self.state.wall_s
+                self.launched_at -= self.state.wall_s  # the earlier tries' seconds count too (TrainState.wall_s)
                 self.log(f"resumed at step {self.state.step}/{self.total_steps}")
         self.setup_s = time.time() - self.started
 
@@ -333,10 +332,10 @@ class LoRARecipe:
         totals = sum_over_workers(torch.cat([self.loss_sum.cpu(), counts]), self.world)
         state.tokens += totals[2].item()
         if self.step_times:  # since the last report
-            train_loss = totals[0].item() / totals[1].item() if totals[1].item() > 0 else None
-            state.interval = {**({"train_loss": train_loss} if train_loss is not None else {}),
-                              "train_tokens_per_s": totals[2].item() / max(interval_s, 1e-9),
+            state.interval = {"train_tokens_per_s": totals[2].item() / max(interval_s, 1e-9),
                               "step_s": statistics.median(self.step_times)}
+            if totals[1].item() > 0:
+                state.interval["train_loss"] = totals[0].item() / totals[1].item()
         train_loss = state.interval.get("train_loss")
         diverged = nan_now or (train_loss is not None and not math.isfinite(train_loss))
         metrics = {
@@ -362,7 +361,7 @@ class LoRARecipe:
             self.log(f"evaluation at step {state.step}/{self.total_steps}")
             scores, rows = self.evaluate()
             metrics.update(scores, eval_s=state.eval_s, **rows)
-        state.wall_s = metrics["wall_s"] = self.wall_before + time.time() - self.launched_at
+        state.wall_s = metrics["wall_s"] = time.time() - self.launched_at
         self.ctx.report(metrics, self.save_checkpoint if self.rank == 0 and not diverged else None)
         if diverged:
             self.log(f"diverged at step {state.step}: the loss is not a number; the trial stops")
